@@ -1,0 +1,4 @@
+from emo_slice.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Making checkpoints: random ones from a preset (streamed, any size) and from an in-memory model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from emo_slice.checkpoint import ShardWriter, atomic_output_dir, parse_dtype
+from emo_slice.config import EmoConfig
+from emo_slice.errors import UsageError
+from emo_slice.model import EmoForCausalLM, hf_tensor_shapes
+
+GENERATION_CONFIG = {"_from_model_config": True}
+
+
+def parse_size(text: str | int, flag: str = "--max-shard-size") -> int:
+    """'5GB' / '500MB' / '2GiB' / 1234 -> bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?I?B?)\s*", str(text).upper())
+    if not m:
+        raise UsageError(f"{flag} {text!r} is not a size; write e.g. 500MB or 5GB")
+    unit = m.group(2).rstrip("B") or ""
+    base = 1024 if unit.endswith("I") else 1000
+    mult = base ** {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("I")]
+    n = int(float(m.group(1)) * mult)
+    if n <= 0:
+        raise UsageError(f"{flag} must be positive")
+    return n
+
+
+def provenance(**extra) -> dict:
+    """Who wrote an artifact and when: emo-slice and torch versions, UTC date, plus extra fields."""
+    from emo_slice import __version__
+
+    return {"emo_slice_version": __version__, "torch_version": torch.__version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+
+
+def write_side_files(folder: Path, cfg: EmoConfig) -> None:
+    cfg.save(folder / "config.json")
+    gen = dict(GENERATION_CONFIG, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+    if cfg.bos_token_id is not None:
+        gen["bos_token_id"] = cfg.bos_token_id
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+
+
+def random_checkpoint(out: str | os.PathLike, preset_or_config: str | EmoConfig = "tiny", *, seed: int = 0,
+                      std: float = 0.1, dtype: str = "float32", max_shard_size: str | int = "5GB",
+                      overwrite: bool = False) -> Path:
+    """Write a random EMO checkpoint one tensor at a time (memory: one tensor), atomically."""
+    from emo_slice.presets import preset
+
+    cfg = preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    dt = parse_dtype(dtype)
+    cfg.torch_dtype = str(dt).replace("torch.", "")
+    max_bytes = parse_size(max_shard_size)
+    with atomic_output_dir(out, overwrite=overwrite, flag="OUT") as tmp:
+        w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice init", "seed": seed})
+        for i, (name, shape) in enumerate(hf_tensor_shapes(cfg).items()):
+            def make(shape=shape, name=name, i=i):
+                g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+                t = torch.randn(shape, generator=g)
+                t = 1.0 + 0.1 * t if name.endswith("norm.weight") else t * std
+                return t.to(dt)
+            w.add(name, make, dtype=dt, shape=shape)
+        w.finish()
+        write_side_files(tmp, cfg)
+    return Path(out)
+
+
+def save_model(model: EmoForCausalLM, out: str | os.PathLike, *, max_shard_size: str | int = "5GB",
+               dtype: str | torch.dtype | None = None, overwrite: bool = False, tokenizer=None,
+               metadata: dict | None = None, extra_files: dict[str, str] | None = None) -> Path:
+    """Write an in-memory model as an EMO checkpoint folder (HF layout), atomically."""
+    cfg = EmoConfig.from_dict(model.config.to_dict())
+    dt = parse_dtype(dtype) or next(model.parameters()).dtype
+    cfg.torch_dtype = str(dt).replace("torch.", "")
+    cfg.output_router_logits = False
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        w = ShardWriter(tmp, parse_size(max_shard_size), metadata)
+        for name, t in model.hf_state_dict():
+            w.add(name, lambda t=t: t.detach().to(dt).contiguous(), dtype=dt, shape=tuple(t.shape))
+        w.finish()
+        write_side_files(tmp, cfg)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        for fname, text in (extra_files or {}).items():
+            (tmp / fname).write_text(text)
+    return Path(out)

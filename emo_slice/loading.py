@@ -1,0 +1,134 @@
+"""Building models from checkpoints: whole (`load_model`) or one layer at a time (`LayerwiseModel`).
+
+`LayerwiseModel` runs a checkpoint larger than memory: the embedding, each decoder layer and the head
+are materialised from the memory-mapped shards only while they run, then released, so peak memory is
+about one layer plus the activations. profile and eval use it; its results equal the whole model's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import torch
+
+from emo_slice.checkpoint import Checkpoint, parse_dtype
+from emo_slice.config import EmoConfig
+from emo_slice.errors import CheckpointError
+from emo_slice.model import DecoderLayer, EmoForCausalLM, RMSNorm, expected_hf_names, rope_cos_sin
+from emo_slice.routing import Routing
+
+
+def _open(path_or_ckpt) -> Checkpoint:
+    return path_or_ckpt if isinstance(path_or_ckpt, Checkpoint) else Checkpoint(path_or_ckpt)
+
+
+def _check_names(ckpt: Checkpoint) -> None:
+    want = expected_hf_names(ckpt.config)
+    missing = [n for n in want if n not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{ckpt.path} lacks {len(missing)} tensors that config.json implies (first: {missing[0]}); "
+            "the checkpoint is incomplete or config.json belongs to another model"
+        )
+
+
+def _empty(module_fn: Callable[[], torch.nn.Module], dtype: torch.dtype) -> torch.nn.Module:
+    with torch.device("meta"):
+        m = module_fn()
+    return m.to_empty(device="cpu").to(dtype)
+
+
+def load_model(path_or_id: str | os.PathLike | Checkpoint, dtype: str | torch.dtype | None = None) -> EmoForCausalLM:
+    """Load a whole EMO checkpoint (local folder or Hub id) into an `EmoForCausalLM`, in eval mode.
+
+    dtype: compute dtype ("float32", "bfloat16", ...); default the checkpoint's stored dtype.
+    Tensors are read one at a time from the memory-mapped shards.
+    """
+    ckpt = _open(path_or_id)
+    _check_names(ckpt)
+    dt = parse_dtype(dtype) or ckpt.stored_dtype
+    model = _empty(lambda: EmoForCausalLM(ckpt.config), dt)
+    for name in expected_hf_names(ckpt.config):
+        model.load_hf_tensor(name, ckpt.get(name))
+    model.source = ckpt  # type: ignore[attr-defined]
+    return model.eval()
+
+
+def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype) -> DecoderLayer:
+    """One decoder layer with its weights, read from the checkpoint."""
+    cfg = ckpt.config
+    mod = _empty(lambda: DecoderLayer(cfg, layer), dtype)
+    p = f"model.layers.{layer}."
+    with torch.no_grad():
+        for name, param in mod.named_parameters():
+            if name.startswith("mlp.w_"):
+                kind = {"mlp.w_gate_EFD": "gate", "mlp.w_up_EFD": "up", "mlp.w_down_EDF": "down"}[name]
+                for e in range(param.shape[0]):
+                    param[e].copy_(ckpt.get(f"{p}mlp.experts.{e}.{kind}_proj.weight"))
+            else:
+                t = ckpt.get(p + name)
+                if tuple(t.shape) != tuple(param.shape):
+                    raise CheckpointError(f"tensor {p + name} has shape {tuple(t.shape)}, config.json implies "
+                                          f"{tuple(param.shape)}; the config does not match the weights")
+                param.copy_(t)
+    return mod.eval()
+
+
+class LayerwiseModel:
+    """Run a checkpoint layer by layer, holding one layer's weights at a time.
+
+    forward(batches) takes a list of input_ids tensors [B, T] (any B, T) and returns their logits; it
+    pushes every batch through layer l before loading layer l+1. `on_layer(l, layer, inputs, outputs,
+    routings)` is called after each layer with the lists of that layer's inputs/outputs per batch, and
+    may return replacement routing settings; `pool_size` as in EmoForCausalLM.forward.
+    """
+
+    def __init__(self, path_or_ckpt, dtype: str | torch.dtype | None = None):
+        self.ckpt = _open(path_or_ckpt)
+        _check_names(self.ckpt)
+        self.config: EmoConfig = self.ckpt.config
+        self.dtype = parse_dtype(dtype) or self.ckpt.stored_dtype
+
+    def embed(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+        w = self.ckpt.get("model.embed_tokens.weight", self.dtype)
+        return torch.nn.functional.embedding(input_ids_BT, w)
+
+    def layer(self, l: int) -> DecoderLayer:
+        return load_layer(self.ckpt, l, self.dtype)
+
+    def head(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        norm = RMSNorm(self.config.hidden_size, self.config.rms_norm_eps).to(self.dtype)
+        with torch.no_grad():
+            norm.weight.copy_(self.ckpt.get("model.norm.weight"))
+        name = "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
+        return norm(x_BTD) @ self.ckpt.get(name, self.dtype).t()
+
+    @torch.no_grad()
+    def hidden_states(self, batches: Iterable[torch.Tensor], on_layer=None, layers: range | None = None,
+                      progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """Final hidden states (before the norm) for every batch, computed layer by layer."""
+        batches = list(batches)
+        xs = [self.embed(ids) for ids in batches]
+        for l in layers if layers is not None else range(self.config.num_hidden_layers):
+            layer = self.layer(l)
+            outs, routings = [], []
+            for ids, x in zip(batches, xs):
+                cos, sin = rope_cos_sin(ids.shape[1], self.config.head_dim, self.config.rope_theta, x.dtype)
+                y, r = layer(x, cos, sin)
+                outs.append(y)
+                routings.append(r)
+            if on_layer is not None:
+                on_layer(l, layer, batches, xs, outs, routings)
+            xs = outs
+            del layer
+            if progress is not None:
+                progress(l)
+        return xs
+
+    @torch.no_grad()
+    def forward(self, batches: Iterable[torch.Tensor], on_layer=None) -> list[torch.Tensor]:
+        return [self.head(x) for x in self.hidden_states(batches, on_layer)]
+
+
+__all__ = ["load_model", "load_layer", "LayerwiseModel", "Routing"]
