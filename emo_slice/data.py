@@ -1,0 +1,216 @@
+"""Input sources shared by profile, eval and pretrain.
+
+A source is a plain text file, a JSONL file, or a Hugging Face dataset (a `save_to_disk` folder, a
+data file `datasets` can read, or a cached Hub dataset name). `read_records` gives dicts,
+`read_texts` gives documents, `load_mc_task` gives multiple-choice items, `fewshot_prompt` builds a
+k-shot prompt with the gold answers appended (the EMO paper's calibration input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from emo_slice.errors import DataError, UsageError
+
+
+def _get(record: dict, path: str, src: str, flag: str):
+    """record['a']['b'] for path 'a.b' (dotted paths reach into nested fields like choices.text)."""
+    cur: Any = record
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            have = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+            raise DataError(f"{src}: field {path!r} is not there (fields: {have}); choose one with {flag}")
+    return cur
+
+
+def _is_dataset_dir(p: Path) -> bool:
+    return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
+                           or (p / "state.json").exists())
+
+
+def read_records(src: str | os.PathLike, split: str | None = None, flag: str = "--examples") -> list[dict]:
+    """All records of a JSONL file or a Hugging Face dataset (local folder, data file, or cached name)."""
+    p = Path(src).expanduser()
+    if p.is_file() and p.suffix in (".jsonl", ".json", ".ndjson"):
+        records = []
+        with open(p, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{p}:{i} is not valid JSON ({e.msg}); fix or remove that line") from None
+                    if not isinstance(rec, dict):
+                        raise DataError(f"{p}:{i} is not a JSON object; each line must be one")
+                    records.append(rec)
+        if not records:
+            raise DataError(f"{p} holds no records; give a JSONL file with one JSON object per line")
+        return records
+    return _read_dataset(str(src), split, flag)
+
+
+def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        raise UsageError("reading Hugging Face datasets needs `pip install datasets`") from None
+    datasets.disable_progress_bars()
+    p = Path(src).expanduser()
+    try:
+        if _is_dataset_dir(p):
+            ds = datasets.load_from_disk(str(p))
+        elif p.is_file():
+            kind = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}.get(p.suffix)
+            if kind is None:
+                raise DataError(f"{p}: unknown file type {p.suffix!r}; give .txt, .jsonl, .csv, .parquet or a dataset folder")
+            ds = datasets.load_dataset(kind, data_files=str(p))
+        elif p.exists() or src.startswith((".", "/", "~")):
+            raise DataError(f"{src} is neither a file nor a saved dataset folder; give a .txt/.jsonl file or a "
+                            "folder written by Dataset.save_to_disk")
+        else:
+            name, _, config = src.partition(":")
+            ds = datasets.load_dataset(name, config or None)
+    except DataError:
+        raise
+    except Exception as e:
+        if not p.exists():
+            raise DataError(f"{src} is not a file and not a dataset in the local Hugging Face cache ({type(e).__name__}); "
+                            f"download it first (datasets.load_dataset('{src}') on a machine with network) or pass a file") from None
+        raise DataError(f"cannot read {src} as a dataset: {str(e).splitlines()[0][:200]}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds)
+        if split is None:
+            split = next((s for s in ("test", "validation", "train") if s in ds), splits[0])
+        if split not in ds:
+            raise DataError(f"{src} has no split {split!r}; choose one of {', '.join(splits)} with --split")
+        ds = ds[split]
+    if len(ds) == 0:
+        raise DataError(f"{src} (split {split}) is empty")
+    return [dict(r) for r in ds]
+
+
+def read_texts(src: str | os.PathLike, field: str = "text", split: str | None = None,
+               flag: str = "--examples") -> list[str]:
+    """Documents of a source: a .txt file is one document; JSONL/datasets give `field` of each record."""
+    p = Path(src).expanduser()
+    if not p.exists() and (str(src).startswith((".", "/", "~")) or p.suffix in (".txt", ".jsonl", ".json")):
+        raise DataError(f"{flag} {src}: no such file")
+    if p.is_file() and p.suffix not in (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".arrow"):
+        text = p.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            raise DataError(f"{p} is empty; give a file with some text")
+        return [text]
+    texts = []
+    for rec in read_records(src, split, flag):
+        value = _get(rec, field, str(src), "--field")
+        if not isinstance(value, str):
+            raise DataError(f"{src}: field {field!r} holds {type(value).__name__}, not text; choose another with --field")
+        if value.strip():
+            texts.append(value)
+    if not texts:
+        raise DataError(f"{src}: every {field!r} is empty")
+    return texts
+
+
+@dataclass
+class MCItem:
+    """One multiple-choice item: the prompt, its choices (continuations), the gold index."""
+
+    id: str
+    context: str
+    choices: list[str]
+    label: int
+
+
+DEFAULT_FIELDS = {"context": "context", "choices": "choices", "label": "label", "id": "id"}
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def parse_label(value, n_choices: int, where: str, labels: list | None = None) -> int:
+    """A gold label given as index (0-based int or digit string) or as letter (A, B, ...)."""
+    if labels is not None and value in labels:  # e.g. ARC's choices.label list
+        return labels.index(value)
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, str):
+        v = value.strip()
+        if v.isdigit():
+            value = int(v)
+        elif len(v) == 1 and v.upper() in LETTERS:
+            value = LETTERS.index(v.upper())
+        else:
+            raise DataError(f"{where}: label {value!r} is neither an index nor a letter")
+    if not isinstance(value, int) or not 0 <= value < n_choices:
+        raise DataError(f"{where}: label {value!r} is out of range for {n_choices} choices")
+    return value
+
+
+def load_mc_task(src: str | os.PathLike, fields: dict[str, str] | None = None, split: str | None = None,
+                 context_template: str | None = None, flag: str = "--task") -> list[MCItem]:
+    """Multiple-choice items from JSONL or a dataset. fields renames context/choices/label/id
+    (dotted paths allowed: ARC's choices.text); context_template formats the context from the record
+    ("Question: {question}\\nAnswer:"), used instead of the context field when given."""
+    f = {**DEFAULT_FIELDS, **(fields or {})}
+    items = []
+    for i, rec in enumerate(read_records(src, split, flag)):
+        where = f"{src} item {i}"
+        if context_template is not None:
+            try:
+                context = context_template.format(**rec)
+            except KeyError as e:
+                raise DataError(f"{where}: the context template needs field {e}, which is not there") from None
+        else:
+            context = _get(rec, f["context"], str(src), "--map context=FIELD")
+        choices = _get(rec, f["choices"], str(src), "--map choices=FIELD")
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+            raise DataError(f"{where}: choices must be a non-empty list of strings")
+        label_labels = None
+        if "." in f["choices"]:  # ARC: choices.text with choices.label holding the letters
+            parent = _get(rec, f["choices"].rsplit(".", 1)[0], str(src), "--map")
+            label_labels = parent.get("label") if isinstance(parent, dict) else None
+        label = parse_label(_get(rec, f["label"], str(src), "--map label=FIELD"), len(choices), where, label_labels)
+        item_id = rec.get(f["id"], i) if isinstance(rec, dict) else i
+        items.append(MCItem(str(item_id), str(context), list(choices), label))
+    if not items:
+        raise DataError(f"{src} holds no items")
+    return items
+
+
+def fewshot_prompt(items: list[MCItem], separator: str = "\n\n") -> str:
+    """Demonstrations with their gold answers appended: context + gold choice, joined by separator."""
+    return "".join(it.context + it.choices[it.label] + separator for it in items)
+
+
+def split_fewshot(items: list[MCItem], shots: int, seed: int = 0) -> tuple[list[MCItem], list[MCItem]]:
+    """(demonstrations, remaining items): `shots` items drawn with a seeded RNG, removed from the rest."""
+    if shots < 0:
+        raise UsageError("--shots must be >= 0")
+    if shots >= len(items):
+        raise UsageError(f"--shots {shots} leaves no item to score: the task has {len(items)} items")
+    rng = random.Random(seed)
+    idx = sorted(rng.sample(range(len(items)), shots))
+    chosen = set(idx)
+    return [items[i] for i in idx], [it for i, it in enumerate(items) if i not in chosen]
+
+
+def items_hash(items: list[MCItem]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps(asdict(it), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
