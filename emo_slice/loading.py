@@ -102,7 +102,7 @@ class LayerwiseModel:
         with torch.no_grad():
             norm.weight.copy_(self.ckpt.get("model.norm.weight"))
         name = "model.embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
-        return norm(x_BTD) @ self.ckpt.get(name, self.dtype).t()
+        return torch.nn.functional.linear(norm(x_BTD), self.ckpt.get(name, self.dtype))
 
     @torch.no_grad()
     def hidden_states(self, batches: Iterable[torch.Tensor], on_layer=None, layers: range | None = None,

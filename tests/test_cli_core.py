@@ -1,0 +1,38 @@
+"""`emo-slice info` / `init` through the real command line."""
+
+import json
+
+import emo_slice
+from emo_slice.checkpoint import Checkpoint
+from emo_slice.info import param_counts
+
+from test_checkpoint import run_cli
+
+
+def test_info_json_counts(fixtures):
+    proc = run_cli("info", str(fixtures / "emo-tiny"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    ckpt = Checkpoint(fixtures / "emo-tiny")
+    total = sum(i.nbytes for i in ckpt.infos.values()) // 4
+    assert data["parameters"]["total"] == total  # float32: bytes / 4
+    cfg = ckpt.config
+    expert = 3 * cfg.hidden_size * cfg.intermediate_size
+    assert data["parameters"]["total"] - data["parameters"]["active"] == 2 * (9 - 3) * expert
+    assert data["experts"]["per_layer"] == [9, 9] and data["experts"]["shared"] == 1
+    assert data["bytes_on_disk"] == ckpt.total_bytes
+    half = data["slices"][0]
+    sliced = param_counts(cfg, [half["keep"]] * 2)["total"]
+    assert half["bytes"] == sliced * 4
+
+
+def test_info_table_and_init(tmp_path):
+    proc = run_cli("init", str(tmp_path / "m"), "--preset", "tiny", "--max-shard-size", "100KB")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m" / "model.safetensors.index.json").exists()
+    model = emo_slice.load_model(tmp_path / "m")
+    assert model.config.num_experts == 9
+    proc = run_cli("info", str(tmp_path / "m"))
+    assert proc.returncode == 0 and "experts per layer" in proc.stdout and "12.5%" in proc.stdout
+    again = run_cli("init", str(tmp_path / "m"))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
