@@ -1,0 +1,127 @@
+"""Task specifications for `emo-slice eval`: where items come from and how fields map.
+
+A task SPEC is a JSONL file, a `Dataset.save_to_disk` folder or data file, or `hf:NAME[:CONFIG]`
+(a Hugging Face dataset in the local cache). Fields are mapped with `--map context=F,choices=F,label=F`
+(dotted paths reach into nested fields: ARC's `choices.text`). Without `--map` the shape is detected
+from the first record:
+
+- plain: `context`, `choices`, `label` (index or letter), as emo-slice's own task files;
+- arc: `question`, `choices.text` (with `choices.label` letters), `answerKey`; context
+  "Question: {question}\\nAnswer:" and each choice after a space (lm-evaluation-harness's arc_easy);
+- hellaswag: `ctx`, `endings`, `label` (and `activity_label`); context "{activity_label}: {ctx}" and
+  each ending after a space, with HellaSwag's "[title]" clean-up (lm-evaluation-harness's hellaswag).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from emo_slice.data import MCItem, file_hash, items_hash, load_mc_task, read_records, split_fewshot
+from emo_slice.errors import DataError, UsageError
+
+FORMATS = ("auto", "plain", "arc", "hellaswag")
+MAP_KEYS = ("context", "choices", "label", "id")
+
+
+def parse_map(text: str | None) -> dict[str, str]:
+    """'context=question,choices=choices.text,label=answerKey' -> dict."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not value or key not in MAP_KEYS:
+            raise UsageError(f"--map {text!r}: each entry is KEY=FIELD with KEY one of {', '.join(MAP_KEYS)} "
+                             "(e.g. --map context=question,choices=choices.text,label=answerKey)")
+        out[key] = value
+    return out
+
+
+def source_of(spec: str) -> str:
+    """The path or dataset name `data.read_records` understands."""
+    if spec.startswith("hf:"):
+        return spec[3:]
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise DataError(f"--task {spec}: no such file or folder; give a JSONL file, a saved dataset folder, "
+                        "or hf:NAME for a dataset in the Hugging Face cache")
+    return str(p)
+
+
+def task_name(spec: str) -> str:
+    if spec.startswith("hf:"):
+        return spec[3:].replace("/", "_").replace(":", "_")
+    p = Path(spec)
+    return p.stem if p.is_file() else p.name
+
+
+def detect_format(record: dict) -> str:
+    choices = record.get("choices")
+    if "question" in record and isinstance(choices, dict) and "text" in choices and "answerKey" in record:
+        return "arc"
+    if "ctx" in record and "endings" in record:
+        return "hellaswag"
+    return "plain"
+
+
+def _hellaswag_clean(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+@dataclass
+class Task:
+    name: str
+    spec: str
+    format: str
+    items: list[MCItem]  # the scored items (demonstrations removed, --limit applied)
+    demos: list[MCItem]
+    prompt: str  # the few-shot prefix put before every scored item's context
+    n_total: int  # items in the source
+
+    def describe(self) -> dict:
+        src = Path(self.spec)
+        return {"spec": self.spec, "format": self.format, "items_in_source": self.n_total,
+                "items_scored": len(self.items), "shots": len(self.demos),
+                "fewshot_ids": [d.id for d in self.demos], "items_hash": items_hash(self.items),
+                "file_hash": file_hash(src) if src.is_file() else None}
+
+
+def load_items(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto",
+               split: str | None = None) -> tuple[list[MCItem], str]:
+    """All items of a task source, and the format used."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
+    src = source_of(spec)
+    if fmt == "auto":
+        fmt = "plain" if fields else detect_format(read_records(src, split, "--task")[0])
+    if fmt == "arc":
+        f = {"context": "question", "choices": "choices.text", "label": "answerKey", **(fields or {})}
+        items = load_mc_task(src, f, split, None if fields and "context" in fields else "Question: {question}\nAnswer:")
+        return [replace(it, choices=[" " + c for c in it.choices]) for it in items], fmt
+    if fmt == "hellaswag":
+        f = {"context": "ctx", "choices": "endings", "label": "label", "id": "ind", **(fields or {})}
+        first = read_records(src, split, "--task")[0]
+        template = "{activity_label}: {ctx}" if "activity_label" in first and "context" not in (fields or {}) else None
+        items = load_mc_task(src, f, split, template)
+        return [replace(it, context=_hellaswag_clean(it.context),
+                        choices=[" " + _hellaswag_clean(c) for c in it.choices]) for it in items], fmt
+    return load_mc_task(src, fields, split), fmt
+
+
+def load_task(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto", split: str | None = None,
+              shots: int = 0, seed: int = 0, limit: int | None = None, separator: str = "\n\n") -> Task:
+    """A task ready to score: demonstrations drawn (seeded) and removed, then the first `limit` items."""
+    from emo_slice.data import fewshot_prompt
+
+    items, used = load_items(spec, fields, fmt, split)
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} must be at least 1")
+    demos, rest = split_fewshot(items, shots, seed) if shots else ([], items)
+    if limit is not None:
+        rest = rest[:limit]
+    return Task(task_name(spec), spec, used, rest, demos, fewshot_prompt(demos, separator), len(items))
