@@ -1,0 +1,224 @@
+"""emo-slice eval: log-likelihoods, metrics, few-shot prompts, field mapping, bad input, the CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from emo_slice.cli import app
+from emo_slice.data import MCItem, split_fewshot
+from emo_slice.evaluate import Runner, encode_item, evaluate_lm, evaluate_mc, mc_metrics, split_pair
+from emo_slice.tasks import load_task, parse_map
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _items(n=6):
+    words = ["alpha", "beta gamma", "delta", "epsilon zeta eta", "theta", "iota kappa"]
+    return [MCItem(str(i), f"Line {i}: the next word is\n" * (1 + i % 3),
+                   [words[(i + j) % 6] * (1 + j % 2) for j in range(3 + i % 2)], i % 3) for i in range(n)]
+
+
+def _task_records(n=8):
+    return [{"id": it.id, "context": it.context, "choices": it.choices, "label": it.label} for it in _items(n)]
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_ckpt):
+    return Runner(str(tiny_ckpt))
+
+
+def _direct_ll(model, ctx_ids, cont_ids):
+    """Log-likelihood of cont given ctx with one plain forward pass of ctx + cont."""
+    ids = torch.tensor([ctx_ids + cont_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(ids).float(), -1)[0]
+    C = len(ctx_ids)
+    return sum(lp[C - 1 + k, t].item() for k, t in enumerate(cont_ids))
+
+
+def test_loglikelihoods_equal_direct_per_choice(runner):
+    items = _items(6)
+    prefix = "demo context\nanswer\n\n"
+    res = evaluate_mc(runner, items, prefix=prefix, batch_size=4)  # rows of different length share batches
+    tok = runner.tokenizer
+    for it, p in zip(items, res.predictions):
+        ctx, _ = split_pair(prefix + it.context, it.choices[0])
+        want = [_direct_ll(runner.model, tok.encode(ctx), tok.encode(split_pair(prefix + it.context, c)[1]))
+                for c in it.choices]
+        assert p["loglikelihoods"] == pytest.approx(want, abs=1e-4)
+        assert p["pred"]["acc_raw"] == max(range(len(want)), key=lambda i: want[i])
+    # layer by layer: the same numbers
+    lw = Runner(runner.path, layerwise=True)
+    res_lw = evaluate_mc(lw, items, prefix=prefix, batch_size=2)
+    for a, b in zip(res.predictions, res_lw.predictions):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-4)
+
+
+def test_context_and_continuation_tokenised_like_lm_eval(runner):
+    assert split_pair("Q: x\n", "ans") == ("Q: x", "\nans")
+    assert split_pair("Q: x", " ans") == ("Q: x", " ans")
+    enc = encode_item(runner.tokenizer, MCItem("0", "Q: x \n", ["a", "bc"], 0), 512)
+    assert enc.ctx == list(b"Q: x") and enc.conts == [list(b" \na"), list(b" \nbc")]
+    assert enc.texts == [" \na", " \nbc"] and not enc.truncated
+    cut = encode_item(runner.tokenizer, MCItem("0", "abcdefghij", ["xyz", "x"], 0), 8)
+    assert cut.truncated and cut.ctx == list(b"fghij")  # cut from the left so that ctx + longest choice fits
+
+
+def test_metric_normalisations_on_a_hand_made_item():
+    item = MCItem("h", "ctx", ["a", "bbbbbbbb", "éééé", "dddd"], 2)
+    enc = encode_item(type("T", (), {"encode": staticmethod(lambda s: list(s.encode())), "eos_token_id": 0})(),
+                      item, 100)
+    lls = [[-3.0, -10.0, -9.0, -6.0]]
+    ntoks = [[1, 4, 4, 8]]  # tokens as if from a sub-word tokenizer
+    metrics, preds = mc_metrics([item], [enc], lls, ntoks, [[0.0, -12.0, 0.0, 0.0]])
+    # raw: -3 best; per token: -3, -2.5, -2.25, -0.75; per char (1, 8, 4, 4): -3, -1.25, -2.25, -1.5;
+    # per byte (1, 8, 8, 4): -3, -1.25, -1.125, -1.5; uncond: -3, 2, -9, -6
+    assert preds[0]["pred"] == {"acc_raw": 0, "acc_per_token": 3, "acc_per_char": 1, "acc_per_byte": 2,
+                                "acc_uncond": 1}
+    assert metrics["acc_per_byte"] == 1.0 and metrics["acc_raw"] == 0.0 and metrics["acc_per_char"] == 0.0
+    assert metrics["bits_per_byte_gold"] == pytest.approx(9.0 / math.log(2) / 8)
+
+
+def test_uncond_scores_choices_after_answer_prompt(runner):
+    items = _items(3)
+    res = evaluate_mc(runner, items, uncond=True)
+    tok = runner.tokenizer
+    for it, p in zip(items, res.predictions):
+        want = [_direct_ll(runner.model, tok.encode("Answer:"), tok.encode(split_pair(it.context, c)[1]))
+                for c in it.choices]
+        assert p["loglikelihoods_uncond"] == pytest.approx(want, abs=1e-4)
+    assert "acc_uncond" in res.metrics
+
+
+def test_fewshot_prompt_seeded_and_demos_not_scored(tmp_path):
+    path = _write_jsonl(tmp_path / "t.jsonl", _task_records(8))
+    t = load_task(str(path), shots=2, seed=3)
+    demos, rest = split_fewshot(load_task(str(path)).items, 2, 3)
+    assert [d.id for d in t.demos] == [d.id for d in demos]
+    assert {d.id for d in t.demos}.isdisjoint(it.id for it in t.items) and len(t.items) == 6
+    assert t.prompt == "".join(d.context + d.choices[d.label] + "\n\n" for d in demos)
+    assert load_task(str(path), shots=2, seed=3).prompt == t.prompt  # same seed, same prompt
+    assert len(load_task(str(path), shots=2, seed=3, limit=4).items) == 4
+
+
+def test_lm_perplexity_matches_direct(runner):
+    docs = ["hello there, general kenobi", "the quick brown fox"]
+    r = evaluate_lm(runner, docs, mode="rows")
+    nll = -sum(_direct_ll(runner.model, [0], list(d.encode())) for d in docs)
+    assert r["tokens"] == r["bytes"] == sum(len(d) for d in docs)
+    assert r["bits_per_byte"] == pytest.approx(nll / math.log(2) / r["bytes"], rel=1e-5)
+    assert r["perplexity"] == pytest.approx(math.exp(nll / r["tokens"]), rel=1e-5)
+    packed = evaluate_lm(runner, docs, mode="packed")
+    assert packed["tokens"] == r["tokens"] and packed["mode"] == "packed"
+    cut = evaluate_lm(runner, docs, mode="rows", max_length=8)
+    assert cut["tokens"] == r["tokens"] and cut["windows_cut"] > 0
+
+
+def _arc_dataset(path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({
+        "id": ["q1", "q2"],
+        "question": ["Which is a planet?", "Which is warm?"],
+        "choices": [{"text": ["Sun", "Mars", "Moon", "Comet"], "label": ["A", "B", "C", "D"]},
+                    {"text": ["ice", "fire", "snow"], "label": ["1", "2", "3"]}],
+        "answerKey": ["B", "2"],
+    }).save_to_disk(str(path))
+    return path
+
+
+def _hellaswag_dataset(path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({
+        "ind": [4, 9],
+        "activity_label": ["Cooking", "Running"],
+        "ctx": ["A man cracks an egg. He", "She laces her shoes [title] and"],
+        "endings": [["fries it.", "eats the shell.", "sings.", "flies."], ["runs.", "sleeps.", "swims.", "cooks."]],
+        "label": ["0", "0"],
+    }).save_to_disk(str(path))
+    return path
+
+
+def test_arc_shape_detected_and_mapped(tmp_path):
+    t = load_task(str(_arc_dataset(tmp_path / "arc")))
+    assert t.format == "arc"
+    assert t.items[0].context == "Question: Which is a planet?\nAnswer:"
+    assert t.items[0].choices == [" Sun", " Mars", " Moon", " Comet"] and t.items[0].label == 1
+    assert t.items[1].label == 1  # answerKey "2" among choices.label ["1", "2", "3"]
+    m = load_task(str(tmp_path / "arc"), parse_map("context=question,choices=choices.text,label=answerKey"))
+    assert m.format == "plain" and m.items[0].context == "Which is a planet?"
+    assert m.items[0].choices == ["Sun", "Mars", "Moon", "Comet"] and [i.label for i in m.items] == [1, 1]
+
+
+def test_hellaswag_shape_detected_and_mapped(tmp_path):
+    t = load_task(str(_hellaswag_dataset(tmp_path / "hs")))
+    assert t.format == "hellaswag" and [i.id for i in t.items] == ["4", "9"]
+    assert t.items[0].context == "Cooking: A man cracks an egg. He"
+    assert t.items[0].choices[0] == " fries it." and t.items[0].label == 0
+    assert t.items[1].context == "Running: She laces her shoes. and"
+
+
+def _cli(*args):
+    r = CliRunner().invoke(app, ["eval", *map(str, args)])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_cli_slice_against_full_end_to_end(fixtures, tmp_path):
+    task = _write_jsonl(tmp_path / "code.jsonl", _task_records(8))
+    out, preds = tmp_path / "res" / "results.json", tmp_path / "preds.jsonl"
+    code, stdout, stderr = _cli(fixtures / "emo-tiny-keep-1-3-4-6", "--against", fixtures / "emo-tiny",
+                                "--task", task, "--shots", 1, "--uncond", "--lm", task, "--field", "context",
+                                "--out", out, "--predictions", preds, "--batch-size", 3)
+    assert code == 0, stderr
+    assert "acc_per_char" in stdout and "kept" in stdout and "parameters loaded" in stdout
+    data = json.loads(out.read_text())
+    assert set(data["results"]["code"]) >= {"acc_raw", "acc_per_token", "acc_per_char", "acc_per_byte",
+                                            "acc_uncond", "bits_per_byte_gold", "acc,none", "acc_norm,none"}
+    assert data["results"]["code"]["n_items"] == 7 and data["tasks"]["code"]["shots"] == 1
+    assert data["models"]["model"]["parameters"] < data["models"]["against"]["parameters"]
+    assert data["models"]["model"]["fingerprint"] != data["models"]["against"]["fingerprint"]
+    assert data["results"]["lm:code"]["perplexity"] > 1
+    assert {"date", "emo_slice_version", "torch_version"} <= set(data["provenance"])
+    lines = [json.loads(x) for x in preds.read_text().splitlines()]
+    assert len(lines) == 14 and {x["model"] for x in lines} == {"model", "against"}
+
+
+def test_cli_model_against_itself_shows_zero_difference(fixtures, tmp_path):
+    task = _write_jsonl(tmp_path / "t.jsonl", _task_records(6))
+    code, stdout, stderr = _cli(fixtures / "emo-tiny", "--against", fixtures / "emo-tiny", "--task", task,
+                                "--lm", task, "--field", "context", "--json")
+    assert code == 0, stderr
+    data = json.loads(stdout)
+    for task_cmp in data["comparison"].values():
+        for c in task_cmp.values():
+            assert c["diff"] == 0 and c["kept"] == 1
+
+
+@pytest.mark.parametrize("records,args,needle", [
+    ([], [], "no records"),
+    ([{"context": "a", "choices": ["x", "y"], "label": 5}], [], "out of range"),
+    ([{"question": "a", "choices": ["x", "y"], "label": 0}], [], "--map context=FIELD"),
+    ([{"context": "a", "choices": ["x", "y" * 50], "label": 0}], ["--max-length", "16"], "--max-length"),
+    ([{"context": "a", "choices": ["x", "y"], "label": 0}], ["--shots", "1"], "--shots 1"),
+    ([{"context": "a", "choices": ["x", "y"], "label": 0}], ["--map", "bogus"], "--map"),
+])
+def test_bad_input_one_line_no_traceback(fixtures, tmp_path, records, args, needle):
+    task = _write_jsonl(tmp_path / "bad.jsonl", records)
+    out = tmp_path / "r.json"
+    code, stdout, stderr = _cli(fixtures / "emo-tiny", "--task", task, "--out", out, *args)
+    assert code == 2 and needle in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_too_long_items_cut_from_left_and_counted(fixtures, tmp_path):
+    recs = [{"context": "x" * 200, "choices": ["a", "b"], "label": 0}, {"context": "short\n", "choices": ["a", "b"],
+                                                                         "label": 1}]
+    task = _write_jsonl(tmp_path / "long.jsonl", recs)
+    code, stdout, stderr = _cli(fixtures / "emo-tiny", "--task", task, "--json")  # max_position_embeddings 128
+    assert code == 0, stderr
+    assert json.loads(stdout)["results"]["long"]["truncated"] == 1
