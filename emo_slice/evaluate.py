@@ -339,8 +339,8 @@ def evaluate_mc(runner: Runner, items: list[MCItem], *, prefix: str = "", max_le
     encs = [encode_item(tok, it, L, prefix, f"{task} item {it.id}") for it in items]
     rows = [tree_row(e) for e in encs]
     if uncond:
-        u_items = [MCItem(it.id, UNCOND_PROMPT, [t for t in e.texts], it.label) for it, e in zip(items, encs)]
-        for it, e in zip(u_items, encs):  # the same scored texts, after a bare "Answer:"
+        u_items = [MCItem(it.id, UNCOND_PROMPT, list(e.texts), it.label) for it, e in zip(items, encs)]
+        for it in u_items:  # the same scored texts, after a bare "Answer:"
             ue = encode_item(tok, it, L, "", f"{task} item {it.id} (unconditional)")
             r = tree_row(ue)
             r.unit = 0
