@@ -170,3 +170,14 @@ def test_cli_profile_then_extract(tiny_ckpt, docs, tmp_path):
         r = runner.invoke(app, ["profile", str(tiny_ckpt), *args, "--out", str(tmp_path / "no.json")])
         assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "no.json").exists()
+
+
+def test_direct_layer_load_equals_core_loader(fixtures):
+    from emo_slice.loading import load_layer
+    from emo_slice.profile import load_layer_direct
+
+    ck = Checkpoint(fixtures / "emo-tiny")
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = load_layer(ck, 1, dtype).state_dict(), load_layer_direct(ck, 1, dtype).state_dict()
+        assert a.keys() == b.keys()
+        assert all(a[k].dtype == b[k].dtype == dtype and torch.equal(a[k], b[k]) for k in a)
