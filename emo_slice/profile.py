@@ -150,7 +150,7 @@ def make_rows(tok, texts: list[str], max_length: int) -> list[list[int]]:
     return rows
 
 
-def make_batches(rows: list[list[int]], pad_id: int, special: set[int], max_batch_tokens: int = 16384):
+def make_batches(rows: list[list[int]], pad_id: int, special: set[int], max_batch_tokens: int = 1024):
     """(ids_BT, valid_BT) batches of rows of similar length, right-padded; valid excludes pad and specials."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     batches, cur = [], []
@@ -304,7 +304,7 @@ class ProfileSettings:
     shots: int | None = None
     seed: int = 0
     max_length: int = 1024
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 1024
     dtype: str | None = None
     greedy: bool = False
     keep: str | None = None  # greedy only: K (count or share)
