@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -314,7 +314,6 @@ class ProfileSettings:
 def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettings,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Run the calibration input through the model layer by layer; return the profile (a dict)."""
-    from emo_slice.build import provenance
     from emo_slice.loading import LayerwiseModel
     from emo_slice.tokenizer import load_tokenizer
 

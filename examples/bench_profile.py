@@ -37,9 +37,6 @@ print(json.dumps({"seconds": time.perf_counter() - t, "tokens": p["tokens"],
                   "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "rss_after_import_kb": base}))
 """
 
-TASK = Path(__file__).resolve().parents[1] / "tests" / "bench_task.jsonl"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)

@@ -163,6 +163,12 @@ def test_cli_profile_then_extract(tiny_ckpt, docs, tmp_path):
     scores = load_profile(out)["layers"][0]["scores"]["easy-ep"]
     assert manifest["kept_experts"][0] == sorted(sorted(range(8), key=lambda e: -scores[e])[:1]) + [8]
     assert manifest["keep"] == 2 and manifest["layers"][0]["scores"] == scores
+    # --examples --greedy profiles in place and slices as the greedy profile does
+    greedy = profile_model(tiny_ckpt, ProfileSettings(examples=str(docs), greedy=True, keep="4", method="frequency"))
+    r = runner.invoke(app, ["extract", str(tiny_ckpt), "--keep", "4", "--examples", str(docs), "--greedy",
+                            "--method", "frequency", "--out", str(tmp_path / "g"), "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["kept_experts"] == greedy["greedy"]["kept"]
     # refusals: empty examples, --keep without --greedy; nothing written
     (tmp_path / "empty.txt").write_text("  \n")
     for args, msg in ((["--examples", str(tmp_path / "empty.txt")], "empty"),
