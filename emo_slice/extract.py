@@ -115,6 +115,9 @@ def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str 
                 raise UsageError(f"--method {method} needs scores: give --profile FILE or --examples SRC")
             scores = [layer["scores"][method] for layer in profile["layers"]]
             g = profile.get("greedy")
+            if g and per_layer:
+                raise UsageError("--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
+                                 "for its own per-layer slice; use a one-pass profile for --per-layer")
             if g and (g.get("keep") != K or g.get("method") != method):
                 raise UsageError(f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
                                  f"its scores only hold for that slice; extract with those or re-run profile "

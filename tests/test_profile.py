@@ -113,6 +113,8 @@ def test_greedy_agrees_on_layer0_and_scores_the_sliced_model(tiny_ckpt, docs, tm
     assert plan.kept == greedy["greedy"]["kept"]
     with pytest.raises(UsageError, match="--greedy"):
         plan_slice(ck, "5", profile=greedy, method="reap")
+    with pytest.raises(UsageError, match="one-pass"):
+        plan_slice(ck, "4", profile=greedy, method="reap", per_layer=True)
 
 
 def test_multiple_choice_shots(tiny_ckpt, tmp_path):
