@@ -27,7 +27,7 @@ from emo_slice.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, _tensor_or
 from emo_slice.config import EmoConfig
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.model import EXPERT_KEY, expected_hf_names
-from emo_slice.profile import METHODS, choose_experts, parse_keep
+from emo_slice.profile import METHODS, choose_experts, parse_keep, router_digest
 
 MANIFEST = "slice.json"
 ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
@@ -299,7 +299,8 @@ def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest:
         "keep": plan.keep, "per_layer": plan.per_layer, "method": plan.method,
         "num_experts_per_tok": new_cfg["num_experts_per_tok"],
         "kept_experts": [x["original_experts"] for x in layers],
-        "source": {"path": str(ckpt.path.resolve()), "fingerprint": ckpt.fingerprint(), "num_experts": cfg.num_experts,
+        "source": {"path": str(ckpt.path.resolve()), "fingerprint": ckpt.fingerprint(),
+                   "router_digest": router_digest(ckpt), "num_experts": cfg.num_experts,
                    "num_experts_per_layer": cfg.num_experts_per_layer,
                    "num_experts_per_tok": cfg.num_experts_per_tok, "num_shared_experts": cfg.num_shared_experts,
                    "slice_of": source_manifest.get("source") if isinstance(source_manifest, dict) else None},

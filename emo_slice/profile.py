@@ -373,6 +373,7 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
     return {
         "format": PROFILE_FORMAT, "format_version": PROFILE_VERSION,
         "model": {"path": str(ckpt.path.resolve()), "source": ckpt.source, "fingerprint": ckpt.fingerprint(),
+                  "router_digest": router_digest(ckpt),
                   "num_hidden_layers": cfg.num_hidden_layers,
                   "experts_per_layer": [cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers)],
                   "num_shared_experts": S, "num_experts_per_tok": cfg.num_experts_per_tok},
@@ -424,13 +425,28 @@ def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
     return d
 
 
+def router_digest(ckpt: Checkpoint) -> str:
+    """sha256 of every layer's router bytes: tells apart models of the same architecture (the fingerprint
+    covers config and tensor layout only). Reads L*E*D values, a few MB for the release."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for l in range(ckpt.config.num_hidden_layers):
+        info = ckpt.info(f"model.layers.{l}.mlp.gate.weight")
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            h.update(f.read(info.nbytes))
+    return h.hexdigest()[:16]
+
+
 def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profile") -> None:
-    """Refuse a profile made on another model (fingerprints differ)."""
-    theirs = profile.get("model", {}).get("fingerprint")
-    mine = ckpt.fingerprint()
-    if theirs != mine:
-        raise UsageError(f"{flag} was made on another model ({profile.get('model', {}).get('path')}, fingerprint "
-                         f"{theirs}) than {ckpt.path} (fingerprint {mine}); profile this model first")
+    """Refuse a profile made on another model (fingerprint or router weights differ)."""
+    model = profile.get("model", {})
+    theirs, mine = model.get("fingerprint"), ckpt.fingerprint()
+    same = theirs == mine and model.get("router_digest", router_digest(ckpt)) == router_digest(ckpt)
+    if not same:
+        raise UsageError(f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
+                         f"{model.get('router_digest')}) than {ckpt.path}; profile this model first")
 
 
 # ---------------------------------------------------------------------------------------------

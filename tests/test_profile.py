@@ -139,6 +139,12 @@ def test_profile_file_roundtrip_and_checks(tiny_ckpt, fixtures, docs, tmp_path):
     check_profile_matches(back, Checkpoint(tiny_ckpt))
     with pytest.raises(UsageError, match="another model"):
         check_profile_matches(back, Checkpoint(fixtures / "emo-tiny"))
+    from emo_slice.build import random_checkpoint
+
+    twin = random_checkpoint(tmp_path / "twin", "tiny", seed=1)  # same architecture, other weights
+    assert Checkpoint(twin).fingerprint() == Checkpoint(tiny_ckpt).fingerprint()
+    with pytest.raises(UsageError, match="another model"):
+        check_profile_matches(back, Checkpoint(twin))
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(DataError, match="not an emo-slice profile"):
         load_profile(tmp_path / "bad.json")
