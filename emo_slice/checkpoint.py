@@ -185,7 +185,6 @@ class Checkpoint:
                     f"{len(missing)} tensors listed in {INDEX_NAME} are not in their shards (first: {missing[0]}); "
                     "re-download the checkpoint"
                 )
-        self._handles: dict[Path, object] = {}
 
     # ---- queries -------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -223,27 +222,45 @@ class Checkpoint:
 
     # ---- tensors -------------------------------------------------------------------------
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One tensor, read from the memory-mapped shard (a private copy), optionally cast."""
-        info = self.info(name)
-        handle = self._handles.get(info.file)
-        if handle is None:
-            from safetensors import safe_open
+        """One tensor, read with plain file reads into a fresh tensor, optionally cast.
 
-            try:
-                handle = safe_open(str(info.file), framework="pt")
-            except Exception as e:
-                raise CheckpointError(f"cannot read {info.file}: {e}; re-download this shard") from None
-            self._handles[info.file] = handle
-        t = handle.get_tensor(name)
+        No memory map is kept: pages of a 50 GB checkpoint never pile up in the process's memory."""
+        info = self.info(name)
+        t = torch.empty(info.shape, dtype=info.torch_dtype)
+        read_into(info, t)
         return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
+    def read_into(self, name: str, dst: torch.Tensor) -> None:
+        """Fill dst (a parameter or a slice of one) with tensor `name`, casting if the dtypes differ."""
+        info = self.info(name)
+        if tuple(info.shape) != tuple(dst.shape):
+            raise CheckpointError(f"tensor {name} has shape {tuple(info.shape)} but config.json implies "
+                                  f"{tuple(dst.shape)}; the config does not match the weights")
+        if info.torch_dtype == dst.dtype and dst.is_contiguous():
+            read_into(info, dst)
+        else:
+            dst.copy_(self.get(name))
+
     def close(self) -> None:
-        self._handles.clear()
+        """Nothing stays open between reads; kept for symmetry with file-like objects."""
 
     def extra_files(self) -> list[Path]:
         """Files of the folder that are not weights, index or config (tokenizer, remote code, ...)."""
         weights = {i.file.name for i in self.infos.values()} | {INDEX_NAME, "config.json"}
         return sorted(p for p in self.path.iterdir() if p.is_file() and p.name not in weights)
+
+
+def read_into(info: TensorInfo, dst: torch.Tensor) -> None:
+    """Read a tensor's bytes straight into dst (same dtype, contiguous): no mmap, no temporary copy."""
+    buf = memoryview(dst.view(torch.uint8).reshape(-1).numpy()).cast("B") if dst.numel() else memoryview(b"")
+    with open(info.file, "rb", buffering=0) as f:
+        f.seek(info.start)
+        done = 0
+        while done < info.nbytes:
+            n = f.readinto(buf[done:])
+            if not n:
+                raise CheckpointError(f"{info.file} ended early while reading {info.name}: re-download this shard")
+            done += n
 
 
 # ---------------------------------------------------------------------------------------------

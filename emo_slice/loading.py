@@ -15,7 +15,7 @@ import torch
 from emo_slice.checkpoint import Checkpoint, parse_dtype
 from emo_slice.config import EmoConfig
 from emo_slice.errors import CheckpointError
-from emo_slice.model import DecoderLayer, EmoForCausalLM, RMSNorm, expected_hf_names, rope_cos_sin
+from emo_slice.model import DecoderLayer, EmoForCausalLM, RMSNorm, expected_hf_names, hf_to_stacked_view, rope_cos_sin
 from emo_slice.routing import Routing
 
 
@@ -50,28 +50,24 @@ def load_model(path_or_id: str | os.PathLike | Checkpoint, dtype: str | torch.dt
     dt = parse_dtype(dtype) or ckpt.stored_dtype
     model = _empty(lambda: EmoForCausalLM(ckpt.config), dt)
     for name in expected_hf_names(ckpt.config):
-        model.load_hf_tensor(name, ckpt.get(name))
+        target = hf_to_stacked_view(model, name)
+        ckpt.read_into(name, target)
     model.source = ckpt  # type: ignore[attr-defined]
     return model.eval()
 
 
 def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype) -> DecoderLayer:
-    """One decoder layer with its weights, read from the checkpoint."""
-    cfg = ckpt.config
-    mod = _empty(lambda: DecoderLayer(cfg, layer), dtype)
+    """One decoder layer with its weights, read from the checkpoint straight into its parameters."""
+    mod = _empty(lambda: DecoderLayer(ckpt.config, layer), dtype)
     p = f"model.layers.{layer}."
+    kinds = {"mlp.w_gate_EFD": "gate", "mlp.w_up_EFD": "up", "mlp.w_down_EDF": "down"}
     with torch.no_grad():
         for name, param in mod.named_parameters():
-            if name.startswith("mlp.w_"):
-                kind = {"mlp.w_gate_EFD": "gate", "mlp.w_up_EFD": "up", "mlp.w_down_EDF": "down"}[name]
+            if name in kinds:
                 for e in range(param.shape[0]):
-                    param[e].copy_(ckpt.get(f"{p}mlp.experts.{e}.{kind}_proj.weight"))
+                    ckpt.read_into(f"{p}mlp.experts.{e}.{kinds[name]}_proj.weight", param.data[e])
             else:
-                t = ckpt.get(p + name)
-                if tuple(t.shape) != tuple(param.shape):
-                    raise CheckpointError(f"tensor {p + name} has shape {tuple(t.shape)}, config.json implies "
-                                          f"{tuple(param.shape)}; the config does not match the weights")
-                param.copy_(t)
+                ckpt.read_into(p + name, param.data)
     return mod.eval()
 
 

@@ -136,9 +136,13 @@ class MoE(nn.Module):
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, segment_ids_N, pool_size)
-        out_ND = expert_mix(x_ND, r.experts_NK, r.weights_NK, self.w_gate_EFD, self.w_up_EFD, self.w_down_EDF,
-                            self.impl)
-        return out_ND.view(B, T, D), r
+        w = (self.w_gate_EFD, self.w_up_EFD, self.w_down_EDF)
+        x_in = x_ND
+        if torch.is_autocast_enabled(x_ND.device.type):  # autocast does not cover grouped matmuls: cast here
+            dt = torch.get_autocast_dtype(x_ND.device.type)
+            x_in, w = x_ND.to(dt), tuple(t.to(dt) for t in w)
+        out_ND = expert_mix(x_in, r.experts_NK, r.weights_NK, *w, self.impl)
+        return out_ND.to(x_BTD.dtype).view(B, T, D), r
 
 
 class DecoderLayer(nn.Module):
@@ -215,20 +219,6 @@ class EmoForCausalLM(nn.Module):
     def hf_state_dict(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF tensor name, tensor) in checkpoint order, experts unstacked (views, no copies)."""
         yield from stacked_to_hf(self.state_dict(), self.config)
-
-    def load_hf_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        """Copy one checkpoint tensor into place (casting to the parameter dtype)."""
-        target = hf_to_stacked_view(self, name)
-        if target is None:
-            raise KeyError(name)
-        if tuple(target.shape) != tuple(tensor.shape):
-            from emo_slice.errors import CheckpointError
-            raise CheckpointError(
-                f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(target.shape)}; "
-                "the config does not match the weights"
-            )
-        with torch.no_grad():
-            target.copy_(tensor)
 
 
 def document_mask(input_ids_BT, eos_token_id) -> torch.Tensor:

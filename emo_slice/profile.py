@@ -241,56 +241,6 @@ def _accumulate(st: LayerStats, mlp, xn_ND, h_ND, y_ND, r, valid_N) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading one layer without keeping shard pages mapped
-# ---------------------------------------------------------------------------------------------
-
-def _read_into(info, dst: torch.Tensor) -> None:
-    """Read a tensor's bytes straight into dst (same dtype, contiguous): no mmap, no temporary copy."""
-    buf = memoryview(dst.view(torch.uint8).reshape(-1).numpy()).cast("B")
-    with open(info.file, "rb", buffering=0) as f:
-        f.seek(info.start)
-        done = 0
-        while done < info.nbytes:
-            n = f.readinto(buf[done:])
-            if not n:
-                from emo_slice.errors import CheckpointError
-
-                raise CheckpointError(f"{info.file} ended early while reading {info.name}: re-download this shard")
-            done += n
-
-
-def load_layer_direct(ckpt: Checkpoint, layer: int, dtype: torch.dtype) -> DecoderLayer:
-    """One decoder layer read with plain file reads into its parameters (peak: the layer itself).
-
-    Same result as emo_slice.loading.load_layer, which goes through the memory-mapped shards and leaves
-    the pages it touched mapped (counted in RSS) until the checkpoint is closed."""
-    from emo_slice.errors import CheckpointError
-
-    with torch.device("meta"):
-        mod = DecoderLayer(ckpt.config, layer).to(dtype)
-    mod = mod.to_empty(device="cpu")
-    p = f"model.layers.{layer}."
-    with torch.no_grad():
-        for name, param in mod.named_parameters():
-            if name.startswith("mlp.w_"):
-                kind = {"mlp.w_gate_EFD": "gate", "mlp.w_up_EFD": "up", "mlp.w_down_EDF": "down"}[name]
-                targets = [(f"{p}mlp.experts.{e}.{kind}_proj.weight", param.data[e]) for e in range(param.shape[0])]
-            else:
-                targets = [(p + name, param.data)]
-            for tname, dst in targets:
-                info = ckpt.info(tname)
-                if tuple(info.shape) != tuple(dst.shape):
-                    raise CheckpointError(f"tensor {tname} has shape {tuple(info.shape)}, config.json implies "
-                                          f"{tuple(dst.shape)}; the config does not match the weights")
-                if info.torch_dtype == dtype:
-                    _read_into(info, dst)
-                else:
-                    dst.copy_(ckpt.get(tname))
-    ckpt.close()
-    return mod.eval()
-
-
-# ---------------------------------------------------------------------------------------------
 # Profiling a model
 # ---------------------------------------------------------------------------------------------
 
@@ -314,7 +264,7 @@ class ProfileSettings:
 def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettings,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Run the calibration input through the model layer by layer; return the profile (a dict)."""
-    from emo_slice.loading import LayerwiseModel
+    from emo_slice.loading import LayerwiseModel, load_layer
     from emo_slice.tokenizer import load_tokenizer
 
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
@@ -346,7 +296,7 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
         xs = [lm.embed(ids) for ids, _ in batches]
         ckpt.close()
         for l in range(cfg.num_hidden_layers):
-            layer = load_layer_direct(ckpt, l, lm.dtype)  # only this layer's weights in memory
+            layer = load_layer(ckpt, l, lm.dtype)  # only this layer's weights in memory
             E = cfg.experts_in_layer(l)
             st = LayerStats(E - S)
             outs = []

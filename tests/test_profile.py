@@ -186,12 +186,14 @@ def test_cli_profile_then_extract(tiny_ckpt, docs, tmp_path):
         assert not (tmp_path / "no.json").exists()
 
 
-def test_direct_layer_load_equals_core_loader(fixtures):
+def test_layer_load_equals_whole_model(fixtures):
+    """Layers read one at a time (plain reads, no mmap) equal the whole model's, in both dtypes."""
+    import emo_slice
     from emo_slice.loading import load_layer
-    from emo_slice.profile import load_layer_direct
 
     ck = Checkpoint(fixtures / "emo-tiny")
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = load_layer(ck, 1, dtype).state_dict(), load_layer_direct(ck, 1, dtype).state_dict()
-        assert a.keys() == b.keys()
-        assert all(a[k].dtype == b[k].dtype == dtype and torch.equal(a[k], b[k]) for k in a)
+        whole = emo_slice.load_model(ck, dtype=dtype).model.layers[1].state_dict()
+        one = load_layer(ck, 1, dtype).state_dict()
+        assert whole.keys() == one.keys()
+        assert all(one[k].dtype == dtype and torch.equal(whole[k], one[k]) for k in whole)
