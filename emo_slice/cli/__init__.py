@@ -65,6 +65,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 # command modules register themselves on import (one line each)
 from emo_slice.cli import info as _info  # noqa: E402,F401
 from emo_slice.cli import slicing as _slicing  # noqa: E402,F401
+from emo_slice.cli import pretrain as _pretrain  # noqa: E402,F401
 from emo_slice.cli import eval as _eval  # noqa: E402,F401
 from emo_slice.cli import demo as _demo  # noqa: E402,F401
 

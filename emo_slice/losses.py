@@ -1,0 +1,84 @@
+"""Pretraining losses: global load balancing, router z-loss, LM-head z-loss, and routing statistics.
+
+Legend (tensor suffixes): N tokens, R routed experts (E' = E - S, shared excluded), k' routed experts
+per token, L layers, G document segments, V vocab.
+
+Following AllenAI's EMO training code (shared/spec/emo-pretraining.md):
+- LB (global):  (R/k') * sum_e count_e * mean_t(s_te) / N_counted, where count_e is how many top-k'
+  slots expert e got, summed over every data-parallel rank (and optionally over the micro-batches of
+  the step), N_counted the number of tokens those counts cover, and s the pool-masked probabilities of
+  the LOCAL micro-batch (which carry the gradient). Equals 1 when routing is uniform.
+- router z-loss: sum_t logsumexp(masked z_t)^2 / N_local (pool-masked logits, shared excluded).
+- LM z-loss: mean_t logsumexp(output logits_t)^2.
+Layer losses are averaged over layers (weight / num_layers, as the paper does).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from emo_slice.routing import Routing
+
+
+def expert_counts(r: Routing) -> torch.Tensor:
+    """[R] float32: top-k' slots each routed expert got in this micro-batch (no gradient)."""
+    R = r.probs_NR.shape[1]
+    routed_NK = r.experts_NK[:, : r.n_routed_k]
+    return torch.bincount(routed_NK.reshape(-1), minlength=R).float()
+
+
+def all_reduce_counts(counts_LR: torch.Tensor) -> torch.Tensor:
+    """Sum expert counts over all data-parallel ranks (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        counts_LR = counts_LR.clone()
+        dist.all_reduce(counts_LR, op=dist.ReduceOp.SUM)
+    return counts_LR
+
+
+def load_balancing_loss(probs_NR: torch.Tensor, counts_R: torch.Tensor, k_routed: int) -> torch.Tensor:
+    """(R/k') * sum_e f_e * P_e with f_e = counts_e / N_counted (global) and P_e = mean_t s_te (local)."""
+    R = probs_NR.shape[1]
+    n_counted = counts_R.sum() / k_routed
+    f_R = counts_R.detach() / n_counted.clamp_min(1.0)
+    p_R = probs_NR.float().mean(dim=0)
+    return (R / k_routed) * (f_R * p_R).sum()
+
+
+def router_z_loss(masked_logits_NR: torch.Tensor) -> torch.Tensor:
+    """mean_t logsumexp(masked z_t)^2 on the pool-masked routed logits (-inf entries are ignored)."""
+    lse_N = torch.logsumexp(masked_logits_NR.float(), dim=-1)
+    return lse_N.pow(2).mean()
+
+
+def lm_z_loss(logits_NV: torch.Tensor) -> torch.Tensor:
+    """mean_t logsumexp(output logits_t)^2."""
+    return torch.logsumexp(logits_NV.float(), dim=-1).pow(2).mean()
+
+
+def moe_losses(routings: list[Routing], counts_LR: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over layers of LB, mean over layers of router z-loss). counts_LR: global counts per layer."""
+    lb = torch.stack([load_balancing_loss(r.probs_NR, counts_LR[l], r.n_routed_k) for l, r in enumerate(routings)])
+    z = torch.stack([router_z_loss(r.masked_logits_NR) for r in routings])
+    return lb.mean(), z.mean()
+
+
+def load_imbalance(counts_LR: torch.Tensor) -> list[float]:
+    """Per layer: max expert count / mean expert count (1.0 = perfectly balanced)."""
+    mean_L = counts_LR.mean(dim=1).clamp_min(1e-9)
+    return (counts_LR.max(dim=1).values / mean_L).tolist()
+
+
+@torch.no_grad()
+def document_entropy(r: Routing, segment_ids_N: torch.Tensor) -> float:
+    """Mean over document segments of the entropy (nats) of the segment's average routed distribution.
+
+    Low when a document's tokens share a few experts (EMO); near log(R) when they spread out.
+    """
+    N, R = r.probs_NR.shape
+    G = int(segment_ids_N.max()) + 1
+    q_GR = torch.zeros(G, R, dtype=torch.float32, device=r.probs_NR.device)
+    q_GR.index_add_(0, segment_ids_N, r.probs_NR.float())
+    q_GR = q_GR / q_GR.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    ent_G = -(q_GR * q_GR.clamp_min(1e-12).log()).sum(dim=1)
+    return float(ent_G.mean())
