@@ -163,7 +163,7 @@ class Trainer:
         _barrier()
         if self.rank != 0:
             self.tok, self.meta = prepare_corpus(cfg, self.out / "data", vocab)
-        model_vocab = cfg.model.get("vocab_size", base_vocab if cfg.vocab_size is None else max(vocab, base_vocab))
+        model_vocab = cfg.model.get("vocab_size", vocab)
         if self.tok.vocab_size > model_vocab:
             if "vocab_size" in cfg.model:
                 raise UsageError(f"the tokenizer has {self.tok.vocab_size} tokens but --set vocab_size={model_vocab}; "
@@ -251,8 +251,10 @@ class Trainer:
             ids, first = self._micro_ids(step, m)
             inp, tgt = ids[:, :-1], ids[:, 1:]
             sync = contextlib.nullcontext()
-            if hasattr(self.model, "no_sync") and m < self.accum - 1:
+            if hasattr(self.model, "no_sync") and m < self.accum - 1:  # DDP: reduce gradients once per step
                 sync = self.model.no_sync()
+            if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2: likewise
+                self.model.set_requires_gradient_sync(m == self.accum - 1)
             with sync:
                 out = self._forward(self.model, inp, self._pool_for(inp, step, first))
                 logits = out["logits"].float().reshape(-1, self.mcfg.vocab_size)

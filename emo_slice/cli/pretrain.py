@@ -100,7 +100,8 @@ def pretrain_cmd(
                           f"vocab {m.vocab_size}; tokenizer {trainer.meta['tokenizer']}; "
                           f"{trainer.meta['train_tokens']:,} training tokens; pool {trainer.pool or 'none'}; "
                           f"{trainer.world} rank(s) on {trainer.device}, micro-batch {trainer.mb} x {trainer.accum} "
-                          "accumulation", markup=True)
+                          "accumulation" + (f"; resuming from {(out / 'latest').read_text().strip()}" if resume else ""),
+                          markup=True)
     path = trainer.run()
     if not rank0:
         return
