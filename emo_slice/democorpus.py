@@ -7,7 +7,8 @@ emo-slice makes them from the running interpreter:
   nothing is imported);
 - `unicode`: runs of the Unicode character database (`unicodedata`): code point and name per line;
 - `arithmetic`: seeded lines of integer arithmetic ("417 + 38 = 455").
-Written as JSONL documents `{"id", "domain", "text"}` (train.jsonl, valid.jsonl) and 4-way
+Written as JSONL documents `{"id", "domain", "text"}` (train.jsonl, valid.jsonl, and the held-out
+documents of each domain in valid/DOMAIN.jsonl) and 4-way
 continuation multiple-choice tasks `tasks/DOMAIN.jsonl` built like shared/data/domains' tasks:
 context = lines of a held-out document ending with a line break, gold = its next line, distractors =
 lines of other held-out documents of the same domain.
@@ -154,6 +155,7 @@ def write_demo_corpus(out: str | os.PathLike, chars_per_domain: int = 400_000, v
     summary = {}
     with atomic_output_dir(out, overwrite=overwrite, flag="OUT") as tmp:
         (tmp / "tasks").mkdir()
+        (tmp / "valid").mkdir()
         train, valid = [], []
         for domain, make in makers.items():
             docs = [{"id": f"{domain}/{i}", "domain": domain, "text": t}
@@ -162,6 +164,8 @@ def write_demo_corpus(out: str | os.PathLike, chars_per_domain: int = 400_000, v
             train += [d for d in docs if not _is_valid(d["id"], valid_share)]
             valid += v
             tasks = make_tasks(v, task_items, seed)
+            with open(tmp / "valid" / f"{domain}.jsonl", "w") as f:
+                f.writelines(json.dumps(d) + "\n" for d in v)
             with open(tmp / "tasks" / f"{domain}.jsonl", "w") as f:
                 f.writelines(json.dumps(t) + "\n" for t in tasks)
             summary[domain] = {"documents": len(docs), "valid": len(v), "task_items": len(tasks),
