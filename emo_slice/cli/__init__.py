@@ -21,7 +21,7 @@ app = typer.Typer(
     "extract a sliced checkpoint, evaluate it against the full model, pretrain EMO models.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 console = Console()

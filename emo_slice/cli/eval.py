@@ -38,6 +38,14 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _label(path: str) -> str:
+    """A column title for a model: its folder name, with the run folder for pretrain's final/step-N."""
+    p = Path(path)
+    if p.name in ("final", "latest") or p.name.startswith("step-"):
+        return f"{p.parent.name}/{p.name}"
+    return p.name or path
+
+
 def _fmt(metric: str, v) -> str:
     if v is None:
         return "-"
@@ -161,8 +169,8 @@ def eval_cmd(
 def _print_tables(data: dict, model: str, against: Optional[str]) -> None:
     from emo_slice.evaluate import HIGHER_IS_BETTER
 
-    name_m = Path(model).name or model
-    name_a = (Path(against).name or against) if against else None
+    name_m = _label(model)
+    name_a = _label(against) if against else None
     if name_a == name_m:
         name_m, name_a = f"{name_m} (model)", f"{name_a} (against)"
     for tname, metrics in data["results"].items():

@@ -67,8 +67,7 @@ def init(
     overwrite: bool = typer.Option(False, help="Replace OUT if it already holds files."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ):
-    """Write a randomly initialised EMO checkpoint (Hugging Face layout) from a preset: a model to try
-    every command on, offline."""
+    """Write a random EMO checkpoint (Hugging Face layout) from a preset, to try every command offline."""
     from emo_slice.build import random_checkpoint
 
     path = random_checkpoint(out, preset, seed=seed, std=std, dtype=dtype, max_shard_size=max_shard_size,
