@@ -33,7 +33,7 @@ def steps(out: str | os.PathLike, size: str = "small", domain: str = "code", kee
     """The emo-slice commands of the quickstart (arguments after `emo-slice`)."""
     if size not in SIZES:
         raise UsageError(f"--size {size!r} is unknown; choose one of {', '.join(SIZES)}")
-    from emo_slice.democorpus import DOMAINS
+    from emo_slice.data.democorpus import DOMAINS
 
     if domain not in DOMAINS:
         raise UsageError(f"--domain {domain!r} is not in the demo corpus; choose one of {', '.join(DOMAINS)}")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from emo_slice.build import random_checkpoint
-from emo_slice.data import MCItem, load_mc_task
-from emo_slice.evaluate import Runner, encode_item, evaluate_mc, naive_rows, score_rows
+from emo_slice.io.build import random_checkpoint
+from emo_slice.data.sources import MCItem, load_mc_task
+from emo_slice.eval.harness import Runner, encode_item, evaluate_mc, naive_rows, score_rows
 
 DEFAULT_TASK = Path("/work/shared/data/domains/tasks/quotes.jsonl")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 CHILD_EXTRACT = r"""
 import json, os, resource, sys, time
 import torch, emo_slice
-from emo_slice.checkpoint import Checkpoint
-from emo_slice.extract import extract, plan_slice
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.slicing.extract import extract, plan_slice
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 src, out, keep = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
@@ -47,8 +47,8 @@ CHILD_NAIVE = r"""
 import json, os, resource, sys, time, re
 import torch
 from safetensors.torch import load_file, save_file
-from emo_slice.checkpoint import Checkpoint
-from emo_slice.extract import plan_slice
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.slicing.extract import plan_slice
 src, out, keep = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 ck = Checkpoint(src)
@@ -93,8 +93,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     args = ap.parse_args()
 
-    from emo_slice.build import random_checkpoint
-    from emo_slice.config import EmoConfig
+    from emo_slice.io.build import random_checkpoint
+    from emo_slice.model.config import EmoConfig
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_extract_"))
     work.mkdir(parents=True, exist_ok=True)

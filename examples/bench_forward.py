@@ -18,9 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from emo_slice.config import EmoConfig
-from emo_slice.model import EmoForCausalLM, MoE, init_weights
-from emo_slice.routing import route
+from emo_slice.model.config import EmoConfig
+from emo_slice.model.modeling import EmoForCausalLM, MoE, init_weights
+from emo_slice.model.routing import route
 
 SIZES = {
     "small": dict(hidden_size=256, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,

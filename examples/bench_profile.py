@@ -29,7 +29,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import torch, emo_slice
-from emo_slice.profile import ProfileSettings, profile_model
+from emo_slice.slicing.profile import ProfileSettings, profile_model
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 p = profile_model(sys.argv[1], ProfileSettings(examples=sys.argv[2], shots=5))
@@ -45,8 +45,8 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     args = ap.parse_args()
 
-    from emo_slice.build import random_checkpoint
-    from emo_slice.config import EmoConfig
+    from emo_slice.io.build import random_checkpoint
+    from emo_slice.model.config import EmoConfig
 
     task = args.task
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_profile_"))

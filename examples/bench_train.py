@@ -21,11 +21,11 @@ import types
 import torch
 import torch.nn.functional as F
 
-from emo_slice.losses import all_reduce_counts, expert_counts, lm_z_loss, moe_losses
-from emo_slice.model import EmoForCausalLM, init_weights
-from emo_slice.routing import route
-from emo_slice.train_config import train_preset
-from emo_slice.trainer import pool_draw
+from emo_slice.train.losses import all_reduce_counts, expert_counts, lm_z_loss, moe_losses
+from emo_slice.model.modeling import EmoForCausalLM, init_weights
+from emo_slice.model.routing import route
+from emo_slice.train.config import train_preset
+from emo_slice.train.trainer import pool_draw
 
 
 def per_expert_loop_forward(self, x_BTD, segment_ids_N=None, pool_size=None):

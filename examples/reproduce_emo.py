@@ -132,7 +132,7 @@ def main() -> None:
             results[m][d] = row
 
     # 4. tables and specialisation
-    from emo_slice.specialisation import overlap, usage_heatmap
+    from emo_slice.slicing.specialisation import overlap, usage_heatmap
 
     summary: dict = {"settings": {"data": str(args.data or "embedded demo corpus"), "steps": args.steps,
                                   "tokens_per_model": args.steps * 16 * 256, "seed": args.seed,
@@ -178,7 +178,7 @@ def main() -> None:
     print(f"EMO's increase at 25% is {ratio:.2f}x the standard MoE's (the paper's shape: well under 1/3)")
     png = usage_heatmap({m: profiles[m] for m in MODELS}, out / "usage.png")
     print(f"usage heatmap: {png}" if png else "usage heatmap skipped: pip install matplotlib")
-    from emo_slice.build import provenance
+    from emo_slice.io.build import provenance
 
     summary["provenance"] = provenance(script="examples/reproduce_emo.py", argv=sys.argv[1:])
     summary["commands"] = log

@@ -17,6 +17,6 @@ def fixtures() -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A random tiny EMO checkpoint (preset tiny), written by the tests themselves."""
-    from emo_slice.build import random_checkpoint
+    from emo_slice.io.build import random_checkpoint
 
     return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)

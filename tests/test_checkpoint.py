@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import emo_slice
-from emo_slice.checkpoint import Checkpoint, ShardWriter, atomic_output_dir
-from emo_slice.config import EmoConfig
+from emo_slice.io.checkpoint import Checkpoint, ShardWriter, atomic_output_dir
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError, ConfigError, UsageError
 
 

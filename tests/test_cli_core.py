@@ -3,8 +3,8 @@
 import json
 
 import emo_slice
-from emo_slice.checkpoint import Checkpoint
-from emo_slice.info import param_counts
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.info import param_counts
 
 from test_checkpoint import run_cli
 

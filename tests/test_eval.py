@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from emo_slice.cli import app
-from emo_slice.data import MCItem, split_fewshot
-from emo_slice.evaluate import Runner, encode_item, evaluate_lm, evaluate_mc, mc_metrics, split_pair
-from emo_slice.tasks import load_task, parse_map
+from emo_slice.data.sources import MCItem, split_fewshot
+from emo_slice.eval.harness import Runner, encode_item, evaluate_lm, evaluate_mc, mc_metrics, split_pair
+from emo_slice.data.tasks import load_task, parse_map
 
 
 def _write_jsonl(path, records):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emo_slice.checkpoint import Checkpoint
-from emo_slice.extract import MANIFEST, extract, plan_slice
-from emo_slice.loading import load_model
-from emo_slice.model import EXPERT_KEY
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.slicing.extract import MANIFEST, extract, plan_slice
+from emo_slice.io.loading import load_model
+from emo_slice.model.modeling import EXPERT_KEY
 
 
 def _tensors(folder):

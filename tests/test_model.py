@@ -5,9 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 import emo_slice
-from emo_slice.config import EmoConfig
-from emo_slice.model import EmoForCausalLM, expert_mix, init_weights
-from emo_slice.routing import route, routing_segments
+from emo_slice.model.config import EmoConfig
+from emo_slice.model.modeling import EmoForCausalLM, expert_mix, init_weights
+from emo_slice.model.routing import route, routing_segments
 
 FIXTURES = ["emo-tiny", "emo-tiny-keep-1-3-4-6"]
 

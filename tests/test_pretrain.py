@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from emo_slice.errors import UsageError
-from emo_slice.loading import load_model
-from emo_slice.train_config import apply_overrides, train_preset
-from emo_slice.trainer import Trainer, pretrain
+from emo_slice.io.loading import load_model
+from emo_slice.train.config import apply_overrides, train_preset
+from emo_slice.train.trainer import Trainer, pretrain
 
 WORDS = {"fruit": "apple banana cherry grape melon fruit juice sweet ripe orchard".split(),
          "cars": "engine wheel brake motor gear road drive fuel piston clutch".split()}
@@ -78,7 +78,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path):
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
-    import emo_slice.trainer as tr
+    import emo_slice.train.trainer as tr
 
     calls, real = [], torch.save
 
@@ -153,7 +153,7 @@ def test_standard_router_is_the_same_model_without_pool(corpus, tmp_path):
 
 
 def test_trained_tokenizer_is_saved_with_the_checkpoint(corpus, tmp_path):
-    from emo_slice.tokenizer import load_tokenizer
+    from emo_slice.io.tokenizer import load_tokenizer
 
     path = pretrain(_cfg(corpus, tmp_path / "bpe", tokenizer="train", vocab_size=300, steps=1))
     tok = load_tokenizer(path)

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emo_slice.checkpoint import Checkpoint
+from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.errors import DataError, UsageError
-from emo_slice.extract import extract, plan_slice
-from emo_slice.loading import load_model
-from emo_slice.profile import (ProfileSettings, check_profile_matches, concentration, layer_forward, load_profile,
+from emo_slice.slicing.extract import extract, plan_slice
+from emo_slice.io.loading import load_model
+from emo_slice.slicing.profile import (ProfileSettings, check_profile_matches, concentration, layer_forward, load_profile,
                                profile_model, save_profile)
 
 TEXT = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n"
@@ -85,7 +85,7 @@ def test_scores_match_direct_computation(tiny_ckpt, docs):
 
 def test_layer_forward_is_the_model(tiny_ckpt):
     model = load_model(tiny_ckpt)
-    from emo_slice.model import rope_cos_sin
+    from emo_slice.model.modeling import rope_cos_sin
 
     x = torch.randn(2, 7, 64)
     cos, sin = rope_cos_sin(7, model.config.head_dim, model.config.rope_theta, x.dtype)
@@ -139,7 +139,7 @@ def test_profile_file_roundtrip_and_checks(tiny_ckpt, fixtures, docs, tmp_path):
     check_profile_matches(back, Checkpoint(tiny_ckpt))
     with pytest.raises(UsageError, match="another model"):
         check_profile_matches(back, Checkpoint(fixtures / "emo-tiny"))
-    from emo_slice.build import random_checkpoint
+    from emo_slice.io.build import random_checkpoint
 
     twin = random_checkpoint(tmp_path / "twin", "tiny", seed=1)  # same architecture, other weights
     assert Checkpoint(twin).fingerprint() == Checkpoint(tiny_ckpt).fingerprint()
@@ -189,7 +189,7 @@ def test_cli_profile_then_extract(tiny_ckpt, docs, tmp_path):
 def test_layer_load_equals_whole_model(fixtures):
     """Layers read one at a time (plain reads, no mmap) equal the whole model's, in both dtypes."""
     import emo_slice
-    from emo_slice.loading import load_layer
+    from emo_slice.io.loading import load_layer
 
     ck = Checkpoint(fixtures / "emo-tiny")
     for dtype in (torch.float32, torch.bfloat16):

@@ -8,7 +8,7 @@ import torch
 
 import emo_slice
 from emo_slice import quickstart
-from emo_slice.checkpoint import Checkpoint
+from emo_slice.io.checkpoint import Checkpoint
 
 
 def test_quickstart_tiny(tmp_path):

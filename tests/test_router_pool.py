@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from emo_slice.errors import UsageError
-from emo_slice.losses import load_balancing_loss, moe_losses, router_z_loss
-from emo_slice.routing import attention_documents, route, routing_segments
-from emo_slice.train_config import train_preset
-from emo_slice.trainer import lr_at, pool_draw
+from emo_slice.train.losses import load_balancing_loss, moe_losses, router_z_loss
+from emo_slice.model.routing import attention_documents, route, routing_segments
+from emo_slice.train.config import train_preset
+from emo_slice.train.trainer import lr_at, pool_draw
 
 EOS = 0
 

@@ -21,7 +21,7 @@ def demo_data(
 ):
     """Write the embedded four-domain corpus (code, docs, unicode, arithmetic), made from this Python
     installation's standard library, with a multiple-choice task per domain. Works offline."""
-    from emo_slice.democorpus import write_demo_corpus
+    from emo_slice.data.democorpus import write_demo_corpus
 
     summary = write_demo_corpus(out, chars_per_domain=chars_per_domain, seed=seed, overwrite=overwrite)
     if json_out:

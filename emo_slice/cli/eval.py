@@ -87,10 +87,10 @@ def eval_cmd(
     """Score MODEL on multiple-choice tasks (ranking classification: acc_raw, acc_per_token, acc_per_char,
     acc_per_byte, acc_uncond, bits per byte of the gold) and on text (perplexity, bits per byte); with
     --against, score a second model on the very same items and show both side by side."""
-    from emo_slice.build import provenance
+    from emo_slice.io.build import provenance
     from emo_slice.errors import UsageError
-    from emo_slice.evaluate import Runner, compare, evaluate_lm, evaluate_mc
-    from emo_slice.tasks import load_task, parse_map
+    from emo_slice.eval.harness import Runner, compare, evaluate_lm, evaluate_mc
+    from emo_slice.data.tasks import load_task, parse_map
 
     if not task and not lm:
         raise UsageError("nothing to evaluate: give at least one --task FILE or --lm FILE")
@@ -108,7 +108,7 @@ def eval_cmd(
         tasks[name] = t
     texts = {}
     if lm:
-        from emo_slice.data import read_texts
+        from emo_slice.data.sources import read_texts
 
         for src in lm:
             docs = read_texts(src, text_field, split, "--lm")
@@ -167,7 +167,7 @@ def eval_cmd(
 
 
 def _print_tables(data: dict, model: str, against: Optional[str]) -> None:
-    from emo_slice.evaluate import HIGHER_IS_BETTER
+    from emo_slice.eval.harness import HIGHER_IS_BETTER
 
     name_m = _label(model)
     name_a = _label(against) if against else None

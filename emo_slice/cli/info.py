@@ -26,8 +26,8 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables."),
 ):
     """Architecture, parameters (total and active per token), experts per layer, bytes, slice sizes."""
-    from emo_slice.checkpoint import Checkpoint
-    from emo_slice.info import checkpoint_info
+    from emo_slice.io.checkpoint import Checkpoint
+    from emo_slice.io.info import checkpoint_info
 
     data = checkpoint_info(Checkpoint(model))
     if json_out:
@@ -68,7 +68,7 @@ def init(
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ):
     """Write a random EMO checkpoint (Hugging Face layout) from a preset, to try every command offline."""
-    from emo_slice.build import random_checkpoint
+    from emo_slice.io.build import random_checkpoint
 
     path = random_checkpoint(out, preset, seed=seed, std=std, dtype=dtype, max_shard_size=max_shard_size,
                              overwrite=overwrite)

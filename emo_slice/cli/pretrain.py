@@ -66,7 +66,7 @@ def pretrain_cmd(
     router and LM z-losses, AdamW with warmup and cosine decay. Writes Hugging Face EMO checkpoints that
     profile, extract and eval read. Runs data parallel under torchrun (DDP, or --fsdp)."""
     from emo_slice.errors import UsageError
-    from emo_slice.train_config import TrainConfig, apply_overrides, train_preset
+    from emo_slice.train.config import TrainConfig, apply_overrides, train_preset
 
     if resume and (out / "train_config.json").exists() and not show_config:
         # continue with the run's own configuration; explicit options still apply on top
@@ -89,7 +89,7 @@ def pretrain_cmd(
         return
     if not cfg.data:
         raise UsageError("--data is required: a .txt, JSONL or dataset with the training text")
-    from emo_slice.trainer import Trainer
+    from emo_slice.train.trainer import Trainer
 
     trainer = Trainer(cfg)
     rank0 = trainer.rank == 0

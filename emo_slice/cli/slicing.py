@@ -44,7 +44,7 @@ def _layer_progress(label: str):
 
 def _run_profile(model: str, examples: str, field: str, split, shots, seed, max_length, dtype, greedy, keep,
                  method, quiet: bool):
-    from emo_slice.profile import ProfileSettings, profile_model
+    from emo_slice.slicing.profile import ProfileSettings, profile_model
 
     settings = ProfileSettings(examples=examples, field=field, split=split, shots=shots, seed=seed,
                                max_length=max_length, dtype=dtype, greedy=greedy, keep=keep, method=method)
@@ -56,7 +56,7 @@ def _run_profile(model: str, examples: str, field: str, split, shots, seed, max_
 
 
 def _concentration_table(profile: dict) -> Table:
-    from emo_slice.profile import concentration
+    from emo_slice.slicing.profile import concentration
 
     rows = concentration(profile)
     n = rows[0]["routed"] if rows else 0
@@ -104,9 +104,9 @@ def profile(
     default), selection frequency, REAP, EASY-EP and token counts. Runs layer by layer from the
     memory-mapped checkpoint (peak memory: about one layer plus activations). The profile file is
     reusable: `extract` slices at any K and method from it without running the model again."""
-    from emo_slice.checkpoint import Checkpoint
-    from emo_slice.extract import check_output
-    from emo_slice.profile import concentration, save_profile
+    from emo_slice.io.checkpoint import Checkpoint
+    from emo_slice.slicing.extract import check_output
+    from emo_slice.slicing.profile import concentration, save_profile
 
     if keep is not None and not greedy:
         raise UsageError("--keep only applies with --greedy (a one-pass profile serves any K); drop it or add --greedy")
@@ -164,10 +164,10 @@ def extract(
     experts keep their order and are renumbered, router rows sliced, nothing rescaled. Tensors whose
     dtype does not change are copied as byte ranges; every other file is copied; slice.json records
     what was kept and why. Stock EMO model code and its vLLM plugin load the result unchanged."""
-    from emo_slice.build import parse_size
-    from emo_slice.checkpoint import Checkpoint, parse_dtype
-    from emo_slice.extract import check_output, extract as do_extract, plan_slice
-    from emo_slice.profile import METHODS, check_profile_matches, load_profile
+    from emo_slice.io.build import parse_size
+    from emo_slice.io.checkpoint import Checkpoint, parse_dtype
+    from emo_slice.slicing.extract import check_output, extract as do_extract, plan_slice
+    from emo_slice.slicing.profile import METHODS, check_profile_matches, load_profile
 
     given = [f for f, v in (("--profile", profile_path), ("--examples", examples), ("--experts", experts)) if v is not None]
     if len(given) > 1:

@@ -1,6 +1,6 @@
 """TrainConfig: everything `emo-slice pretrain` needs, typed, with presets and `key=value` overrides.
 
-A preset (tiny / small / emo-1b14b) names an architecture (emo_slice.presets) and training
+A preset (tiny / small / emo-1b14b) names an architecture (emo_slice.model.presets) and training
 hyper-parameters. Any TrainConfig field, and any EmoConfig field (architecture, Hugging Face key
 names, e.g. hidden_size=256), can be overridden with `--set key=value`.
 """
@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, fields
 from dataclasses import field as dc_field
 
-from emo_slice.config import EmoConfig
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import UsageError
 
 
@@ -120,7 +120,7 @@ class TrainConfig:
 
     # derived helpers ------------------------------------------------------------------------------
     def model_config(self, vocab_size: int | None = None, eos: int | None = None, pad: int | None = None) -> EmoConfig:
-        from emo_slice.presets import preset
+        from emo_slice.model.presets import preset
 
         over = dict(self.model)
         if vocab_size is not None and "vocab_size" not in over:

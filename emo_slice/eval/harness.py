@@ -32,9 +32,9 @@ from typing import Callable
 
 import torch
 
-from emo_slice.data import MCItem
+from emo_slice.data.sources import MCItem
 from emo_slice.errors import DataError, UsageError
-from emo_slice.model import rope_cos_sin
+from emo_slice.model.modeling import rope_cos_sin
 
 UNCOND_PROMPT = "Answer:"
 HIGHER_IS_BETTER = {"acc_raw": True, "acc_per_token": True, "acc_per_char": True, "acc_per_byte": True,
@@ -53,9 +53,9 @@ class Runner:
     """
 
     def __init__(self, path: str, dtype: str | None = None, layerwise: bool = False):
-        from emo_slice.checkpoint import Checkpoint
-        from emo_slice.loading import LayerwiseModel, load_model
-        from emo_slice.tokenizer import load_tokenizer
+        from emo_slice.io.checkpoint import Checkpoint
+        from emo_slice.io.loading import LayerwiseModel, load_model
+        from emo_slice.io.tokenizer import load_tokenizer
 
         self.ckpt = Checkpoint(path)
         self.path = str(path)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from emo_slice.checkpoint import ShardWriter, atomic_output_dir, parse_dtype
-from emo_slice.config import EmoConfig
+from emo_slice.io.checkpoint import ShardWriter, atomic_output_dir, parse_dtype
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import UsageError
-from emo_slice.model import EmoForCausalLM, hf_tensor_shapes
+from emo_slice.model.modeling import EmoForCausalLM, hf_tensor_shapes
 
 GENERATION_CONFIG = {"_from_model_config": True}
 
@@ -54,7 +54,7 @@ def random_checkpoint(out: str | os.PathLike, preset_or_config: str | EmoConfig 
                       std: float = 0.1, dtype: str = "float32", max_shard_size: str | int = "5GB",
                       overwrite: bool = False) -> Path:
     """Write a random EMO checkpoint one tensor at a time (memory: one tensor), atomically."""
-    from emo_slice.presets import preset
+    from emo_slice.model.presets import preset
 
     cfg = preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
     dt = parse_dtype(dtype)

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emo_slice.checkpoint import Checkpoint, parse_dtype
+from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.errors import DataError, UsageError
-from emo_slice.model import DecoderLayer, expert_mix, rope_cos_sin
-from emo_slice.routing import route
+from emo_slice.model.modeling import DecoderLayer, expert_mix, rope_cos_sin
+from emo_slice.model.routing import route
 
 METHODS = ("mean-prob", "frequency", "reap", "easy-ep", "random")
 SCORED = ("mean-prob", "frequency", "reap", "easy-ep")
@@ -55,7 +55,7 @@ def parse_keep(text: str | int, n_experts: int, n_shared: int, flag: str = "--ke
             share = float(s[:-1]) / 100
             if not 0 < share <= 1:
                 raise ValueError
-            from emo_slice.info import slice_k
+            from emo_slice.io.info import slice_k
 
             return slice_k(n_experts, n_shared, share)
         k = int(s)
@@ -116,13 +116,13 @@ def calibration_texts(src: str, field: str = "text", split: str | None = None, s
                       seed: int = 0) -> tuple[list[str], dict]:
     """Documents from a .txt / JSONL / dataset, or (shots given) one k-shot prompt of a multiple-choice task
     with the gold answers appended."""
-    from emo_slice.data import file_hash, items_hash
+    from emo_slice.data.sources import file_hash, items_hash
 
     p = Path(src).expanduser()
     desc: dict = {"source": str(src), "file_hash": file_hash(p) if p.is_file() else None}
     if shots is not None:
-        from emo_slice.tasks import load_items
-        from emo_slice.data import fewshot_prompt, split_fewshot
+        from emo_slice.data.tasks import load_items
+        from emo_slice.data.sources import fewshot_prompt, split_fewshot
 
         if shots < 1:
             raise UsageError(f"--shots {shots}: give at least 1 demonstration (or leave --shots out to read text)")
@@ -131,7 +131,7 @@ def calibration_texts(src: str, field: str = "text", split: str | None = None, s
         desc.update(kind="multiple-choice", format=fmt, shots=len(demos), seed=seed, ids=[d.id for d in demos],
                     items_hash=items_hash(demos))
         return [fewshot_prompt(demos)], desc
-    from emo_slice.data import read_texts
+    from emo_slice.data.sources import read_texts
 
     texts = read_texts(src, field, split, "--examples")
     desc.update(kind="text", field=field, split=split, documents=len(texts))
@@ -264,8 +264,8 @@ class ProfileSettings:
 def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettings,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Run the calibration input through the model layer by layer; return the profile (a dict)."""
-    from emo_slice.loading import LayerwiseModel, load_layer
-    from emo_slice.tokenizer import load_tokenizer
+    from emo_slice.io.loading import LayerwiseModel, load_layer
+    from emo_slice.io.tokenizer import load_tokenizer
 
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     cfg = ckpt.config
@@ -338,7 +338,7 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
 
 
 def _provenance() -> dict:
-    from emo_slice.build import provenance
+    from emo_slice.io.build import provenance
 
     return provenance()
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from emo_slice.data import MCItem, file_hash, items_hash, load_mc_task, read_records, split_fewshot
+from emo_slice.data.sources import MCItem, file_hash, items_hash, load_mc_task, read_records, split_fewshot
 from emo_slice.errors import DataError, UsageError
 
 FORMATS = ("auto", "plain", "arc", "hellaswag")
@@ -116,7 +116,7 @@ def load_items(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto
 def load_task(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto", split: str | None = None,
               shots: int = 0, seed: int = 0, limit: int | None = None, separator: str = "\n\n") -> Task:
     """A task ready to score: demonstrations drawn (seeded) and removed, then the first `limit` items."""
-    from emo_slice.data import fewshot_prompt
+    from emo_slice.data.sources import fewshot_prompt
 
     items, used = load_items(spec, fields, fmt, split)
     if limit is not None and limit < 1:

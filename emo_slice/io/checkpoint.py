@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Union
 
 import torch
 
-from emo_slice.config import EmoConfig
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError, UsageError
 
 INDEX_NAME = "model.safetensors.index.json"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from emo_slice.checkpoint import Checkpoint
-from emo_slice.config import EmoConfig
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.model.config import EmoConfig
 
 SLICE_SHARES = (0.5, 0.25, 0.125)
 

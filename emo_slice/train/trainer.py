@@ -28,13 +28,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from emo_slice.corpus import TokenWindows, prepare_corpus
+from emo_slice.train.corpus import TokenWindows, prepare_corpus
 from emo_slice.errors import UsageError
-from emo_slice.losses import (all_reduce_counts, document_entropy, expert_counts, load_imbalance, lm_z_loss,
+from emo_slice.train.losses import (all_reduce_counts, document_entropy, expert_counts, load_imbalance, lm_z_loss,
                               moe_losses)
-from emo_slice.model import EmoForCausalLM, init_weights
-from emo_slice.routing import routing_segments
-from emo_slice.train_config import TrainConfig
+from emo_slice.model.modeling import EmoForCausalLM, init_weights
+from emo_slice.model.routing import routing_segments
+from emo_slice.train.config import TrainConfig
 
 STATE_FILE = "training_state.pt"
 PRIME = 2147483647
@@ -319,7 +319,7 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         """Write out/<name> (HF EMO layout + training state) atomically and point out/latest at it."""
-        from emo_slice.build import provenance, save_model
+        from emo_slice.io.build import provenance, save_model
 
         model_sd, optim_sd = self._full_states()
         final = self.out / name
@@ -364,7 +364,7 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        from emo_slice.loading import load_model
+        from emo_slice.io.loading import load_model
 
         folder = self.out / (self.out / "latest").read_text().strip()
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)

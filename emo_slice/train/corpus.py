@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from emo_slice.errors import DataError, UsageError
-from emo_slice.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<|pad|>"
 EOS_NAMES = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>")
@@ -98,7 +98,7 @@ def prepare_corpus(cfg, folder: Path, vocab_size: int) -> tuple[Tokenizer, dict]
     Returns the tokenizer and meta (token counts, source hash). Re-running with the same inputs reuses
     the files (the meta records the source and tokenizer settings).
     """
-    from emo_slice.data import read_texts
+    from emo_slice.data.sources import read_texts
 
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from emo_slice.routing import Routing
+from emo_slice.model.routing import Routing
 
 
 def expert_counts(r: Routing) -> torch.Tensor:

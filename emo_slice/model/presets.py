@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emo_slice.config import EmoConfig
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import UsageError
 
 

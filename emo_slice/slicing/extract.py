@@ -23,11 +23,11 @@ from typing import Callable
 
 import torch
 
-from emo_slice.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, _tensor_order, atomic_output_dir, parse_dtype
-from emo_slice.config import EmoConfig
+from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, _tensor_order, atomic_output_dir, parse_dtype
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError, UsageError
-from emo_slice.model import EXPERT_KEY, expected_hf_names
-from emo_slice.profile import METHODS, choose_experts, parse_keep, router_digest
+from emo_slice.model.modeling import EXPERT_KEY, expected_hf_names
+from emo_slice.slicing.profile import METHODS, choose_experts, parse_keep, router_digest
 
 MANIFEST = "slice.json"
 ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
@@ -212,7 +212,7 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
             dtype: str | None = None, overwrite: bool = False, max_shard_size: str | int = "5GB",
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the sliced checkpoint described by plan to out; return the manifest."""
-    from emo_slice.build import parse_size, provenance
+    from emo_slice.io.build import parse_size, provenance
 
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     cfg = ckpt.config

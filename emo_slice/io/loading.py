@@ -12,11 +12,11 @@ from typing import Callable, Iterable
 
 import torch
 
-from emo_slice.checkpoint import Checkpoint, parse_dtype
-from emo_slice.config import EmoConfig
+from emo_slice.io.checkpoint import Checkpoint, parse_dtype
+from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError
-from emo_slice.model import DecoderLayer, EmoForCausalLM, RMSNorm, expected_hf_names, hf_to_stacked_view, rope_cos_sin
-from emo_slice.routing import Routing
+from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm, expected_hf_names, hf_to_stacked_view, rope_cos_sin
+from emo_slice.model.routing import Routing
 
 
 def _open(path_or_ckpt) -> Checkpoint:

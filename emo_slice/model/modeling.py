@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emo_slice.config import EmoConfig
-from emo_slice.routing import Routing, attention_documents, route, routing_segments
+from emo_slice.model.config import EmoConfig
+from emo_slice.model.routing import Routing, attention_documents, route, routing_segments
 
 EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 STACKED = {"gate": "w_gate_EFD", "up": "w_up_EFD", "down": "w_down_EDF"}

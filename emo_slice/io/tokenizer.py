@@ -75,7 +75,7 @@ class ByteTokenizer(Tokenizer):
 
 def load_tokenizer(path_or_id: str | os.PathLike) -> Tokenizer:
     """The tokenizer of a checkpoint folder or Hub id; byte-level when it has no tokenizer.json."""
-    from emo_slice.checkpoint import resolve_checkpoint
+    from emo_slice.io.checkpoint import resolve_checkpoint
 
     folder = resolve_checkpoint(path_or_id)
     eos = pad = None
