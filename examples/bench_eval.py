@@ -19,7 +19,9 @@ import torch
 
 from emo_slice.io.build import random_checkpoint
 from emo_slice.data.sources import MCItem, load_mc_task
-from emo_slice.eval.harness import Runner, encode_item, evaluate_mc, naive_rows, score_rows
+from emo_slice.eval.harness import evaluate_mc, score_rows
+from emo_slice.eval.requests import encode_item, naive_rows
+from emo_slice.eval.runner import Runner
 
 DEFAULT_TASK = Path("/work/shared/data/domains/tasks/quotes.jsonl")
 

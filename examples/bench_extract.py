@@ -31,7 +31,8 @@ CHILD_EXTRACT = r"""
 import json, os, resource, sys, time
 import torch, emo_slice
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.slicing.extract import extract, plan_slice
+from emo_slice.slicing.extract import extract
+from emo_slice.slicing.select import plan_slice
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 src, out, keep = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
@@ -48,7 +49,7 @@ import json, os, resource, sys, time, re
 import torch
 from safetensors.torch import load_file, save_file
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.slicing.extract import plan_slice
+from emo_slice.slicing.select import plan_slice
 src, out, keep = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 ck = Checkpoint(src)

@@ -11,7 +11,7 @@ import torch
 import emo_slice
 from emo_slice.io.checkpoint import Checkpoint, ShardWriter, atomic_output_dir
 from emo_slice.model.config import EmoConfig
-from emo_slice.errors import CheckpointError, ConfigError, UsageError
+from emo_slice.errors import ConfigError, UsageError
 
 
 def test_config_round_trip(fixtures):

@@ -9,7 +9,10 @@ from typer.testing import CliRunner
 
 from emo_slice.cli import app
 from emo_slice.data.sources import MCItem, split_fewshot
-from emo_slice.eval.harness import Runner, encode_item, evaluate_lm, evaluate_mc, mc_metrics, split_pair
+from emo_slice.eval.harness import evaluate_lm, evaluate_mc
+from emo_slice.eval.metrics import mc_metrics
+from emo_slice.eval.requests import encode_item, split_pair
+from emo_slice.eval.runner import Runner
 from emo_slice.data.tasks import load_task, parse_map
 
 

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.slicing.extract import MANIFEST, extract, plan_slice
+from emo_slice.slicing.extract import MANIFEST, extract
+from emo_slice.slicing.select import plan_slice
 from emo_slice.io.loading import load_model
 from emo_slice.model.modeling import EXPERT_KEY
 

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.errors import DataError, UsageError
-from emo_slice.slicing.extract import extract, plan_slice
+from emo_slice.slicing.extract import extract
+from emo_slice.slicing.select import plan_slice
 from emo_slice.io.loading import load_model
-from emo_slice.slicing.profile import (ProfileSettings, check_profile_matches, concentration, layer_forward, load_profile,
-                               profile_model, save_profile)
+from emo_slice.slicing.profile import ProfileSettings, layer_forward, profile_model
+from emo_slice.slicing.profile_file import check_profile_matches, concentration, load_profile, save_profile
 
 TEXT = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n"
 DOCS = [TEXT * 3, "def f(x):\n    return x * 2\n", "Hello\x00world"]  # \x00 is the EOS byte: not counted

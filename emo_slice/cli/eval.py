@@ -89,7 +89,9 @@ def eval_cmd(
     --against, score a second model on the very same items and show both side by side."""
     from emo_slice.io.build import provenance
     from emo_slice.errors import UsageError
-    from emo_slice.eval.harness import Runner, compare, evaluate_lm, evaluate_mc
+    from emo_slice.eval.harness import evaluate_lm, evaluate_mc
+    from emo_slice.eval.metrics import compare
+    from emo_slice.eval.runner import Runner
     from emo_slice.data.tasks import load_task, parse_map
 
     if not task and not lm:
@@ -167,7 +169,7 @@ def eval_cmd(
 
 
 def _print_tables(data: dict, model: str, against: Optional[str]) -> None:
-    from emo_slice.eval.harness import HIGHER_IS_BETTER
+    from emo_slice.eval.metrics import HIGHER_IS_BETTER
 
     name_m = _label(model)
     name_a = _label(against) if against else None

@@ -56,7 +56,7 @@ def _run_profile(model: str, examples: str, field: str, split, shots, seed, max_
 
 
 def _concentration_table(profile: dict) -> Table:
-    from emo_slice.slicing.profile import concentration
+    from emo_slice.slicing.profile_file import concentration
 
     rows = concentration(profile)
     n = rows[0]["routed"] if rows else 0
@@ -106,7 +106,7 @@ def profile(
     reusable: `extract` slices at any K and method from it without running the model again."""
     from emo_slice.io.checkpoint import Checkpoint
     from emo_slice.slicing.extract import check_output
-    from emo_slice.slicing.profile import concentration, save_profile
+    from emo_slice.slicing.profile_file import concentration, save_profile
 
     if keep is not None and not greedy:
         raise UsageError("--keep only applies with --greedy (a one-pass profile serves any K); drop it or add --greedy")
@@ -166,8 +166,9 @@ def extract(
     what was kept and why. Stock EMO model code and its vLLM plugin load the result unchanged."""
     from emo_slice.io.build import parse_size
     from emo_slice.io.checkpoint import Checkpoint, parse_dtype
-    from emo_slice.slicing.extract import check_output, extract as do_extract, plan_slice
-    from emo_slice.slicing.profile import METHODS, check_profile_matches, load_profile
+    from emo_slice.slicing.extract import check_output, extract as do_extract
+    from emo_slice.slicing.profile_file import check_profile_matches, load_profile
+    from emo_slice.slicing.select import METHODS, plan_slice
 
     given = [f for f, v in (("--profile", profile_path), ("--examples", examples), ("--experts", experts)) if v is not None]
     if len(given) > 1:

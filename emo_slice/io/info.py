@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.model.config import EmoConfig
+from emo_slice.slicing.select import slice_k
 
 SLICE_SHARES = (0.5, 0.25, 0.125)
-
-
-def slice_k(n_experts: int, n_shared: int, share: float) -> int:
-    """Experts kept (shared included) for a share of a layer's experts: rounded, at least one routed."""
-    return max(n_shared + 1, min(n_experts, round(n_experts * share)))
 
 
 def param_counts(cfg: EmoConfig, keep: list[int] | None = None) -> dict[str, int]:

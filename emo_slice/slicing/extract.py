@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,133 +26,16 @@ from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, _tensor
 from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.model.modeling import EXPERT_KEY, expected_hf_names
-from emo_slice.slicing.profile import METHODS, choose_experts, parse_keep, router_digest
+from emo_slice.slicing.profile_file import router_digest
+from emo_slice.slicing.select import SlicePlan
 
 MANIFEST = "slice.json"
 ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 
-@dataclass
-class SlicePlan:
-    """Which original experts each layer keeps (routed ascending, then shared), and why."""
-
-    kept: list[list[int]]  # per layer, original ids
-    method: str  # mean-prob | frequency | reap | easy-ep | random | experts (given by hand)
-    keep: int | list[int]  # K, or K per layer with per_layer
-    per_layer: bool = False
-    scores: list[list[float]] | None = None  # per layer, the method's score of every routed expert
-    profile: dict | None = None  # what the scores came from (model, inputs, settings, provenance)
-    warnings: list[str] = field(default_factory=list)
-
-
 # ---------------------------------------------------------------------------------------------
 # Planning
 # ---------------------------------------------------------------------------------------------
-
-def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> list[list[int]]:
-    """'1,3,4,6' (every layer) or '1,3;0,2' (one list per layer) -> kept routed ids per layer.
-
-    Shared expert ids may be listed (they are always kept anyway)."""
-    L, S = cfg.num_hidden_layers, cfg.num_shared_experts
-    parts = [p for p in text.split(";")]
-    if len(parts) not in (1, L):
-        raise UsageError(f"{flag} gives {len(parts)} lists separated by ';' but the model has {L} layers; "
-                         "give one list for every layer or one per layer")
-    out = []
-    for l in range(L):
-        part = parts[0] if len(parts) == 1 else parts[l]
-        E = cfg.experts_in_layer(l)
-        R = E - S
-        try:
-            ids = [int(x) for x in part.replace(" ", "").split(",") if x != ""]
-        except ValueError:
-            raise UsageError(f"{flag} {text!r}: write expert ids as integers, e.g. {flag} 1,3,4,6") from None
-        bad = [i for i in ids if not 0 <= i < E]
-        if bad:
-            raise UsageError(f"{flag}: expert {bad[0]} does not exist in layer {l} (ids 0..{E - 1}, "
-                             f"{R}..{E - 1} shared)")
-        if len(set(ids)) != len(ids):
-            raise UsageError(f"{flag} {text!r} lists an expert twice; list each once")
-        routed = sorted(i for i in ids if i < R)
-        if not routed:
-            raise UsageError(f"{flag} keeps no routed expert in layer {l}; list at least one of 0..{R - 1}")
-        out.append(routed)
-    return out
-
-
-def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str | None = None,
-               profile: dict | None = None, method: str = "mean-prob", per_layer: bool = False,
-               seed: int = 0) -> SlicePlan:
-    """Turn --keep plus (--experts | a profile | --method random) into kept experts per layer."""
-    cfg = ckpt.config
-    L, S = cfg.num_hidden_layers, cfg.num_shared_experts
-    E_min = min(cfg.experts_in_layer(l) for l in range(L))
-    k = cfg.num_experts_per_tok
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    if experts is not None:
-        routed = parse_expert_list(experts, cfg)
-        sizes = {len(r) + S for r in routed}
-        if len(sizes) > 1 and not per_layer:
-            raise UsageError("--experts keeps a different number of experts per layer; pass --per-layer to allow "
-                             "that (only EMO's own model code loads such a checkpoint) or list the same count")
-        if keep is not None and not per_layer:
-            K = parse_keep(keep, E_min, S)
-            if K != len(routed[0]) + S:
-                raise UsageError(f"--keep {keep} is {K} experts but --experts lists {len(routed[0])} routed + {S} "
-                                 f"shared = {len(routed[0]) + S}; drop --keep or make them agree")
-        kept = [r + list(range(cfg.experts_in_layer(l) - S, cfg.experts_in_layer(l))) for l, r in enumerate(routed)]
-        sizes_l = [len(x) for x in kept]
-        plan = SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[0], per_layer)
-    else:
-        if keep is None:
-            raise UsageError("--keep K is required (experts per layer counting the shared ones, or a share like 25%)")
-        K = parse_keep(keep, E_min, S)
-        scores = None
-        if method != "random":
-            if profile is None:
-                raise UsageError(f"--method {method} needs scores: give --profile FILE or --examples SRC")
-            scores = [layer["scores"][method] for layer in profile["layers"]]
-            g = profile.get("greedy")
-            if g and per_layer:
-                raise UsageError("--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
-                                 "for its own per-layer slice; use a one-pass profile for --per-layer")
-            if g and (g.get("keep") != K or g.get("method") != method):
-                raise UsageError(f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
-                                 f"its scores only hold for that slice; extract with those or re-run profile "
-                                 f"--greedy --keep {K} --method {method}")
-        if per_layer:
-            kept = _global_ranking(cfg, K, scores, method, seed)
-            plan = SlicePlan(kept, method, [len(x) for x in kept], True, scores)
-        else:
-            kept = [choose_experts(scores[l] if scores else None, cfg.experts_in_layer(l) - S, S, K, method, seed, l)
-                    for l in range(L)]
-            plan = SlicePlan(kept, method, K, False, scores)
-        if profile is not None:
-            plan.profile = {key: profile.get(key) for key in ("model", "inputs", "settings", "greedy", "provenance")}
-    smallest = min(len(x) for x in plan.kept)
-    if smallest <= k:
-        plan.warnings.append(
-            f"K = {smallest} <= {k} experts per token: every kept expert fires on every token "
-            f"(num_experts_per_tok becomes {min(k, smallest)}); the slice acts as a dense model")
-    return plan
-
-
-def _global_ranking(cfg: EmoConfig, K: int, scores, method: str, seed: int) -> list[list[int]]:
-    """--per-layer: the L*(K-S) best (layer, expert) pairs over all layers, each layer keeping at least
-    min(k, K) - S routed experts so num_experts_per_tok = min(k, K) holds everywhere."""
-    L, S = cfg.num_hidden_layers, cfg.num_shared_experts
-    floor = min(cfg.num_experts_per_tok, K) - S
-    if method == "random":
-        g = torch.Generator().manual_seed(seed)
-        scores = [torch.rand(cfg.experts_in_layer(l) - S, generator=g).tolist() for l in range(L)]
-    chosen = [set(choose_experts(scores[l], cfg.experts_in_layer(l) - S, 0, floor, method, seed, l))
-              for l in range(L)]
-    rest = sorted(((-scores[l][e], l, e) for l in range(L) for e in range(len(scores[l])) if e not in chosen[l]))
-    budget = L * (K - S) - sum(len(c) for c in chosen)
-    for _, l, e in rest[:max(budget, 0)]:
-        chosen[l].add(e)
-    return [sorted(c) + list(range(cfg.experts_in_layer(l) - S, cfg.experts_in_layer(l))) for l, c in enumerate(chosen)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,5 +193,4 @@ def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest:
     }
 
 
-__all__ = ["SlicePlan", "plan_slice", "extract", "parse_expert_list", "check_output", "sliced_config", "MANIFEST",
-           "INDEX_NAME"]
+__all__ = ["extract", "check_output", "sliced_config", "MANIFEST", "INDEX_NAME"]

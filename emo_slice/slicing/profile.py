@@ -22,7 +22,6 @@ inputs, the settings and provenance; extract reads it to slice at any K without 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,74 +29,18 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.errors import DataError, UsageError
 from emo_slice.model.modeling import DecoderLayer, expert_mix, rope_cos_sin
 from emo_slice.model.routing import route
-
-METHODS = ("mean-prob", "frequency", "reap", "easy-ep", "random")
-SCORED = ("mean-prob", "frequency", "reap", "easy-ep")
-PROFILE_FORMAT = "emo-slice-profile"
-PROFILE_VERSION = 1
+from emo_slice.slicing.profile_file import PROFILE_FORMAT, PROFILE_VERSION, router_digest
+from emo_slice.slicing.select import METHODS, choose_experts, parse_keep, slice_layer
 
 
 # ---------------------------------------------------------------------------------------------
 # Choosing experts from scores (shared by profile --greedy and extract)
 # ---------------------------------------------------------------------------------------------
-
-def parse_keep(text: str | int, n_experts: int, n_shared: int, flag: str = "--keep") -> int:
-    """'16' or '25%' -> K, experts kept per layer counting the shared ones; validated."""
-    s = str(text).strip()
-    try:
-        if s.endswith("%"):
-            share = float(s[:-1]) / 100
-            if not 0 < share <= 1:
-                raise ValueError
-            from emo_slice.io.info import slice_k
-
-            return slice_k(n_experts, n_shared, share)
-        k = int(s)
-    except ValueError:
-        raise UsageError(f"{flag} {text!r} is neither a count nor a share; write e.g. {flag} 16 or {flag} 25%") from None
-    if k > n_experts:
-        raise UsageError(f"{flag} {k} is more than the {n_experts} experts per layer; "
-                         f"choose {n_shared + 1}..{n_experts} or a share like 25%")
-    if k <= n_shared:
-        raise UsageError(f"{flag} {k} keeps no routed expert: it counts the {n_shared} shared expert(s), "
-                         f"so choose {n_shared + 1}..{n_experts} or a share like 25%")
-    return k
-
-
-def rank_experts(scores_R: list[float] | None, n_routed: int, method: str, seed: int = 0, layer: int = 0) -> list[int]:
-    """Routed expert ids, best first: by score (ties: lower id first), or a seeded permutation."""
-    if method == "random":
-        g = torch.Generator().manual_seed(seed * 100_003 + layer)
-        return torch.randperm(n_routed, generator=g).tolist()
-    if method not in SCORED:
-        raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    return sorted(range(n_routed), key=lambda e: (-scores_R[e], e))
-
-
-def choose_experts(scores_R, n_routed: int, n_shared: int, keep: int, method: str, seed: int = 0,
-                   layer: int = 0) -> list[int]:
-    """Original ids kept in one layer: the best keep-S routed ones in their original order, then the shared."""
-    best = rank_experts(scores_R, n_routed, method, seed, layer)[: keep - n_shared]
-    return sorted(best) + list(range(n_routed, n_routed + n_shared))
-
-
-def slice_layer(layer: DecoderLayer, kept: list[int]) -> DecoderLayer:
-    """Slice a loaded decoder layer in place to the experts `kept` (original ids, shared last)."""
-    mlp = layer.mlp
-    idx = torch.tensor(kept, dtype=torch.long)
-    mlp.gate.weight = nn.Parameter(mlp.gate.weight.data[idx].clone(), requires_grad=False)
-    mlp.gate.out_features = len(kept)
-    for name in ("w_gate_EFD", "w_up_EFD", "w_down_EDF"):
-        setattr(mlp, name, nn.Parameter(getattr(mlp, name).data[idx].clone(), requires_grad=False))
-    mlp.n_experts = len(kept)
-    mlp.top_k = min(mlp.top_k, len(kept))
-    return layer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,74 +290,8 @@ def _provenance() -> dict:
 # Profile files
 # ---------------------------------------------------------------------------------------------
 
-def save_profile(profile: dict, out: str | os.PathLike) -> Path:
-    """Write a profile as JSON, atomically (temp file renamed into place)."""
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(profile, indent=1) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
-def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
-    p = Path(path).expanduser()
-    try:
-        d = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{flag} {path}: no such file; make one with `emo-slice profile MODEL --examples SRC --out {path}`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{flag} {path} is not a profile (not JSON); make one with `emo-slice profile`") from None
-    if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
-        raise DataError(f"{flag} {path} is not an emo-slice profile; make one with `emo-slice profile`")
-    if d.get("format_version", 0) > PROFILE_VERSION:
-        raise DataError(f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); upgrade emo-slice")
-    return d
-
-
-def router_digest(ckpt: Checkpoint) -> str:
-    """sha256 of every layer's router bytes: tells apart models of the same architecture (the fingerprint
-    covers config and tensor layout only). Reads L*E*D values, a few MB for the release."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for l in range(ckpt.config.num_hidden_layers):
-        info = ckpt.info(f"model.layers.{l}.mlp.gate.weight")
-        with open(info.file, "rb") as f:
-            f.seek(info.start)
-            h.update(f.read(info.nbytes))
-    return h.hexdigest()[:16]
-
-
-def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profile") -> None:
-    """Refuse a profile made on another model (fingerprint or router weights differ)."""
-    model = profile.get("model", {})
-    theirs, mine = model.get("fingerprint"), ckpt.fingerprint()
-    same = theirs == mine and model.get("router_digest", router_digest(ckpt)) == router_digest(ckpt)
-    if not same:
-        raise UsageError(f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
-                         f"{model.get('router_digest')}) than {ckpt.path}; profile this model first")
-
 
 # ---------------------------------------------------------------------------------------------
 # Concentration summary
 # ---------------------------------------------------------------------------------------------
 
-def concentration(profile: dict, shares=(0.25, 0.125), method: str = "mean-prob") -> list[dict]:
-    """Per layer: share of the routing mass carried by the top 25% / 12.5% of routed experts."""
-    rows = []
-    for layer in profile["layers"]:
-        s = sorted(layer["scores"][method], reverse=True)
-        total = sum(s) or 1.0
-        row = {"layer": layer["layer"], "tokens": layer["tokens"]}
-        for share in shares:
-            n = max(1, round(len(s) * share))
-            row[f"top_{share:g}"] = sum(s[:n]) / total
-            row[f"n_{share:g}"] = n
-        row["used"] = sum(1 for c in layer["scores"]["count"] if c > 0)
-        row["routed"] = len(s)
-        rows.append(row)
-    return rows

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from emo_slice.errors import UsageError
-from emo_slice.slicing.profile import rank_experts
+from emo_slice.slicing.select import rank_experts
 
 
 def kept_sets(profile: dict, routed_kept: int, method: str = "mean-prob") -> list[set[int]]:

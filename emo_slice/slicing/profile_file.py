@@ -1,0 +1,85 @@
+"""Profile files: save / load, the router digest that ties a profile to its model, the concentration summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from emo_slice.errors import DataError, UsageError
+from emo_slice.io.checkpoint import Checkpoint
+
+
+PROFILE_FORMAT = "emo-slice-profile"
+
+
+PROFILE_VERSION = 1
+
+
+def save_profile(profile: dict, out: str | os.PathLike) -> Path:
+    """Write a profile as JSON, atomically (temp file renamed into place)."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(profile, indent=1) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
+    p = Path(path).expanduser()
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {path}: no such file; make one with `emo-slice profile MODEL --examples SRC --out {path}`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{flag} {path} is not a profile (not JSON); make one with `emo-slice profile`") from None
+    if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
+        raise DataError(f"{flag} {path} is not an emo-slice profile; make one with `emo-slice profile`")
+    if d.get("format_version", 0) > PROFILE_VERSION:
+        raise DataError(f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); upgrade emo-slice")
+    return d
+
+
+def router_digest(ckpt: Checkpoint) -> str:
+    """sha256 of every layer's router bytes: tells apart models of the same architecture (the fingerprint
+    covers config and tensor layout only). Reads L*E*D values, a few MB for the release."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for l in range(ckpt.config.num_hidden_layers):
+        info = ckpt.info(f"model.layers.{l}.mlp.gate.weight")
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            h.update(f.read(info.nbytes))
+    return h.hexdigest()[:16]
+
+
+def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profile") -> None:
+    """Refuse a profile made on another model (fingerprint or router weights differ)."""
+    model = profile.get("model", {})
+    theirs, mine = model.get("fingerprint"), ckpt.fingerprint()
+    same = theirs == mine and model.get("router_digest", router_digest(ckpt)) == router_digest(ckpt)
+    if not same:
+        raise UsageError(f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
+                         f"{model.get('router_digest')}) than {ckpt.path}; profile this model first")
+
+
+def concentration(profile: dict, shares=(0.25, 0.125), method: str = "mean-prob") -> list[dict]:
+    """Per layer: share of the routing mass carried by the top 25% / 12.5% of routed experts."""
+    rows = []
+    for layer in profile["layers"]:
+        s = sorted(layer["scores"][method], reverse=True)
+        total = sum(s) or 1.0
+        row = {"layer": layer["layer"], "tokens": layer["tokens"]}
+        for share in shares:
+            n = max(1, round(len(s) * share))
+            row[f"top_{share:g}"] = sum(s[:n]) / total
+            row[f"n_{share:g}"] = n
+        row["used"] = sum(1 for c in layer["scores"]["count"] if c > 0)
+        row["routed"] = len(s)
+        rows.append(row)
+    return rows
