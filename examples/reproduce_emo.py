@@ -178,7 +178,7 @@ def main() -> None:
     print(f"EMO's increase at 25% is {ratio:.2f}x the standard MoE's (the paper's shape: well under 1/3)")
     png = usage_heatmap({m: profiles[m] for m in MODELS}, out / "usage.png")
     print(f"usage heatmap: {png}" if png else "usage heatmap skipped: pip install matplotlib")
-    from emo_slice.io.build import provenance
+    from emo_slice.artifacts import provenance
 
     summary["provenance"] = provenance(script="examples/reproduce_emo.py", argv=sys.argv[1:])
     summary["commands"] = log

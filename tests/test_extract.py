@@ -13,7 +13,7 @@ from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.slicing.extract import MANIFEST, extract
 from emo_slice.slicing.select import plan_slice
 from emo_slice.io.loading import load_model
-from emo_slice.model.modeling import EXPERT_KEY
+from emo_slice.model.hf_names import EXPERT_KEY
 
 
 def _tensors(folder):

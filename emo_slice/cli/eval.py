@@ -87,7 +87,7 @@ def eval_cmd(
     """Score MODEL on multiple-choice tasks (ranking classification: acc_raw, acc_per_token, acc_per_char,
     acc_per_byte, acc_uncond, bits per byte of the gold) and on text (perplexity, bits per byte); with
     --against, score a second model on the very same items and show both side by side."""
-    from emo_slice.io.build import provenance
+    from emo_slice.artifacts import provenance
     from emo_slice.errors import UsageError
     from emo_slice.eval.harness import evaluate_lm, evaluate_mc
     from emo_slice.eval.metrics import compare

@@ -164,7 +164,7 @@ def extract(
     experts keep their order and are renumbered, router rows sliced, nothing rescaled. Tensors whose
     dtype does not change are copied as byte ranges; every other file is copied; slice.json records
     what was kept and why. Stock EMO model code and its vLLM plugin load the result unchanged."""
-    from emo_slice.io.build import parse_size
+    from emo_slice.artifacts import parse_size
     from emo_slice.io.checkpoint import Checkpoint, parse_dtype
     from emo_slice.slicing.extract import check_output, extract as do_extract
     from emo_slice.slicing.profile_file import check_profile_matches, load_profile

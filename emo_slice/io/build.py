@@ -4,42 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from emo_slice.io.checkpoint import ShardWriter, atomic_output_dir, parse_dtype
+from emo_slice.artifacts import atomic_output_dir, parse_size
+from emo_slice.io.checkpoint import ShardWriter, parse_dtype
 from emo_slice.model.config import EmoConfig
-from emo_slice.errors import UsageError
-from emo_slice.model.modeling import EmoForCausalLM, hf_tensor_shapes
+from emo_slice.model.hf_names import hf_tensor_shapes
+from emo_slice.model.modeling import EmoForCausalLM
 
 GENERATION_CONFIG = {"_from_model_config": True}
-
-
-def parse_size(text: str | int, flag: str = "--max-shard-size") -> int:
-    """'5GB' / '500MB' / '2GiB' / 1234 -> bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?I?B?)\s*", str(text).upper())
-    if not m:
-        raise UsageError(f"{flag} {text!r} is not a size; write e.g. 500MB or 5GB")
-    unit = m.group(2).rstrip("B") or ""
-    base = 1024 if unit.endswith("I") else 1000
-    mult = base ** {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("I")]
-    n = int(float(m.group(1)) * mult)
-    if n <= 0:
-        raise UsageError(f"{flag} must be positive")
-    return n
-
-
-def provenance(**extra) -> dict:
-    """Who wrote an artifact and when: emo-slice and torch versions, UTC date, plus extra fields."""
-    from emo_slice import __version__
-
-    return {"emo_slice_version": __version__, "torch_version": torch.__version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
 
 
 def write_side_files(folder: Path, cfg: EmoConfig) -> None:

@@ -413,24 +413,3 @@ def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
 
 
-def save_state_dict(state: dict[str, torch.Tensor], config: EmoConfig, out: str | os.PathLike,
-                    max_shard_bytes: int = 5 * 1024**3, overwrite: bool = False, metadata: dict | None = None) -> Path:
-    """Write a whole state dict as an EMO checkpoint folder (config.json + shards), atomically."""
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        w = ShardWriter(tmp, max_shard_bytes, metadata)
-        for name in sorted(state, key=_tensor_order):
-            w.add(name, state[name])
-        w.finish()
-        config.save(tmp / "config.json")
-    return Path(out)
-
-
-def _tensor_order(name: str):
-    """embed, layer 0..L-1 (expert tensors by expert index), norm, lm_head: the natural HF order."""
-    m = re.match(r"model\.layers\.(\d+)\.(.*)", name)
-    if m:
-        e = re.match(r"mlp\.experts\.(\d+)\.(.*)", m.group(2))
-        return (1, int(m.group(1)), (1, int(e.group(1)), e.group(2)) if e else (0, 0, m.group(2)))
-    if name.startswith("model.embed"):
-        return (0, 0, (0, 0, name))
-    return (2, 0, (0, 0, name))

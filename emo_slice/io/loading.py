@@ -15,7 +15,8 @@ import torch
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError
-from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm, expected_hf_names, hf_to_stacked_view, rope_cos_sin
+from emo_slice.model.hf_names import expected_hf_names, hf_to_stacked_view
+from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm, rope_cos_sin
 from emo_slice.model.routing import Routing
 
 

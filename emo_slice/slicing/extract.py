@@ -22,10 +22,11 @@ from typing import Callable
 
 import torch
 
-from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, _tensor_order, atomic_output_dir, parse_dtype
+from emo_slice.artifacts import atomic_output_dir
+from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, parse_dtype
 from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError, UsageError
-from emo_slice.model.modeling import EXPERT_KEY, expected_hf_names
+from emo_slice.model.hf_names import EXPERT_KEY, expected_hf_names, hf_order
 from emo_slice.slicing.profile_file import router_digest
 from emo_slice.slicing.select import SlicePlan
 
@@ -94,7 +95,7 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
             dtype: str | None = None, overwrite: bool = False, max_shard_size: str | int = "5GB",
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Write the sliced checkpoint described by plan to out; return the manifest."""
-    from emo_slice.io.build import parse_size, provenance
+    from emo_slice.artifacts import parse_size, provenance
 
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     cfg = ckpt.config
@@ -109,7 +110,7 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
     # new name -> (source TensorInfo, router rows or None)
     new_index = [{old: new for new, old in enumerate(kept)} for kept in plan.kept]
     entries = []
-    for name in sorted(ckpt.infos, key=_tensor_order):
+    for name in sorted(ckpt.infos, key=hf_order):
         info = ckpt.infos[name]
         m = EXPERT_KEY.match(name)
         if m:
@@ -120,7 +121,7 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
             continue
         r = ROUTER_KEY.match(name)
         entries.append((name, info, plan.kept[int(r.group(1))] if r else None))
-    entries.sort(key=lambda x: _tensor_order(x[0]))
+    entries.sort(key=lambda x: hf_order(x[0]))
     total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows in entries)
 
     source_manifest = _read_json(ckpt.path / MANIFEST)

@@ -281,7 +281,7 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
 
 
 def _provenance() -> dict:
-    from emo_slice.io.build import provenance
+    from emo_slice.artifacts import provenance
 
     return provenance()
 

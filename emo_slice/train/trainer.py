@@ -319,7 +319,8 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         """Write out/<name> (HF EMO layout + training state) atomically and point out/latest at it."""
-        from emo_slice.io.build import provenance, save_model
+        from emo_slice.artifacts import provenance
+        from emo_slice.io.build import save_model
 
         model_sd, optim_sd = self._full_states()
         final = self.out / name
