@@ -44,12 +44,14 @@ def test_layerwise_equals_whole_model(fixtures):
     ref = load_file(fixtures / "emo-tiny" / "reference_outputs.safetensors")
     whole = emo_slice.load_model(fixtures / "emo-tiny")
     lw = emo_slice.LayerwiseModel(fixtures / "emo-tiny")
-    seen = []
+    seen, whole_traces = [], []
     with torch.no_grad():
-        expected = whole(ref["input_ids"])
-        (got,) = lw.forward([ref["input_ids"]], on_layer=lambda l, layer, b, xi, xo, r: seen.append(l))
+        expected = whole(ref["input_ids"], trace=whole_traces.append)
+        (got,) = lw.forward([ref["input_ids"]], trace=lambda b, t: seen.append((b, t)))
         split = lw.forward([ref["input_ids"][:1], ref["input_ids"][1:]])
-    assert seen == [0, 1]
+    assert [(b, t.layer) for b, t in seen] == [(0, 0), (0, 1)]
+    for (_, a), w in zip(seen, whole_traces):  # the hooks see what the whole model computes, bit for bit
+        assert torch.equal(a.y_BTD, w.y_BTD) and torch.equal(a.routing.probs_NR, w.routing.probs_NR)
     assert torch.equal(got, expected)  # same batch: bit for bit
     assert torch.allclose(torch.cat(split), expected, atol=1e-5)  # other batching: same up to float rounding
 
@@ -119,3 +121,77 @@ def test_pool_restricts_routing_and_no_pool_is_reference():
         for s in seg.unique():
             used = (r.probs_NR[seg == s] > 0).any(0)
             assert int(used.sum()) == 3  # exactly the pool gets probability mass
+
+
+def _random_model(seed=3, **kw):
+    cfg = EmoConfig(**{**dict(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_key_value_heads=2,
+                              num_experts=9, num_experts_per_tok=3, vocab_size=64), **kw})
+    return init_weights(EmoForCausalLM(cfg), std=0.2, seed=seed).eval()
+
+
+@torch.no_grad()
+def test_kv_cache_steps_equal_one_full_forward():
+    model = _random_model()
+    ids = torch.randint(2, 64, (2, 11))
+    full = model(ids)
+    cache = emo_slice.KVCache()
+    parts = [model(ids[:, :5], cache=cache)]  # a prompt, then one token at a time
+    for t in range(5, 11):
+        assert cache.seq_len == t
+        parts.append(model(ids[:, t:t + 1], cache=cache))
+    assert (torch.cat(parts, dim=1) - full).abs().max() < 1e-5
+    assert torch.equal(torch.cat(parts, 1).argmax(-1), full.argmax(-1))
+
+
+@torch.no_grad()
+def test_left_padding_with_mask_and_positions_equals_unpadded_rows():
+    model = _random_model(seed=4)
+    rows = [torch.randint(2, 64, (n,)) for n in (9, 5)]
+    pad = 1
+    T = 9
+    ids = torch.full((2, T), pad)
+    mask = torch.zeros(2, T, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):] = r
+        mask[b, T - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    cache = emo_slice.KVCache()
+    out = model(ids, attention_mask=mask, position_ids_BT=pos, cache=cache)
+    nxt = torch.randint(2, 64, (2, 1))
+    step = model(nxt, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+                 position_ids_BT=pos[:, -1:] + 1, cache=cache)
+    assert torch.isfinite(out).all()
+    for b, r in enumerate(rows):
+        alone = model(torch.cat([r, nxt[b]])[None])
+        assert (out[b, T - len(r):] - alone[0, :-1]).abs().max() < 1e-5
+        assert (step[b, 0] - alone[0, -1]).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_document_ids_equal_separate_documents():
+    model = _random_model(seed=5)
+    a, b = torch.randint(2, 64, (1, 6)), torch.randint(2, 64, (1, 4))
+    ids = torch.cat([a, b], 1)
+    docs = torch.tensor([[0] * 6 + [1] * 4])
+    both = model(ids, document_ids_BT=docs, position_ids_BT=torch.tensor([list(range(6)) + list(range(4))]))
+    assert (both[:, :6] - model(a)).abs().max() < 1e-5
+    assert (both[:, 6:] - model(b)).abs().max() < 1e-5
+
+
+def test_pool_draw_per_layer_is_keyed_by_the_layer_index():
+    model = _random_model(seed=6, eos_token_id=0)
+    ids = torch.randint(2, 64, (2, 12))
+    ids[:, 6] = 0
+    asked = []
+
+    def pool(layer, num_segments):
+        asked.append((layer, num_segments))
+        return torch.full((num_segments,), 2 + layer)
+
+    with torch.no_grad():
+        out = model(ids, pool_size=pool, return_routing=True)
+    assert asked == [(0, 4), (1, 4)]
+    seg = routing_segments(ids, 0).reshape(-1)
+    for layer, r in enumerate(out["routing"]):
+        for s in seg.unique():
+            assert int((r.probs_NR[seg == s] > 0).any(0).sum()) == 2 + layer

@@ -11,7 +11,7 @@ from emo_slice.errors import DataError, UsageError
 from emo_slice.slicing.extract import extract
 from emo_slice.slicing.select import plan_slice
 from emo_slice.io.loading import load_model
-from emo_slice.slicing.profile import ProfileSettings, layer_forward, profile_model
+from emo_slice.slicing.profile import ProfileSettings, profile_model
 from emo_slice.slicing.profile_file import check_profile_matches, concentration, load_profile, save_profile
 
 TEXT = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n"
@@ -84,14 +84,22 @@ def test_scores_match_direct_computation(tiny_ckpt, docs):
         assert sum(got["count"]) == 2 * n and abs(sum(got["mean-prob"]) - 1) < 1e-5
 
 
-def test_layer_forward_is_the_model(tiny_ckpt):
-    model = load_model(tiny_ckpt)
-    from emo_slice.model.modeling import rope_cos_sin
+def test_statistics_come_from_the_forward_without_a_second_expert_pass(tiny_ckpt, docs, monkeypatch):
+    """Profiling runs each routed expert once: the forward's own expert_mix, asked for the pair norms."""
+    from emo_slice.model import modeling
 
-    x = torch.randn(2, 7, 64)
-    cos, sin = rope_cos_sin(7, model.config.head_dim, model.config.rope_theta, x.dtype)
-    with torch.no_grad():
-        assert torch.equal(layer_forward(model.model.layers[1], x, cos, sin), model.model.layers[1](x, cos, sin)[0])
+    calls = []
+    real = modeling.expert_mix
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("norms", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(modeling, "expert_mix", counting)
+    prof = profile_model(tiny_ckpt, ProfileSettings(examples=str(docs), max_length=40))
+    batches = prof["inputs"]["rows"]  # at most one batch per row; one expert_mix per batch and layer
+    assert calls and all(calls) and len(calls) <= 2 * batches
+    assert sum(prof["layers"][0]["scores"]["count"]) == 2 * prof["tokens"]
 
 
 def test_greedy_agrees_on_layer0_and_scores_the_sliced_model(tiny_ckpt, docs, tmp_path):

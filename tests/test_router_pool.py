@@ -131,7 +131,8 @@ def test_pool_draws_range_and_batch_split_independence():
     ids = _ids(6, B=4)
     fn = pool_draw(ids, EOS, 2, 9, seed=1, step=5, first_row=100)
     G = int(routing_segments(ids, EOS).max()) + 1
-    layers = [fn(G) for _ in range(3)]
+    layers = [fn(layer, G) for layer in range(3)]
+    assert torch.equal(fn(1, G), layers[1])  # keyed by the layer: a recompute draws the same pools
     allp = torch.cat(layers)
     assert allp.min() >= 2 and allp.max() <= 9 and len(set(allp.tolist())) > 4
     assert not torch.equal(layers[0], layers[1])  # drawn anew per layer
@@ -139,8 +140,8 @@ def test_pool_draws_range_and_batch_split_independence():
     a, b = pool_draw(ids[:2], EOS, 2, 9, 1, 5, 100), pool_draw(ids[2:], EOS, 2, 9, 1, 5, 102)
     Ga = int(routing_segments(ids[:2], EOS).max()) + 1
     Gb = int(routing_segments(ids[2:], EOS).max()) + 1
-    assert torch.equal(torch.cat([a(Ga), b(Gb)]), layers[0])
-    other_step = pool_draw(ids, EOS, 2, 9, seed=1, step=6, first_row=100)(G)
+    assert torch.equal(torch.cat([a(0, Ga), b(0, Gb)]), layers[0])
+    other_step = pool_draw(ids, EOS, 2, 9, seed=1, step=6, first_row=100)(0, G)
     assert not torch.equal(other_step, layers[0])
 
 

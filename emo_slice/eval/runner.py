@@ -9,13 +9,13 @@ from typing import Callable
 import torch
 
 from emo_slice.eval.requests import Batch
-from emo_slice.model.modeling import rope_cos_sin
 
 
 class Runner:
-    """A checkpoint ready to score rows: `hidden(batches)` and `logprobs(x_PD, targets_P)`.
+    """A checkpoint ready to score rows: `run(batches)` gives the log-probabilities of their targets.
 
-    layerwise=True holds one decoder layer's weights at a time (emo_slice.loading.LayerwiseModel):
+    The whole model in memory (`EmoForCausalLM.hidden_states`), or with layerwise=True one decoder layer's
+    weights at a time (`emo_slice.io.loading.LayerwiseModel`):
     every batch goes through layer l before layer l+1 is loaded. Results equal the whole model's.
     """
 
@@ -48,36 +48,25 @@ class Runner:
                 "tokens": self.tokens, "seconds": round(self.seconds, 4),
                 "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
 
-    def _cos_sin(self, pos_BT: torch.Tensor | None, T: int):
-        cos, sin = rope_cos_sin(T if pos_BT is None else int(pos_BT.max()) + 1, self.config.head_dim,
-                                self.config.rope_theta, self.dtype)
-        if pos_BT is None:
-            return cos, sin
-        return cos[pos_BT][:, None], sin[pos_BT][:, None]  # [B, 1, T, Dh]: broadcast over heads
+    @staticmethod
+    def _inputs(b: Batch) -> dict:
+        return {"input_ids_BT": b.ids_BT, "position_ids_BT": b.pos_BT, "attention_mask": b.mask_BTT}
 
     @torch.no_grad()
-    def run(self, batches: list["Batch"], progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    def run(self, batches: list[Batch], progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
         """Log-probabilities of each batch's targets (one tensor [P] per batch)."""
         t0 = time.perf_counter()
         out: list[torch.Tensor] = []
         if not self.layerwise:
             for b in batches:
-                x = self.model.embed(b.ids_BT)
-                cos, sin = self._cos_sin(b.pos_BT, b.ids_BT.shape[1])
-                for layer in self.model.model.layers:
-                    x, _ = layer(x, cos, sin, b.mask_BTT)
-                out.append(self._logprobs(self.model.head(x[b.pred_b, b.pred_t]), b.targets_P))
+                x_BTD = self.model.hidden_states(**self._inputs(b))
+                out.append(self._logprobs(self.model.head(x_BTD[b.pred_b, b.pred_t]), b.targets_P))
                 if progress:
                     progress(b.n_units)
         else:
-            xs = [self.lw.embed(b.ids_BT) for b in batches]
-            cs = [self._cos_sin(b.pos_BT, b.ids_BT.shape[1]) for b in batches]
-            for l in range(self.config.num_hidden_layers):
-                layer = self.lw.layer(l)
-                xs = [layer(x, c, s, b.mask_BTT)[0] for x, (c, s), b in zip(xs, cs, batches)]
-                del layer
-            for x, b in zip(xs, batches):
-                out.append(self._logprobs(self.lw.head(x[b.pred_b, b.pred_t]), b.targets_P))
+            xs = self.lw.hidden_states([self._inputs(b) for b in batches])
+            for x_BTD, b in zip(xs, batches):
+                out.append(self._logprobs(self.lw.head(x_BTD[b.pred_b, b.pred_t]), b.targets_P))
                 if progress:
                     progress(b.n_units)
         self.seconds += time.perf_counter() - t0

@@ -1,12 +1,12 @@
 """Building models from checkpoints: whole (`load_model`) or one layer at a time (`LayerwiseModel`).
 
-`LayerwiseModel` runs a checkpoint larger than memory: the embedding, each decoder layer and the head
-are materialised from the memory-mapped shards only while they run, then released, so peak memory is
-about one layer plus the activations. profile and eval use it; its results equal the whole model's.
+Tensors are read one at a time with plain file reads straight into the parameters (no memory map), so
+a checkpoint larger than memory runs through `LayerwiseModel`: one decoder layer's weights at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Iterable
 
@@ -16,8 +16,8 @@ from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.model.config import EmoConfig
 from emo_slice.errors import CheckpointError
 from emo_slice.model.hf_names import expected_hf_names, hf_to_stacked_view
-from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm, rope_cos_sin
-from emo_slice.model.routing import Routing
+from emo_slice.model.context import make_context
+from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm
 
 
 def _open(path_or_ckpt) -> Checkpoint:
@@ -44,7 +44,7 @@ def load_model(path_or_id: str | os.PathLike | Checkpoint, dtype: str | torch.dt
     """Load a whole EMO checkpoint (local folder or Hub id) into an `EmoForCausalLM`, in eval mode.
 
     dtype: compute dtype ("float32", "bfloat16", ...); default the checkpoint's stored dtype.
-    Tensors are read one at a time from the memory-mapped shards.
+    Tensors are read one at a time, straight into the parameters.
     """
     ckpt = _open(path_or_id)
     _check_names(ckpt)
@@ -73,12 +73,12 @@ def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype) -> DecoderLayer
 
 
 class LayerwiseModel:
-    """Run a checkpoint layer by layer, holding one layer's weights at a time.
+    """Run a checkpoint layer by layer, holding one decoder layer's weights at a time.
 
-    forward(batches) takes a list of input_ids tensors [B, T] (any B, T) and returns their logits; it
-    pushes every batch through layer l before loading layer l+1. `on_layer(l, layer, inputs, outputs,
-    routings)` is called after each layer with the lists of that layer's inputs/outputs per batch, and
-    may return replacement routing settings; `pool_size` as in EmoForCausalLM.forward.
+    The embedding, each `DecoderLayer` and the head are read from the checkpoint only while they run,
+    then released: peak memory is about one layer plus the activations. `hidden_states(batches)` pushes
+    every batch through layer l before layer l+1 is read; its results equal the whole model's (the same
+    `DecoderLayer.forward` runs). This is the only streaming loop: profile and eval use it.
     """
 
     def __init__(self, path_or_ckpt, dtype: str | torch.dtype | None = None):
@@ -102,30 +102,37 @@ class LayerwiseModel:
         return torch.nn.functional.linear(norm(x_BTD), self.ckpt.get(name, self.dtype))
 
     @torch.no_grad()
-    def hidden_states(self, batches: Iterable[torch.Tensor], on_layer=None, layers: range | None = None,
+    def hidden_states(self, batches: Iterable[torch.Tensor | dict], *, trace: Callable | None = None,
+                      expert_norms: bool = False, after_layer: Callable | None = None,
                       progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-        """Final hidden states (before the norm) for every batch, computed layer by layer."""
-        batches = list(batches)
-        xs = [self.embed(ids) for ids in batches]
-        for l in layers if layers is not None else range(self.config.num_hidden_layers):
+        """Final hidden states (before the norm) of every batch, computed layer by layer.
+
+        batches: input_ids [B, T] tensors, or dicts of `make_context` inputs (input_ids_BT, position_ids_BT,
+        attention_mask, document_ids_BT, pool_size). Hooks, per layer: trace(batch index, LayerTrace) for
+        every batch; then after_layer(l, layer) may return a replacement DecoderLayer (e.g. the layer
+        sliced), through which the batches are run again, untraced, to give the next layer its input.
+        """
+        inputs = [b if isinstance(b, dict) else {"input_ids_BT": b} for b in batches]
+        xs = [self.embed(i["input_ids_BT"]) for i in inputs]
+        ctxs = [make_context(self.config, dtype=self.dtype, expert_norms=expert_norms, **i,
+                             trace=None if trace is None else functools.partial(trace, b))
+                for b, i in enumerate(inputs)]
+        for l in range(self.config.num_hidden_layers):
             layer = self.layer(l)
-            outs, routings = [], []
-            for ids, x in zip(batches, xs):
-                cos, sin = rope_cos_sin(ids.shape[1], self.config.head_dim, self.config.rope_theta, x.dtype)
-                y, r = layer(x, cos, sin)
-                outs.append(y)
-                routings.append(r)
-            if on_layer is not None:
-                on_layer(l, layer, batches, xs, outs, routings)
-            xs = outs
-            del layer
+            ys = [layer(x, ctx, l)[0] for x, ctx in zip(xs, ctxs)]
+            replacement = after_layer(l, layer) if after_layer is not None else None
+            if replacement is not None:
+                ys = [replacement(x, ctx.without_trace(), l)[0] for x, ctx in zip(xs, ctxs)]
+            xs = ys
+            del layer, replacement
             if progress is not None:
                 progress(l)
         return xs
 
     @torch.no_grad()
-    def forward(self, batches: Iterable[torch.Tensor], on_layer=None) -> list[torch.Tensor]:
-        return [self.head(x) for x in self.hidden_states(batches, on_layer)]
+    def forward(self, batches: Iterable[torch.Tensor | dict], **hooks) -> list[torch.Tensor]:
+        """Logits of every batch (see hidden_states)."""
+        return [self.head(x) for x in self.hidden_states(batches, **hooks)]
 
 
-__all__ = ["load_model", "load_layer", "LayerwiseModel", "Routing"]
+__all__ = ["load_model", "load_layer", "LayerwiseModel"]

@@ -1,13 +1,15 @@
 """The EMO model in PyTorch: pre-norm decoder, GQA attention with RoPE, MoE of SwiGLU experts.
 
-Legend (tensor suffixes): B batch, T time, N tokens (B*T), D hidden, F expert hidden, E experts in a
-layer (routed + shared, shared last), K experts per token, H query heads, Hkv key/value heads,
-Dh head dim, V vocab, M token-expert pairs (N*K).
+One forward path. `DecoderLayer.forward(x, ctx, layer)` is the only place a layer's computation is
+written; `EmoForCausalLM.hidden_states` loops over the layers in memory and `LayerwiseModel` (io/loading.py)
+loops over them streamed from the checkpoint, both around that step. Profiling, evaluation, generation
+and training all call these. The `Context` (model/context.py) carries positions, attention mask, KV
+cache, document pool and the per-layer trace hook.
 
-Parameter names equal the Hugging Face checkpoint's except the experts, which one layer keeps
-stacked: `mlp.w_gate_EFD` / `mlp.w_up_EFD` / `mlp.w_down_EDF` hold `mlp.experts.e.{gate,up,down}_proj.weight`
-for every e (see `hf_to_stacked` / `stacked_to_hf`). Everything numerical follows AllenAI's reference
-`EmoForCausalLM` (shared/spec/emo-checkpoint.md); tests/ checks it against the reference's outputs.
+Parameter names equal the Hugging Face checkpoint's except the experts, which one layer keeps stacked
+(`mlp.w_gate_EFD` / `mlp.w_up_EFD` / `mlp.w_down_EDF`, see model/hf_names.py). Everything numerical follows
+AllenAI's reference `EmoForCausalLM` (the EMO checkpoint spec); tests check it against the reference's
+outputs. Shape letters: the legend in `emo_slice/__init__.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from emo_slice.model.config import EmoConfig
-from emo_slice.model.routing import Routing, attention_documents, route, routing_segments
+from emo_slice.model.context import Context, KVCache, LayerTrace, make_context, rope_cos_sin
+from emo_slice.model.routing import Routing, route
+
+__all__ = ["EmoForCausalLM", "DecoderLayer", "MoE", "Attention", "RMSNorm", "KVCache", "Context", "LayerTrace",
+           "make_context", "rope_cos_sin", "expert_mix", "init_weights"]
 
 
 class RMSNorm(nn.Module):
@@ -33,14 +39,6 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (self.weight * x32).to(dtype)  # weight multiply before the cast back
-
-
-def rope_cos_sin(T: int, head_dim: int, theta: float, dtype: torch.dtype, device=None):
-    """cos, sin [T, Dh] for positions 0..T-1 (float32 maths, cast to the activations' dtype)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
-    freqs_TDh2 = torch.arange(T, device=device).float()[:, None] * inv_freq[None, :]
-    emb_TDh = torch.cat([freqs_TDh2, freqs_TDh2], dim=-1)
-    return emb_TDh.cos().to(dtype), emb_TDh.sin().to(dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,18 +56,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
         self.o_proj = nn.Linear(H * Dh, D, bias=False)
 
-    def forward(self, x_BTD, cos_TDh, sin_TDh, mask_BTT=None):
+    def forward(self, x_BTD: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
         B, T, _ = x_BTD.shape
         q_BHTDh = self.q_proj(x_BTD).view(B, T, self.H, self.Dh).transpose(1, 2)
         k_BHTDh = self.k_proj(x_BTD).view(B, T, self.Hkv, self.Dh).transpose(1, 2)
         v_BHTDh = self.v_proj(x_BTD).view(B, T, self.Hkv, self.Dh).transpose(1, 2)
-        q_BHTDh = q_BHTDh * cos_TDh + _rotate_half(q_BHTDh) * sin_TDh
-        k_BHTDh = k_BHTDh * cos_TDh + _rotate_half(k_BHTDh) * sin_TDh
+        q_BHTDh = q_BHTDh * ctx.cos_BTDh + _rotate_half(q_BHTDh) * ctx.sin_BTDh
+        k_BHTDh = k_BHTDh * ctx.cos_BTDh + _rotate_half(k_BHTDh) * ctx.sin_BTDh
+        k_BHSDh, v_BHSDh = (k_BHTDh, v_BHTDh) if ctx.cache is None else ctx.cache.update(layer, k_BHTDh, v_BHTDh)
         gqa = self.Hkv != self.H
-        if mask_BTT is None:
-            o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHTDh, v_BHTDh, is_causal=True, enable_gqa=gqa)
+        if ctx.mask_BTS is None:
+            o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHSDh, v_BHSDh, is_causal=True, enable_gqa=gqa)
         else:
-            o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHTDh, v_BHTDh, attn_mask=mask_BTT[:, None],
+            o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHSDh, v_BHSDh, attn_mask=ctx.mask_BTS,
                                                      enable_gqa=gqa)
         return self.o_proj(o_BHTDh.transpose(1, 2).reshape(B, T, self.H * self.Dh))
 
@@ -81,11 +80,14 @@ def _grouped_mm_ok(x_MD: torch.Tensor, w: torch.Tensor) -> bool:
     return (w.shape[-1] * es) % 16 == 0 and (w.shape[-2] * es) % 16 == 0
 
 
-def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto"):
-    """sum_j w_j * down(silu(gate(x)) * up(x)) over each token's chosen experts.
+def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto",
+               norms: bool = False):
+    """sum_j w_j * down(silu(gate(x)) * up(x)) over each token's chosen experts: out_ND.
 
     Token-expert pairs are sorted by expert once; then either one grouped matmul per projection
-    (torch._grouped_mm) or a loop over the contiguous per-expert slices ("loop").
+    (torch._grouped_mm) or a loop over the contiguous per-expert slices ("loop"). With norms=True also
+    returns norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the
+    statistic REAP and EASY-EP need, taken from this very computation.
     """
     N, K = experts_NK.shape
     E = w_gate_EFD.shape[0]
@@ -103,7 +105,7 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
         y_MD = torch._grouped_mm(F.silu(g_MF) * u_MF, w_down_EDF.transpose(-2, -1), offs=offs_E)
     elif impl == "loop":
         parts, start = [], 0
-        for e, c in enumerate(counts_E.tolist()):
+        for e, c in enumerate(counts_E.tolist()):  # host sync: the loop needs the counts
             if c:
                 xe = x_MD[start:start + c]
                 h = F.silu(xe @ w_gate_EFD[e].t()) * (xe @ w_up_EFD[e].t())
@@ -112,8 +114,14 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
         y_MD = torch.cat(parts) if parts else x_MD.new_zeros(0, x_ND.shape[1])
     else:
         raise ValueError(f"unknown expert implementation {impl!r}")
+    norm_NK = None
+    if norms:
+        norm_NK = torch.empty(N * K, dtype=torch.float64, device=x_ND.device)
+        norm_NK[order_M] = y_MD.double().norm(dim=-1)
+        norm_NK = norm_NK.view(N, K)
     y_MD = y_MD * weights_NK.reshape(-1)[order_M, None]
-    return torch.zeros_like(x_ND).index_add_(0, tok_M, y_MD)
+    out_ND = torch.zeros_like(x_ND).index_add_(0, tok_M, y_MD)
+    return (out_ND, norm_NK) if norms else out_ND
 
 
 class MoE(nn.Module):
@@ -128,17 +136,18 @@ class MoE(nn.Module):
         self.w_down_EDF = nn.Parameter(torch.empty(E, D, F_))
         self.impl = "auto"
 
-    def forward(self, x_BTD, segment_ids_N=None, pool_size=None) -> tuple[torch.Tensor, Routing]:
-        B, T, D = x_BTD.shape
-        x_ND = x_BTD.reshape(B * T, D)
-        r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, segment_ids_N, pool_size)
+    def forward(self, x_ND: torch.Tensor, ctx: Context, layer: int):
+        """(out_ND, routing, norm_NK or None) for N tokens."""
+        r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N,
+                  ctx.pool_for(layer))
         w = (self.w_gate_EFD, self.w_up_EFD, self.w_down_EDF)
         x_in = x_ND
         if torch.is_autocast_enabled(x_ND.device.type):  # autocast does not cover grouped matmuls: cast here
             dt = torch.get_autocast_dtype(x_ND.device.type)
             x_in, w = x_ND.to(dt), tuple(t.to(dt) for t in w)
-        out_ND = expert_mix(x_in, r.experts_NK, r.weights_NK, *w, self.impl)
-        return out_ND.to(x_BTD.dtype).view(B, T, D), r
+        out = expert_mix(x_in, r.experts_NK, r.weights_NK, *w, self.impl, norms=ctx.expert_norms)
+        out_ND, norm_NK = out if ctx.expert_norms else (out, None)
+        return out_ND.to(x_ND.dtype), r, norm_NK
 
 
 class DecoderLayer(nn.Module):
@@ -149,10 +158,16 @@ class DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MoE(cfg, layer)
 
-    def forward(self, x_BTD, cos_TDh, sin_TDh, mask_BTT=None, segment_ids_N=None, pool_size=None):
-        h_BTD = x_BTD + self.self_attn(self.pre_attention_layernorm(x_BTD), cos_TDh, sin_TDh, mask_BTT)
-        moe_BTD, routing = self.mlp(self.pre_feedforward_layernorm(h_BTD), segment_ids_N, pool_size)
-        return h_BTD + moe_BTD, routing
+    def forward(self, x_BTD: torch.Tensor, ctx: Context, layer: int) -> tuple[torch.Tensor, Routing]:
+        """The layer's output and routing; calls ctx.trace with everything it computed."""
+        B, T, D = x_BTD.shape
+        h_BTD = x_BTD + self.self_attn(self.pre_attention_layernorm(x_BTD), ctx, layer)
+        xn_ND = self.pre_feedforward_layernorm(h_BTD).reshape(B * T, D)
+        moe_ND, routing, norm_NK = self.mlp(xn_ND, ctx, layer)
+        y_BTD = h_BTD + moe_ND.view(B, T, D)
+        if ctx.trace is not None:
+            ctx.trace(LayerTrace(layer, routing, h_BTD, xn_ND, y_BTD, norm_NK))
+        return y_BTD, routing
 
 
 class EmoBackbone(nn.Module):
@@ -164,7 +179,8 @@ class EmoBackbone(nn.Module):
 
 
 class EmoForCausalLM(nn.Module):
-    """model(input_ids [B, T]) -> logits [B, T, V]. Right padding is safe (attention is causal)."""
+    """model(input_ids [B, T], ...) -> logits [B, T, V]. Right padding is safe (attention is causal);
+    left padding needs `attention_mask` [B, S]."""
 
     def __init__(self, cfg: EmoConfig):
         super().__init__()
@@ -174,57 +190,49 @@ class EmoForCausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    # one forward, in parts, so that layer-by-layer execution can reuse them -------------------
-    def embed(self, input_ids_BT):
+    def embed(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids_BT)
 
-    def head(self, x_BTD):
+    def head(self, x_BTD: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model.norm(x_BTD))
 
-    def forward(self, input_ids_BT, *, pool_size=None, doc_attention: bool = False,
-                return_routing: bool = False, return_hidden: bool = False):
-        """pool_size: None (reference inference), an int (fixed document pool), or a callable
-        (num_segments -> sizes tensor) drawn anew per layer. doc_attention: attend within documents."""
+    def hidden_states(self, input_ids_BT: torch.Tensor, routings: list | None = None, **inputs) -> torch.Tensor:
+        """Final hidden states [B, T, D] (before the norm); inputs as `make_context` takes them."""
         x_BTD = self.embed(input_ids_BT)
-        B, T = input_ids_BT.shape
-        cos, sin = rope_cos_sin(T, self.config.head_dim, self.config.rope_theta, x_BTD.dtype, x_BTD.device)
-        mask_BTT = document_mask(input_ids_BT, self.config.eos_token_id) if doc_attention else None
-        seg_N = None
-        if pool_size is not None:
-            seg_N = routing_segments(input_ids_BT, self.config.eos_token_id).reshape(-1)
-        routings = []
-        for layer in self.model.layers:
-            p = pool_size(int(seg_N.max()) + 1) if callable(pool_size) else pool_size
-            x_BTD, r = layer(x_BTD, cos, sin, mask_BTT, seg_N, p)
-            if return_routing:
+        ctx = make_context(self.config, input_ids_BT, dtype=x_BTD.dtype, **inputs)
+        for layer, module in enumerate(self.model.layers):
+            x_BTD, r = module(x_BTD, ctx, layer)
+            if routings is not None:
                 routings.append(r)
+        return x_BTD
+
+    def forward(self, input_ids_BT: torch.Tensor, *, position_ids_BT: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, document_ids_BT: torch.Tensor | None = None,
+                cache: KVCache | None = None, pool_size=None, trace=None, return_routing: bool = False):
+        """Logits [B, T, V], or {"logits", "routing"} with return_routing.
+
+        position_ids_BT: positions (default: after the cache's). attention_mask: [B, S] padding mask
+        (1 = real token) or a full boolean [B, T, S] mask. document_ids_BT: attend within documents.
+        cache: a KVCache, extended in place. pool_size: None (reference inference routing), an int (fixed
+        document pool), or a callable (layer, num_segments) -> sizes drawn per layer (pretraining).
+        trace: called with each layer's LayerTrace."""
+        routings: list[Routing] | None = [] if return_routing else None
+        x_BTD = self.hidden_states(input_ids_BT, routings, position_ids_BT=position_ids_BT,
+                                   attention_mask=attention_mask, document_ids_BT=document_ids_BT, cache=cache,
+                                   pool_size=pool_size, trace=trace)
         logits = self.head(x_BTD)
-        if return_routing or return_hidden:
-            out = {"logits": logits, "routing": routings}
-            if return_hidden:
-                out["hidden"] = x_BTD
-            return out
-        return logits
+        return {"logits": logits, "routing": routings} if return_routing else logits
 
     def set_expert_impl(self, impl: str) -> None:
         """'auto' (grouped matmul where possible), 'grouped' or 'loop'."""
         for layer in self.model.layers:
             layer.mlp.impl = impl
 
-    # Hugging Face names ---------------------------------------------------------------------
     def hf_state_dict(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF tensor name, tensor) in checkpoint order, experts unstacked (views, no copies)."""
         from emo_slice.model.hf_names import stacked_to_hf
 
         yield from stacked_to_hf(self.state_dict(), self.config)
-
-
-def document_mask(input_ids_BT, eos_token_id) -> torch.Tensor:
-    """Boolean [B, T, T]: causal and within the same document (EOS stays with its own document)."""
-    doc_BT = attention_documents(input_ids_BT, eos_token_id)
-    T = input_ids_BT.shape[1]
-    causal_TT = torch.ones(T, T, dtype=torch.bool, device=input_ids_BT.device).tril()
-    return causal_TT[None] & (doc_BT[:, :, None] == doc_BT[:, None, :])
 
 
 def init_weights(model: EmoForCausalLM, std: float = 0.02, seed: int | None = None) -> EmoForCausalLM:

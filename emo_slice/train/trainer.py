@@ -33,7 +33,7 @@ from emo_slice.errors import UsageError
 from emo_slice.train.losses import (all_reduce_counts, document_entropy, expert_counts, load_imbalance, lm_z_loss,
                               moe_losses)
 from emo_slice.model.modeling import EmoForCausalLM, init_weights
-from emo_slice.model.routing import routing_segments
+from emo_slice.model.routing import attention_documents, routing_segments
 from emo_slice.train.config import TrainConfig
 
 STATE_FILE = "training_state.pt"
@@ -48,23 +48,24 @@ def _mix(h: torch.Tensor, v) -> torch.Tensor:
 
 
 def pool_draw(input_ids_BT: torch.Tensor, eos: int, p_min: int, p_max: int, seed: int, step: int, first_row: int):
-    """A callable for EmoForCausalLM(pool_size=...): per layer, P per segment uniform on [p_min, p_max],
-    a deterministic hash of (seed, step, layer, global row, segment index within the row)."""
+    """A callable (layer, num_segments) -> P per segment for EmoForCausalLM(pool_size=...): uniform on
+    [p_min, p_max], a deterministic hash of (seed, step, layer, global row, segment index within the row).
+
+    Keyed by the layer index the model passes, not by call order: recomputing a layer (activation
+    checkpointing) draws the same pools."""
     seg_BT = routing_segments(input_ids_BT, eos)
     B = seg_BT.shape[0]
     per_row_B = seg_BT[:, -1] - seg_BT[:, 0] + 1
-    rows = torch.arange(B, device=seg_BT.device)
-    row_G = torch.repeat_interleave(rows, per_row_B)
+    rows_B = torch.arange(B, device=seg_BT.device)
+    row_G = torch.repeat_interleave(rows_B, per_row_B)
     seg_in_row_G = torch.arange(len(row_G), device=seg_BT.device) - torch.repeat_interleave(seg_BT[:, 0], per_row_B)
     base_G = _mix(_mix(torch.full_like(row_G, seed % PRIME), step), 0)
     base_G = _mix(_mix(base_G, row_G + first_row), seg_in_row_G)
-    layer = [0]
 
-    def sizes(num_segments: int) -> torch.Tensor:
+    def sizes(layer: int, num_segments: int) -> torch.Tensor:
         assert num_segments == len(row_G)
-        h = _mix(_mix(base_G, layer[0] + 1), 7)
-        layer[0] += 1
-        return p_min + h % (p_max - p_min + 1)
+        h_G = _mix(_mix(base_G, layer + 1), 7)
+        return p_min + h_G % (p_max - p_min + 1)
 
     return sizes
 
@@ -224,7 +225,8 @@ class Trainer:
 
     def _forward(self, module, inp_BT, pool):
         with self._autocast():
-            return module(inp_BT, pool_size=pool, doc_attention=self.doc_attn, return_routing=True)
+            docs_BT = attention_documents(inp_BT, self.mcfg.eos_token_id) if self.doc_attn else None
+            return module(inp_BT, pool_size=pool, document_ids_BT=docs_BT, return_routing=True)
 
     @torch.no_grad()
     def _step_counts(self, step: int) -> torch.Tensor:
