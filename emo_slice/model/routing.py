@@ -1,16 +1,15 @@
 """Routing: which experts each token uses, with EMO's optional document pool.
 
-Legend (tensor suffixes): B batch, T time, N tokens (B*T flattened), E experts in the layer (routed +
-shared), R routed experts (E - S), S shared experts, K experts per token (routed k' + shared S),
-G document segments in the batch.
+Shape letters: the legend in `emo_slice/__init__.py` (E = R routed + n_shared shared experts, shared last;
+K = k' routed + n_shared per token; G document segments).
 
 With no pool, `route` is exactly the reference model's inference routing:
-  S > 0: p = softmax(logits[:, :R]) in float32, top k' of p (not renormalised), and each shared
-         expert weighted by softmax(logits[:, R:]) (exactly 1.0 when S = 1);
-  S = 0: p = softmax(logits) in float32, top k, renormalised only if norm_topk_prob.
+  n_shared > 0: p = softmax(logits[:, :R]) in float32, top k' of p (not renormalised), and each shared
+                expert weighted by softmax(logits[:, R:]) (exactly 1.0 with one shared expert);
+  n_shared = 0: p = softmax(logits) in float32, top k, renormalised only if norm_topk_prob.
 With a pool (pretraining, pool-restricted evaluation), per document segment the top-P experts by
 summed probability form the pool and the logits of all other routed experts are set to -inf before
-the softmax (see shared/spec/emo-pretraining.md).
+the softmax (the EMO pretraining spec).
 """
 
 from __future__ import annotations
@@ -82,11 +81,10 @@ def pool_mask(probs_NR: torch.Tensor, segment_ids_N: torch.Tensor, pool_size) ->
 
 def route(logits_NE: torch.Tensor, n_shared: int, top_k: int, norm_topk_prob: bool = False,
           segment_ids_N: torch.Tensor | None = None, pool_size=None) -> Routing:
-    """Choose experts for N tokens from raw router logits [N, E] (shared experts are the last S)."""
+    """Choose experts for N tokens from raw router logits [N, E] (the last n_shared are the shared experts)."""
     N, E = logits_NE.shape
-    S = n_shared
-    R = E - S
-    k_routed = min(top_k - S, R)
+    R = E - n_shared
+    k_routed = min(top_k - n_shared, R)
     z_NR = logits_NE[:, :R].float()
     masked_NR = z_NR
     if pool_size is not None and segment_ids_N is not None:
@@ -97,11 +95,11 @@ def route(logits_NE: torch.Tensor, n_shared: int, top_k: int, norm_topk_prob: bo
             masked_NR = z_NR.masked_fill(~keep_NR, float("-inf"))
     probs_NR = torch.softmax(masked_NR, dim=-1)
     w_NK, idx_NK = torch.topk(probs_NR, k_routed, dim=-1)
-    if S == 0 and norm_topk_prob:
+    if n_shared == 0 and norm_topk_prob:
         w_NK = w_NK / w_NK.sum(dim=-1, keepdim=True)
-    if S > 0:
-        shared_w_NS = torch.softmax(logits_NE[:, R:].float(), dim=-1)
-        shared_idx_NS = torch.arange(R, E, device=logits_NE.device).expand(N, S)
-        idx_NK = torch.cat([idx_NK, shared_idx_NS], dim=1)
-        w_NK = torch.cat([w_NK, shared_w_NS], dim=1)
+    if n_shared > 0:
+        shared_w = torch.softmax(logits_NE[:, R:].float(), dim=-1)  # [N, n_shared]
+        shared_idx = torch.arange(R, E, device=logits_NE.device).expand(N, n_shared)
+        idx_NK = torch.cat([idx_NK, shared_idx], dim=1)
+        w_NK = torch.cat([w_NK, shared_w], dim=1)
     return Routing(logits_NE, masked_NR, probs_NR, idx_NK, w_NK.to(logits_NE.dtype), k_routed)

@@ -111,8 +111,8 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
 
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     cfg = ckpt.config
-    S, L = cfg.num_shared_experts, cfg.num_hidden_layers
-    K = _greedy_keep(settings, cfg)
+    n_shared, L = cfg.num_shared_experts, cfg.num_hidden_layers
+    n_keep = _greedy_keep(settings, cfg)
     tok = load_tokenizer(ckpt.path)
     texts, inputs = calibration_texts(settings.examples, settings.field, settings.split, settings.shots, settings.seed)
     max_len = min(settings.max_length, cfg.max_position_embeddings)
@@ -124,7 +124,7 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
     inputs.update(tokenizer=tok.describe(), rows=len(rows), tokens_total=sum(len(r) for r in rows),
                   max_length=max_len)
 
-    stats = [LayerStats(cfg.experts_in_layer(l) - S) for l in range(L)]
+    stats = [LayerStats(cfg.experts_in_layer(l) - n_shared) for l in range(L)]
     greedy_kept: list[list[int]] = []
 
     def trace(b: int, t: LayerTrace) -> None:
@@ -133,26 +133,26 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
     def after_layer(l: int, layer):
         if progress is not None:
             progress(l + 1, L)
-        if K is None:
+        if n_keep is None:
             return None
-        kept = choose_experts(stats[l].scores().get(settings.method), stats[l].n_routed, S, K, settings.method,
+        kept = choose_experts(stats[l].scores().get(settings.method), stats[l].n_routed, n_shared, n_keep, settings.method,
                               settings.seed, l)
         greedy_kept.append(kept)
         return slice_layer(layer, kept) if l + 1 < L else None  # later layers see the sliced layer's output
 
     lw = LayerwiseModel(ckpt, parse_dtype(settings.dtype))
     lw.hidden_states([ids for ids, _ in batches], trace=trace, expert_norms=True, after_layer=after_layer)
-    layers_out = [{"layer": l, "experts": cfg.experts_in_layer(l), "shared": S, "routed": st.n_routed,
+    layers_out = [{"layer": l, "experts": cfg.experts_in_layer(l), "shared": n_shared, "routed": st.n_routed,
                    "tokens": st.tokens, "scores": st.scores()} for l, st in enumerate(stats)]
     return {
         "format": PROFILE_FORMAT, "format_version": PROFILE_VERSION,
         "model": {"path": str(ckpt.path.resolve()), "source": ckpt.source, "fingerprint": ckpt.fingerprint(),
                   "router_digest": router_digest(ckpt), "num_hidden_layers": L,
                   "experts_per_layer": [cfg.experts_in_layer(l) for l in range(L)],
-                  "num_shared_experts": S, "num_experts_per_tok": cfg.num_experts_per_tok},
+                  "num_shared_experts": n_shared, "num_experts_per_tok": cfg.num_experts_per_tok},
         "inputs": inputs,
         "settings": {**asdict(settings), "dtype": str(lw.dtype).replace("torch.", "")},
-        "greedy": {"keep": K, "method": settings.method, "seed": settings.seed, "kept": greedy_kept}
+        "greedy": {"keep": n_keep, "method": settings.method, "seed": settings.seed, "kept": greedy_kept}
         if settings.greedy else None,
         "tokens": layers_out[0]["tokens"] if layers_out else 0,
         "layers": layers_out,

@@ -21,7 +21,7 @@ SCORED = ("mean-prob", "frequency", "reap", "easy-ep")
 
 
 def parse_keep(text: str | int, n_experts: int, n_shared: int, flag: str = "--keep") -> int:
-    """'16' or '25%' -> K, experts kept per layer counting the shared ones; validated."""
+    """'16' or '25%' -> experts kept per layer counting the shared ones; validated."""
     s = str(text).strip()
     try:
         if s.endswith("%"):
@@ -53,7 +53,7 @@ def rank_experts(scores_R: list[float] | None, n_routed: int, method: str, seed:
 
 def choose_experts(scores_R, n_routed: int, n_shared: int, keep: int, method: str, seed: int = 0,
                    layer: int = 0) -> list[int]:
-    """Original ids kept in one layer: the best keep-S routed ones in their original order, then the shared."""
+    """Original ids kept in one layer: the best keep - n_shared routed ones in their original order, then the shared."""
     best = rank_experts(scores_R, n_routed, method, seed, layer)[: keep - n_shared]
     return sorted(best) + list(range(n_routed, n_routed + n_shared))
 
@@ -82,7 +82,7 @@ class SlicePlan:
 
     kept: list[list[int]]  # per layer, original ids
     method: str  # mean-prob | frequency | reap | easy-ep | random | experts (given by hand)
-    keep: int | list[int]  # K, or K per layer with per_layer
+    keep: int | list[int]  # experts kept per layer, or one count per layer with per_layer
     per_layer: bool = False
     scores: list[list[float]] | None = None  # per layer, the method's score of every routed expert
     profile: dict | None = None  # what the scores came from (model, inputs, settings, provenance)
@@ -93,7 +93,7 @@ def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> lis
     """'1,3,4,6' (every layer) or '1,3;0,2' (one list per layer) -> kept routed ids per layer.
 
     Shared expert ids may be listed (they are always kept anyway)."""
-    L, S = cfg.num_hidden_layers, cfg.num_shared_experts
+    L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
     parts = [p for p in text.split(";")]
     if len(parts) not in (1, L):
         raise UsageError(f"{flag} gives {len(parts)} lists separated by ';' but the model has {L} layers; "
@@ -102,7 +102,7 @@ def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> lis
     for l in range(L):
         part = parts[0] if len(parts) == 1 else parts[l]
         E = cfg.experts_in_layer(l)
-        R = E - S
+        R = E - n_shared
         try:
             ids = [int(x) for x in part.replace(" ", "").split(",") if x != ""]
         except ValueError:
@@ -125,29 +125,29 @@ def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str 
                seed: int = 0) -> SlicePlan:
     """Turn --keep plus (--experts | a profile | --method random) into kept experts per layer."""
     cfg = ckpt.config
-    L, S = cfg.num_hidden_layers, cfg.num_shared_experts
+    L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
     E_min = min(cfg.experts_in_layer(l) for l in range(L))
     k = cfg.num_experts_per_tok
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if experts is not None:
         routed = parse_expert_list(experts, cfg)
-        sizes = {len(r) + S for r in routed}
+        sizes = {len(r) + n_shared for r in routed}
         if len(sizes) > 1 and not per_layer:
             raise UsageError("--experts keeps a different number of experts per layer; pass --per-layer to allow "
                              "that (only EMO's own model code loads such a checkpoint) or list the same count")
         if keep is not None and not per_layer:
-            K = parse_keep(keep, E_min, S)
-            if K != len(routed[0]) + S:
-                raise UsageError(f"--keep {keep} is {K} experts but --experts lists {len(routed[0])} routed + {S} "
-                                 f"shared = {len(routed[0]) + S}; drop --keep or make them agree")
-        kept = [r + list(range(cfg.experts_in_layer(l) - S, cfg.experts_in_layer(l))) for l, r in enumerate(routed)]
+            n_keep = parse_keep(keep, E_min, n_shared)
+            if n_keep != len(routed[0]) + n_shared:
+                raise UsageError(f"--keep {keep} is {n_keep} experts but --experts lists {len(routed[0])} routed + {n_shared} "
+                                 f"shared = {len(routed[0]) + n_shared}; drop --keep or make them agree")
+        kept = [r + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, r in enumerate(routed)]
         sizes_l = [len(x) for x in kept]
         plan = SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[0], per_layer)
     else:
         if keep is None:
             raise UsageError("--keep K is required (experts per layer counting the shared ones, or a share like 25%)")
-        K = parse_keep(keep, E_min, S)
+        n_keep = parse_keep(keep, E_min, n_shared)
         scores = None
         if method != "random":
             if profile is None:
@@ -157,39 +157,39 @@ def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str 
             if g and per_layer:
                 raise UsageError("--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
                                  "for its own per-layer slice; use a one-pass profile for --per-layer")
-            if g and (g.get("keep") != K or g.get("method") != method):
+            if g and (g.get("keep") != n_keep or g.get("method") != method):
                 raise UsageError(f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
                                  f"its scores only hold for that slice; extract with those or re-run profile "
-                                 f"--greedy --keep {K} --method {method}")
+                                 f"--greedy --keep {n_keep} --method {method}")
         if per_layer:
-            kept = _global_ranking(cfg, K, scores, method, seed)
+            kept = _global_ranking(cfg, n_keep, scores, method, seed)
             plan = SlicePlan(kept, method, [len(x) for x in kept], True, scores)
         else:
-            kept = [choose_experts(scores[l] if scores else None, cfg.experts_in_layer(l) - S, S, K, method, seed, l)
+            kept = [choose_experts(scores[l] if scores else None, cfg.experts_in_layer(l) - n_shared, n_shared, n_keep, method, seed, l)
                     for l in range(L)]
-            plan = SlicePlan(kept, method, K, False, scores)
+            plan = SlicePlan(kept, method, n_keep, False, scores)
         if profile is not None:
             plan.profile = {key: profile.get(key) for key in ("model", "inputs", "settings", "greedy", "provenance")}
     smallest = min(len(x) for x in plan.kept)
     if smallest <= k:
         plan.warnings.append(
-            f"K = {smallest} <= {k} experts per token: every kept expert fires on every token "
+            f"keeping {smallest} <= {k} experts per token: every kept expert fires on every token "
             f"(num_experts_per_tok becomes {min(k, smallest)}); the slice acts as a dense model")
     return plan
 
 
-def _global_ranking(cfg: EmoConfig, K: int, scores, method: str, seed: int) -> list[list[int]]:
-    """--per-layer: the L*(K-S) best (layer, expert) pairs over all layers, each layer keeping at least
-    min(k, K) - S routed experts so num_experts_per_tok = min(k, K) holds everywhere."""
-    L, S = cfg.num_hidden_layers, cfg.num_shared_experts
-    floor = min(cfg.num_experts_per_tok, K) - S
+def _global_ranking(cfg: EmoConfig, n_keep: int, scores, method: str, seed: int) -> list[list[int]]:
+    """--per-layer: the L * (n_keep - n_shared) best (layer, expert) pairs over all layers, each layer keeping at least
+    min(k, n_keep) - n_shared routed experts so num_experts_per_tok = min(k, n_keep) holds everywhere."""
+    L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
+    floor = min(cfg.num_experts_per_tok, n_keep) - n_shared
     if method == "random":
         g = torch.Generator().manual_seed(seed)
-        scores = [torch.rand(cfg.experts_in_layer(l) - S, generator=g).tolist() for l in range(L)]
-    chosen = [set(choose_experts(scores[l], cfg.experts_in_layer(l) - S, 0, floor, method, seed, l))
+        scores = [torch.rand(cfg.experts_in_layer(l) - n_shared, generator=g).tolist() for l in range(L)]
+    chosen = [set(choose_experts(scores[l], cfg.experts_in_layer(l) - n_shared, 0, floor, method, seed, l))
               for l in range(L)]
     rest = sorted(((-scores[l][e], l, e) for l in range(L) for e in range(len(scores[l])) if e not in chosen[l]))
-    budget = L * (K - S) - sum(len(c) for c in chosen)
+    budget = L * (n_keep - n_shared) - sum(len(c) for c in chosen)
     for _, l, e in rest[:max(budget, 0)]:
         chosen[l].add(e)
-    return [sorted(c) + list(range(cfg.experts_in_layer(l) - S, cfg.experts_in_layer(l))) for l, c in enumerate(chosen)]
+    return [sorted(c) + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, c in enumerate(chosen)]
