@@ -4,6 +4,7 @@ per expert, gather, index_add), same model, same weights, same run; float32 and 
 
     python examples/bench_forward.py            # both sizes (~2-4 minutes on 2 cores)
     python examples/bench_forward.py --quick    # small size only
+    python examples/bench_forward.py --device cuda
 
 Prints a table and, as its last line, one JSON object with the figures and the ratios.
 """
@@ -30,11 +31,9 @@ SIZES = {
 }
 
 
-def reference_moe_forward(self: MoE, x_BTD, segment_ids_N=None, pool_size=None):
+def reference_moe_forward(self: MoE, x_ND, ctx, layer):
     """The reference's MoE block: a Python loop over experts with a one-hot mask and index_add."""
-    B, T, D = x_BTD.shape
-    x_ND = x_BTD.reshape(B * T, D)
-    r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, segment_ids_N, pool_size)
+    r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N, ctx.pool_for(layer))
     out_ND = torch.zeros_like(x_ND)
     mask_EKN = F.one_hot(r.experts_NK, num_classes=self.n_experts).permute(2, 1, 0)
     for e in range(self.n_experts):
@@ -44,7 +43,12 @@ def reference_moe_forward(self: MoE, x_BTD, segment_ids_N=None, pool_size=None):
         xe = x_ND[tok]
         h = F.silu(xe @ self.w_gate_EFD[e].t()) * (xe @ self.w_up_EFD[e].t())
         out_ND.index_add_(0, tok, (h @ self.w_down_EDF[e].t()) * r.weights_NK[tok, slot, None])
-    return out_ND.view(B, T, D), r
+    return out_ND, r, None
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def tokens_per_s(model, ids, reps: int) -> float:
@@ -52,8 +56,10 @@ def tokens_per_s(model, ids, reps: int) -> float:
         model(ids)  # warm-up
         best = float("inf")
         for _ in range(reps):
+            _sync(ids.device)
             t = time.perf_counter()
             model(ids)
+            _sync(ids.device)
             best = min(best, time.perf_counter() - t)
     return ids.numel() / best
 
@@ -62,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small size only")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     args = ap.parse_args()
     torch.manual_seed(0)
     results = {}
@@ -71,8 +78,8 @@ def main() -> None:
         spec = dict(spec)
         B, T = spec.pop("tokens")
         cfg = EmoConfig(**spec, num_key_value_heads=spec["num_attention_heads"], num_shared_experts=1)
-        base = init_weights(EmoForCausalLM(cfg), std=0.02, seed=0).eval()
-        ids = torch.randint(0, cfg.vocab_size, (B, T))
+        base = init_weights(EmoForCausalLM(cfg), std=0.02, seed=0).eval().to(args.device)
+        ids = torch.randint(0, cfg.vocab_size, (B, T), device=args.device)
         for dtype in (torch.float32, torch.bfloat16):
             model = base.to(dtype)
             model.set_expert_impl("auto")
@@ -94,7 +101,7 @@ def main() -> None:
             print(f"{key:28s} ours {ours:10.1f} tok/s   per-expert loop {ref:10.1f} tok/s   "
                   f"x{ours / ref:.2f}   max |dlogit| {results[key]['max_abs_logit_diff']:.2e}", flush=True)
         del base
-    print(json.dumps({"benchmark": "forward", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    print(json.dumps({"benchmark": "forward", "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "machine": platform.machine(), "results": results}))
 
 

@@ -9,7 +9,7 @@ routing segments and the document pool, and the per-layer trace hook.
   within the same document, as EMO pretraining does). Every query always sees itself, so a padding
   query never has an empty row (no NaN);
 - routing: with `pool_size` (an int, a tensor per segment, or a callable `(layer, num_segments) ->
-  sizes`), each document segment routes inside its own top-P pool (shared/spec/emo-pretraining.md).
+  sizes`), each document segment routes inside its own top-P pool (the EMO pretraining spec).
 
 Shape letters: see the legend in `emo_slice/__init__.py`.
 """
