@@ -40,10 +40,12 @@ def check_output(out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] 
     real = dst.resolve()
     for src in inputs:
         s = Path(src).expanduser().resolve()
-        if real == s or (s.is_dir() and s in real.parents):
+        if real == s:
+            raise UsageError(f"{flag} {out} is the input {s}; inputs are never modified, choose another path")
+        if s in real.parents:
             raise UsageError(f"{flag} {out} is inside the input {s}; inputs are never modified, choose a path "
                              "outside it")
-        if s in real.parents or (real in s.parents):
+        if real in s.parents:
             raise UsageError(f"{flag} {out} contains the input {s}; choose a path outside it")
     if folder:
         if dst.exists() and not dst.is_dir():
@@ -80,7 +82,7 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write (by any means); renamed to `path` on success, removed on error."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path, "tmp").with_suffix(path.suffix)
+    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"  # keeps the suffix (savefig picks the format)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import emo_slice
-from emo_slice.io.checkpoint import Checkpoint, ShardWriter, atomic_output_dir
+from emo_slice.errors import CheckpointError, ConfigError, UsageError
+from emo_slice.io import writer
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.safetensors import SafetensorsIndex, read_tensor
+from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
-from emo_slice.errors import ConfigError, UsageError
 
 
 def test_config_round_trip(fixtures):
@@ -81,18 +84,60 @@ def test_dtype_chosen_at_load(fixtures):
         emo_slice.load_model(fixtures / "emo-tiny", dtype="int4")
 
 
-def test_atomic_output_dir_leaves_nothing_on_error(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_output_dir(tmp_path / "out") as tmp:
-            (tmp / "half.bin").write_text("x")
-            raise RuntimeError("boom")
-    assert list(tmp_path.iterdir()) == []
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "keep.txt").write_text("precious")
-    with pytest.raises(UsageError, match="--overwrite"):
-        with atomic_output_dir(tmp_path / "full"):
-            pass
-    assert (tmp_path / "full" / "keep.txt").read_text() == "precious"
+def test_shard_writer_buffered_fallback(fixtures, tmp_path, monkeypatch):
+    """Without copy_file_range (other OS or filesystem) byte ranges are copied with plain reads, same bytes."""
+    def no_kernel_copy(*args):
+        raise OSError("not supported")
+
+    monkeypatch.setattr(writer.os, "copy_file_range", no_kernel_copy)
+    src = Checkpoint(fixtures / "emo-tiny")
+    names = sorted(src.names())[:5]
+    w = ShardWriter(tmp_path, max_shard_bytes=1)  # one tensor per shard: several copies into fresh files
+    for name in names:
+        w.add(name, src.info(name))
+    assert len(w.finish()) == len(names) + 1
+    out = SafetensorsIndex(tmp_path)
+    for name in names:
+        assert torch.equal(out.get(name), src.get(name)), name
+
+
+def test_safetensors_index_needs_no_config(tmp_path):
+    """io/safetensors.py reads any safetensors folder (no config.json), with or without an index."""
+    from safetensors.torch import save_file
+
+    a, b = torch.arange(12, dtype=torch.float32).reshape(3, 4), torch.ones(5, dtype=torch.bfloat16)
+    save_file({"a": a, "b": b}, str(tmp_path / "weights.safetensors"))
+    idx = SafetensorsIndex(tmp_path)
+    assert sorted(idx.names()) == ["a", "b"] and "a" in idx and "c" not in idx
+    assert torch.equal(idx.get("a"), a) and idx.get("b").dtype == torch.bfloat16
+    assert idx.get("b", torch.float32).dtype == torch.float32
+    assert torch.equal(read_tensor(idx.info("a"), torch.bfloat16), a.bfloat16())
+    assert idx.total_bytes == 12 * 4 + 5 * 2 and idx.stored_dtype == torch.float32
+    assert idx.files() == [tmp_path / "weights.safetensors"]
+    with pytest.raises(CheckpointError, match="tensor c is missing"):
+        idx.info("c")
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": ["a"]}')
+    with pytest.raises(CheckpointError, match="corrupt"):
+        SafetensorsIndex(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "weights.safetensors",
+                                                                                     "z": "weights.safetensors"}}))
+    with pytest.raises(CheckpointError, match="not in their shards"):
+        SafetensorsIndex(tmp_path)
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        SafetensorsIndex(tmp_path / "nothing-here")
+
+
+def test_checkpoint_read_into_checks_shape_and_casts(fixtures):
+    ck = Checkpoint(fixtures / "emo-tiny")
+    name = "model.layers.0.mlp.gate.weight"
+    want = ck.get(name)
+    dst = torch.empty(want.shape, dtype=torch.bfloat16)
+    ck.read_into(name, dst)
+    assert torch.equal(dst, want.bfloat16())
+    with pytest.raises(CheckpointError, match="config.json implies"):
+        ck.read_into(name, torch.empty(1, 2))
+    with pytest.raises(CheckpointError, match="not an EMO layout"):
+        ck.get("model.no.such.weight")
 
 
 def test_tokenizer_byte_level_and_json(fixtures, tmp_path):

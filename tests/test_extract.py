@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from emo_slice.errors import UsageError
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.slicing.extract import MANIFEST, extract
 from emo_slice.slicing.select import plan_slice
@@ -121,7 +122,8 @@ def test_streams_bytes_and_copies_files(tiny_ckpt, tmp_path, monkeypatch):
     (src / "modeling_emo.py").write_text("# remote code\n")
     read = []
     orig_get = Checkpoint.get
-    monkeypatch.setattr(Checkpoint, "get", lambda self, name, dtype=None: read.append(name) or orig_get(self, name, dtype))
+    monkeypatch.setattr(Checkpoint, "get",
+                        lambda self, name, dtype=None: read.append(name) or orig_get(self, name, dtype))
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     extract(src, plan_slice(Checkpoint(src), experts="0,5"), tmp_path / "s")
     assert sorted(read) == ["model.layers.0.mlp.gate.weight", "model.layers.1.mlp.gate.weight"]  # experts: bytes
@@ -162,7 +164,8 @@ def test_warns_when_k_covers_every_expert(tiny_ckpt, tmp_path):
 
 def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     other_profile = tmp_path / "other.json"
-    assert _cli("profile", fixtures / "emo-tiny", "--examples", fixtures / "README.md", "--out", other_profile).returncode == 0
+    r = _cli("profile", fixtures / "emo-tiny", "--examples", fixtures / "README.md", "--out", other_profile)
+    assert r.returncode == 0, r.stderr
     (tmp_path / "empty.txt").write_text("")
     full = tmp_path / "full"
     full.mkdir()
@@ -187,9 +190,25 @@ def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     r = _cli("extract", tmp_path / "missing", "--keep", "4", "--method", "random", "--out", tmp_path / "out")
     assert r.returncode != 0 and "no checkpoint folder" in r.stderr and not (tmp_path / "out").exists()
     r = _cli("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", tiny_ckpt / "sub")
-    assert r.returncode != 0 and "inside the source" in r.stderr and not (tiny_ckpt / "sub").exists()
+    assert r.returncode != 0 and "inside the input" in r.stderr and not (tiny_ckpt / "sub").exists()
     r = _cli("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full)
     assert r.returncode != 0 and "--overwrite" in r.stderr and [p.name for p in full.iterdir()] == ["keep.txt"]
     assert _cli("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite").returncode == 0
     assert (full / "slice.json").exists() and not (full / "keep.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_library_refuses_outputs_that_touch_the_source(tiny_ckpt, tmp_path):
+    """extract() itself (not only the CLI) guards its output with artifacts.check_output, before writing."""
+    ck = Checkpoint(tiny_ckpt)
+    plan = plan_slice(ck, experts="0,5")
+    before = sorted(p.name for p in tiny_ckpt.iterdir())
+    with pytest.raises(UsageError, match="inside the input"):
+        extract(ck, plan, tiny_ckpt / "sub", overwrite=True)
+    with pytest.raises(UsageError, match="contains the input"):
+        extract(ck, plan, tiny_ckpt.parent, overwrite=True)
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        extract(ck, plan, tmp_path / "a.txt", overwrite=True)
+    assert sorted(p.name for p in tiny_ckpt.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -25,7 +25,7 @@ import sysconfig
 import unicodedata
 from pathlib import Path
 
-from emo_slice.io.checkpoint import atomic_output_dir
+from emo_slice.artifacts import atomic_output_dir, provenance
 
 DOMAINS = ("code", "docs", "unicode", "arithmetic")
 
@@ -148,8 +148,6 @@ def make_tasks(valid: list[dict], n_items: int, seed: int = 0) -> list[dict]:
 def write_demo_corpus(out: str | os.PathLike, chars_per_domain: int = 400_000, valid_share: float = 0.1,
                       task_items: int = 60, seed: int = 0, overwrite: bool = False) -> dict:
     """Write train.jsonl, valid.jsonl, tasks/DOMAIN.jsonl and corpus.json (provenance) to `out`."""
-    from emo_slice.artifacts import provenance
-
     makers = {"code": code_docs, "docs": docstring_docs, "unicode": unicode_docs,
               "arithmetic": lambda b: arithmetic_docs(b, seed=seed)}
     summary = {}

@@ -70,7 +70,8 @@ def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
         elif p.is_file():
             kind = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}.get(p.suffix)
             if kind is None:
-                raise DataError(f"{p}: unknown file type {p.suffix!r}; give .txt, .jsonl, .csv, .parquet or a dataset folder")
+                raise DataError(f"{p}: unknown file type {p.suffix!r}; give .txt, .jsonl, .csv, .parquet or a "
+                                "dataset folder")
             ds = datasets.load_dataset(kind, data_files=str(p))
         elif p.exists() or src.startswith((".", "/", "~")):
             raise DataError(f"{src} is neither a file nor a saved dataset folder; give a .txt/.jsonl file or a "
@@ -82,8 +83,9 @@ def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
         raise
     except Exception as e:
         if not p.exists():
-            raise DataError(f"{src} is not a file and not a dataset in the local Hugging Face cache ({type(e).__name__}); "
-                            f"download it first (datasets.load_dataset('{src}') on a machine with network) or pass a file") from None
+            raise DataError(f"{src} is not a file and not a dataset in the local Hugging Face cache "
+                            f"({type(e).__name__}); download it first (datasets.load_dataset('{src}') on a machine "
+                            "with network) or pass a file") from None
         raise DataError(f"cannot read {src} as a dataset: {str(e).splitlines()[0][:200]}") from None
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
@@ -112,7 +114,8 @@ def read_texts(src: str | os.PathLike, field: str = "text", split: str | None = 
     for rec in read_records(src, split, flag):
         value = _get(rec, field, str(src), "--field")
         if not isinstance(value, str):
-            raise DataError(f"{src}: field {field!r} holds {type(value).__name__}, not text; choose another with --field")
+            raise DataError(f"{src}: field {field!r} holds {type(value).__name__}, not text; "
+                            "choose another with --field")
         if value.strip():
             texts.append(value)
     if not texts:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from emo_slice.artifacts import atomic_output_dir, parse_size
-from emo_slice.io.checkpoint import ShardWriter, parse_dtype
+from emo_slice.io.checkpoint import parse_dtype
+from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import hf_tensor_shapes
 from emo_slice.model.modeling import EmoForCausalLM

@@ -22,39 +22,18 @@ from typing import Callable
 
 import torch
 
-from emo_slice.artifacts import atomic_output_dir
-from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, ShardWriter, parse_dtype
-from emo_slice.model.config import EmoConfig
+from emo_slice import artifacts
 from emo_slice.errors import CheckpointError, UsageError
+from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, parse_dtype
+from emo_slice.io.safetensors import TensorInfo
+from emo_slice.io.writer import ShardWriter
+from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import EXPERT_KEY, expected_hf_names, hf_order
 from emo_slice.slicing.profile_file import router_digest
 from emo_slice.slicing.select import SlicePlan
 
 MANIFEST = "slice.json"
 ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
-
-
-# ---------------------------------------------------------------------------------------------
-# Planning
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks on the output folder
-# ---------------------------------------------------------------------------------------------
-
-def check_output(source: Path, out: str | os.PathLike, overwrite: bool, flag: str = "--out") -> Path:
-    """Refuse an output folder inside the source, holding the source, or already holding files."""
-    src = Path(source).resolve()
-    dst = Path(out).expanduser().resolve()
-    if dst == src or src in dst.parents:
-        raise UsageError(f"{flag} {out} is inside the source checkpoint {src}; the source is never modified, "
-                         "choose a folder outside it")
-    if dst in src.parents:
-        raise UsageError(f"{flag} {out} contains the source checkpoint {src}; choose a folder outside it")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise UsageError(f"{flag} {out} already exists and is not empty; choose another folder or pass --overwrite")
-    return dst
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,23 +70,8 @@ def _check_layout(ckpt: Checkpoint) -> None:
                               "emo-slice only slices the released EMO layout and will not guess")
 
 
-def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | os.PathLike, *,
-            dtype: str | None = None, overwrite: bool = False, max_shard_size: str | int = "5GB",
-            progress: Callable[[int, int], None] | None = None) -> dict:
-    """Write the sliced checkpoint described by plan to out; return the manifest."""
-    from emo_slice.artifacts import parse_size, provenance
-
-    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
-    cfg = ckpt.config
-    _check_layout(ckpt)
-    if len(plan.kept) != cfg.num_hidden_layers:
-        raise UsageError(f"the plan has {len(plan.kept)} layers but {ckpt.path} has {cfg.num_hidden_layers}")
-    dt = parse_dtype(dtype)
-    new_cfg = sliced_config(ckpt, plan, dt)
-    check_output(ckpt.path, out, overwrite)
-    max_bytes = parse_size(max_shard_size)
-
-    # new name -> (source TensorInfo, router rows or None)
+def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None]]:
+    """What the slice holds, in checkpoint order: (new name, source tensor, router rows kept or None)."""
     new_index = [{old: new for new, old in enumerate(kept)} for kept in plan.kept]
     entries = []
     for name in sorted(ckpt.infos, key=hf_order):
@@ -115,20 +79,38 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
         m = EXPERT_KEY.match(name)
         if m:
             l, e, kind = int(m.group(1)), int(m.group(2)), m.group(3)
-            if e not in new_index[l]:
-                continue
-            entries.append((f"model.layers.{l}.mlp.experts.{new_index[l][e]}.{kind}_proj.weight", info, None))
+            if e in new_index[l]:
+                entries.append((f"model.layers.{l}.mlp.experts.{new_index[l][e]}.{kind}_proj.weight", info, None))
             continue
         r = ROUTER_KEY.match(name)
         entries.append((name, info, plan.kept[int(r.group(1))] if r else None))
     entries.sort(key=lambda x: hf_order(x[0]))
+    return entries
+
+
+def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | os.PathLike, *,
+            dtype: str | None = None, overwrite: bool = False, max_shard_size: str | int = "5GB",
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write the sliced checkpoint described by plan to out; return the manifest."""
+    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
+    cfg = ckpt.config
+    _check_layout(ckpt)
+    if len(plan.kept) != cfg.num_hidden_layers:
+        raise UsageError(f"the plan has {len(plan.kept)} layers but {ckpt.path} has {cfg.num_hidden_layers}")
+    dt = parse_dtype(dtype)
+    new_cfg = sliced_config(ckpt, plan, dt)
+    artifacts.check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
+    max_bytes = artifacts.parse_size(max_shard_size)
+
+    entries = _entries(ckpt, plan)
     total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows in entries)
 
     source_manifest = _read_json(ckpt.path / MANIFEST)
-    manifest = _manifest(ckpt, plan, new_cfg, source_manifest, provenance)
+    manifest = _manifest(ckpt, plan, new_cfg, source_manifest)
     done = 0
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice extract", "source_fingerprint": manifest["source"]["fingerprint"]})
+    with artifacts.atomic_output_dir(out, overwrite=overwrite) as tmp:
+        w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice extract",
+                                         "source_fingerprint": manifest["source"]["fingerprint"]})
         for new_name, info, rows in entries:
             if rows is not None:
                 def make(info=info, rows=rows):
@@ -148,7 +130,6 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
                 shutil.copy2(p, tmp / p.name)
         manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    ckpt.close()
     if progress is not None:
         progress(total, total)
     return manifest
@@ -161,7 +142,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest: dict | None, provenance) -> dict:
+def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest: dict | None) -> dict:
     """slice.json: the original expert ids per layer (traced through an earlier slice), method, scores, K."""
     cfg = ckpt.config
     layers = []
@@ -190,8 +171,8 @@ def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest:
         "profile": plan.profile,
         "warnings": plan.warnings,
         "layers": layers,
-        "provenance": provenance(),
+        "provenance": artifacts.provenance(),
     }
 
 
-__all__ = ["extract", "check_output", "sliced_config", "MANIFEST", "INDEX_NAME"]
+__all__ = ["extract", "sliced_config", "MANIFEST", "INDEX_NAME"]

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from emo_slice.artifacts import atomic_write_text
 from emo_slice.errors import DataError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
 
@@ -17,16 +18,8 @@ PROFILE_VERSION = 1
 
 
 def save_profile(profile: dict, out: str | os.PathLike) -> Path:
-    """Write a profile as JSON, atomically (temp file renamed into place)."""
-    out = Path(out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(profile, indent=1) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    """Write a profile as JSON, atomically (temp file renamed into place; an existing `out` is replaced)."""
+    return atomic_write_text(out, json.dumps(profile, indent=1) + "\n")
 
 
 def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
@@ -34,13 +27,15 @@ def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
     try:
         d = json.loads(p.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{flag} {path}: no such file; make one with `emo-slice profile MODEL --examples SRC --out {path}`") from None
+        raise UsageError(f"{flag} {path}: no such file; make one with "
+                         f"`emo-slice profile MODEL --examples SRC --out {path}`") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{flag} {path} is not a profile (not JSON); make one with `emo-slice profile`") from None
     if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
         raise DataError(f"{flag} {path} is not an emo-slice profile; make one with `emo-slice profile`")
     if d.get("format_version", 0) > PROFILE_VERSION:
-        raise DataError(f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); upgrade emo-slice")
+        raise DataError(f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); "
+                        "upgrade emo-slice")
     return d
 
 

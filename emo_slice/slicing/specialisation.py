@@ -13,6 +13,7 @@ import itertools
 import os
 from pathlib import Path
 
+from emo_slice.artifacts import atomic_output_file
 from emo_slice.errors import UsageError
 from emo_slice.slicing.select import rank_experts
 
@@ -40,13 +41,15 @@ def overlap(profiles: dict[str, dict], routed_kept: int, method: str = "mean-pro
     pairs = {f"{a}|{b}": [jaccard(sets[a][l], sets[b][l]) for l in range(L)]
              for a, b in itertools.combinations(sorted(sets), 2)}
     per_layer = [sum(v[l] for v in pairs.values()) / len(pairs) for l in range(L)]
-    return {"routed_kept": routed_kept, "method": method, "per_layer": per_layer, "mean": sum(per_layer) / L, "pairs": pairs}
+    return {"routed_kept": routed_kept, "method": method, "per_layer": per_layer, "mean": sum(per_layer) / L,
+            "pairs": pairs}
 
 
 def usage_heatmap(models: dict[str, dict[str, dict]], out: str | os.PathLike, method: str = "mean-prob") -> Path | None:
     """PNG: for each model (rows) and layer (columns) a domains x experts heatmap of router usage.
 
-    models: {model name: {domain: profile}}. Returns the path, or None when matplotlib is missing."""
+    models: {model name: {domain: profile}}. Returns the path, or None when matplotlib is missing.
+    Written atomically; an existing `out` is replaced."""
     try:
         import matplotlib
 
@@ -75,9 +78,9 @@ def usage_heatmap(models: dict[str, dict[str, dict]], out: str | os.PathLike, me
                 ax.set_xlabel("routed expert", fontsize=8)
     fig.suptitle(f"Expert usage by domain ({method}, each row sums to 1)", fontsize=10)
     fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        with atomic_output_file(out) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
+    return Path(out).expanduser()
