@@ -21,28 +21,29 @@ import types
 import torch
 import torch.nn.functional as F
 
-from emo_slice.train.losses import all_reduce_counts, expert_counts, lm_z_loss, moe_losses
 from emo_slice.model.modeling import EmoForCausalLM, init_weights
-from emo_slice.model.routing import route
+from emo_slice.model.routing import attention_documents, route
 from emo_slice.train.config import train_preset
-from emo_slice.train.trainer import pool_draw
+from emo_slice.train.losses import all_reduce_counts, expert_counts, lm_z_loss, moe_losses
+from emo_slice.train.pools import pool_draw
 
 
-def per_expert_loop_forward(self, x_BTD, segment_ids_N=None, pool_size=None):
-    """The straightforward MoE: a Python loop over all experts with a boolean mask per expert."""
-    B, T, D = x_BTD.shape
-    x_ND = x_BTD.reshape(B * T, D)
-    r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, segment_ids_N, pool_size)
+def per_expert_loop_forward(self, x_ND, ctx, layer):
+    """The straightforward MoE: a Python loop over all experts with a boolean mask per expert.
+
+    Replaces MoE.forward(x_ND, ctx, layer) -> (out_ND, routing, expert norms or None)."""
+    r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N,
+              ctx.pool_for(layer))
     out_ND = torch.zeros_like(x_ND)
     for e in range(self.n_experts):
-        tok, slot = torch.where(r.experts_NK == e)
-        if tok.numel() == 0:
+        tok_M, slot_M = torch.where(r.experts_NK == e)
+        if tok_M.numel() == 0:
             continue
-        xe = x_ND[tok]
-        h = F.silu(xe @ self.w_gate_EFD[e].t()) * (xe @ self.w_up_EFD[e].t())
-        y = (h @ self.w_down_EDF[e].t()) * r.weights_NK[tok, slot, None]
-        out_ND = out_ND.index_add(0, tok, y.to(out_ND.dtype))
-    return out_ND.view(B, T, D), r
+        x_MD = x_ND[tok_M]
+        h_MF = F.silu(x_MD @ self.w_gate_EFD[e].t()) * (x_MD @ self.w_up_EFD[e].t())
+        y_MD = (h_MF @ self.w_down_EDF[e].t()) * r.weights_NK[tok_M, slot_M, None]
+        out_ND = out_ND.index_add(0, tok_M, y_MD.to(out_ND.dtype))
+    return out_ND, r, None
 
 
 def make_model(cfg, variant: str) -> EmoForCausalLM:
@@ -55,16 +56,18 @@ def make_model(cfg, variant: str) -> EmoForCausalLM:
     return model
 
 
-def step_fn(model, opt, ids_BT1, tc, p_min, p_max, step, dtype):
-    inp, tgt = ids_BT1[:, :-1], ids_BT1[:, 1:]
-    pool = pool_draw(inp, model.config.eos_token_id, p_min, p_max, 0, step, 0)
+def step_fn(model, opt, ids, tc, p_min, p_max, step, dtype):
+    """One EMO training step on windows ids [B, T+1]; returns the total loss."""
+    eos = model.config.eos_token_id
+    inp_BT, tgt_BT = ids[:, :-1], ids[:, 1:]
+    pool = pool_draw(inp_BT, eos, p_min, p_max, 0, step, 0)  # a callable (layer, num_segments) -> sizes
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-        out = model(inp, pool_size=pool, doc_attention=True, return_routing=True)
-        logits = out["logits"].float().reshape(-1, model.config.vocab_size)
-        counts = all_reduce_counts(torch.stack([expert_counts(r) for r in out["routing"]]))
-        lb, z = moe_losses(out["routing"], counts)
-        loss = F.cross_entropy(logits, tgt.reshape(-1)) + tc.lb_weight * lb + tc.z_weight * z \
-            + tc.lm_z_weight * lm_z_loss(logits)
+        out = model(inp_BT, pool_size=pool, document_ids_BT=attention_documents(inp_BT, eos), return_routing=True)
+        logits_NV = out["logits"].float().reshape(-1, model.config.vocab_size)
+        counts_LR = all_reduce_counts(torch.stack([expert_counts(r) for r in out["routing"]]))
+        lb, z = moe_losses(out["routing"], counts_LR)
+        loss = F.cross_entropy(logits_NV, tgt_BT.reshape(-1)) + tc.lb_weight * lb + tc.z_weight * z \
+            + tc.lm_z_weight * lm_z_loss(logits_NV)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()

@@ -78,7 +78,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path):
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
-    import emo_slice.train.trainer as tr
+    import emo_slice.train.checkpointing as ckpt
 
     calls, real = [], torch.save
 
@@ -88,14 +88,14 @@ def test_a_failed_save_leaves_the_previous_checkpoint(corpus, tmp_path, monkeypa
             raise KeyboardInterrupt("killed during the save")
         return real(obj, f, *a, **k)
 
-    monkeypatch.setattr(tr.torch, "save", flaky)
+    monkeypatch.setattr(ckpt.torch, "save", flaky)
     with pytest.raises(KeyboardInterrupt):
         pretrain(_cfg(corpus, tmp_path / "run", save_every=2))
     out = tmp_path / "run"
     assert (out / "latest").read_text().strip() == "step-000002"
     load_model(out / "step-000002")  # intact
-    assert not (out / "step-000004").exists()
-    monkeypatch.setattr(tr.torch, "save", real)
+    assert not (out / "step-000004").exists() and not list(out.glob(".step-000004*"))  # no temporaries left
+    monkeypatch.setattr(ckpt.torch, "save", real)
     pretrain(_cfg(corpus, out, save_every=2, resume=True))
     assert (out / "latest").read_text().strip() == "final"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from emo_slice.errors import UsageError
-from emo_slice.train.losses import load_balancing_loss, moe_losses, router_z_loss
 from emo_slice.model.routing import attention_documents, route, routing_segments
 from emo_slice.train.config import train_preset
+from emo_slice.train.losses import load_balancing_loss, moe_losses, router_z_loss
 from emo_slice.train.trainer import lr_at, pool_draw
 
 EOS = 0
@@ -22,10 +22,11 @@ def _ids(seed=0, B=3, T=40, eos_rate=0.12):
     return ids
 
 
-def _loop_route(logits_NE, seg_N, sizes_G, S, k):
-    """The per-document reference: for each segment, pool = top-P of the summed softmax, mask, top-k'."""
+def _loop_route(logits_NE, seg_N, sizes_G, shared, k):
+    """The per-document reference: for each segment, pool = the top pool-size experts of the summed
+    softmax, mask the others, top-k'."""
     N, E = logits_NE.shape
-    R = E - S
+    R = E - shared
     z = logits_NE[:, :R].float()
     masked = z.clone()
     for g in range(int(seg_N.max()) + 1):
@@ -38,7 +39,7 @@ def _loop_route(logits_NE, seg_N, sizes_G, S, k):
             if e not in pool:
                 masked[rows, e] = float("-inf")
     probs = torch.softmax(masked, dim=-1)
-    w, idx = torch.topk(probs, k - S, dim=-1)
+    w, idx = torch.topk(probs, k - shared, dim=-1)
     return masked, probs, idx, w
 
 
@@ -47,16 +48,17 @@ def test_vectorised_pool_equals_per_document_loop(seed):
     ids = _ids(seed)
     seg_N = routing_segments(ids, EOS).reshape(-1)
     G = int(seg_N.max()) + 1
-    E, S, k = 17, 1, 5
+    E, shared, k = 17, 1, 5
     logits = torch.randn(ids.numel(), E, generator=torch.Generator().manual_seed(seed + 10))
-    sizes = torch.randint(k - S, E - S + 2, (G,), generator=torch.Generator().manual_seed(seed + 20))
-    r = route(logits, S, k, segment_ids_N=seg_N, pool_size=sizes)
-    masked, probs, idx, w = _loop_route(logits, seg_N, sizes, S, k)
+    sizes = torch.randint(k - shared, E - shared + 2, (G,), generator=torch.Generator().manual_seed(seed + 20))
+    r = route(logits, shared, k, segment_ids_N=seg_N, pool_size=sizes)
+    masked, probs, idx, w = _loop_route(logits, seg_N, sizes, shared, k)
     assert torch.equal(r.masked_logits_NR, masked)
     torch.testing.assert_close(r.probs_NR, probs, rtol=0, atol=1e-7)
-    assert torch.equal(r.experts_NK[:, : k - S], idx)
-    assert torch.equal(r.experts_NK[:, k - S:], torch.full((len(idx), S), E - S))  # shared last, weight 1
-    assert torch.equal(r.weights_NK[:, k - S:], torch.ones(len(idx), S))
+    assert torch.equal(r.experts_NK[:, : k - shared], idx)
+    # shared experts last, weight 1
+    assert torch.equal(r.experts_NK[:, k - shared:], torch.full((len(idx), shared), E - shared))
+    assert torch.equal(r.weights_NK[:, k - shared:], torch.ones(len(idx), shared))
 
 
 def test_eos_convention():
@@ -104,7 +106,7 @@ def test_load_balancing_is_one_under_uniform_routing():
     probs = torch.full((N, R), 1.0 / R)
     counts = torch.full((R,), N * k / R)
     assert load_balancing_loss(probs, counts, k).item() == pytest.approx(1.0, abs=1e-6)
-    # counts of W ranks (summed) give the same value; collapse onto one expert gives R/k
+    # counts summed over four ranks give the same value; collapse onto one expert gives R/k
     assert load_balancing_loss(probs, counts * 4, k).item() == pytest.approx(1.0, abs=1e-6)
     one_hot = torch.zeros(N, R)
     one_hot[:, 0] = 1

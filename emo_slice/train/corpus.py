@@ -1,24 +1,25 @@
 """Training data: documents -> tokenised ONCE into a uint32 token file (EOS after each document) -> windows.
 
-Legend: L tokens in the file, T window length, W windows, G global batch.
+The token file is a flat little-endian uint32 array read through np.memmap. With T positions per
+window (seq_len), window i covers tokens [i*T, i*T + T] (T+1 tokens: inputs are the first T, targets
+the last T), so documents are packed across windows and a document cut by a window edge continues in
+the next one. Windows are visited in a seeded permutation per epoch; the sample index alone
+(step * global batch) says where the data is.
 
-The token file is a flat little-endian uint32 array read through np.memmap. Window i covers tokens
-[i*T, i*T + T] (T+1 tokens: inputs are the first T, targets the last T), so documents are packed
-across windows and a document cut by a window edge continues in the next one. Windows are visited
-in a seeded permutation per epoch; the sample index alone (step * batch) says where the data is.
+Shape letters: see the legend in `emo_slice/__init__.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from emo_slice.artifacts import atomic_output_file, atomic_write_text
 from emo_slice.errors import DataError, UsageError
 from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
@@ -80,15 +81,13 @@ def _is_valid_doc(i: int, share: float) -> bool:
 
 def write_tokens(docs: list[str], tok: Tokenizer, path: Path, chunk: int = 256) -> int:
     """Encode documents, append EOS after each, write uint32 tokens atomically. Returns the token count."""
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     n = 0
-    with open(tmp, "wb") as f:
+    with atomic_output_file(path) as tmp, open(tmp, "wb") as f:
         for s in range(0, len(docs), chunk):
             for ids in tok.encode_batch(docs[s:s + chunk]):
                 arr = np.asarray(list(ids) + [tok.eos_token_id], dtype=np.uint32)
                 f.write(arr.astype("<u4").tobytes())
                 n += len(arr)
-    os.replace(tmp, path)
     return n
 
 
@@ -128,9 +127,7 @@ def prepare_corpus(cfg, folder: Path, vocab_size: int) -> tuple[Tokenizer, dict]
     meta = {"key": key, "hash": h, "train_tokens": n_train, "valid_tokens": n_valid, "train_documents": len(train),
             "valid_documents": len(valid), "tokenizer": tok.describe(), "tokenizer_kind": tok.kind,
             "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "vocab_size": tok.vocab_size}
-    tmp = meta_path.with_name("meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return tok, meta
 
 
@@ -173,5 +170,5 @@ class TokenWindows:
         return np.asarray(self.tokens[w * self.T: w * self.T + self.T + 1], dtype=np.int64)
 
     def batch(self, first_sample: int, n: int) -> torch.Tensor:
-        """[n, T+1] int64: samples first_sample .. first_sample + n - 1."""
+        """[B, T+1] int64 with B = n rows: samples first_sample .. first_sample + n - 1."""
         return torch.from_numpy(np.stack([self.window(first_sample + i) for i in range(n)]))

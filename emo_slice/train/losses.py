@@ -1,9 +1,9 @@
 """Pretraining losses: global load balancing, router z-loss, LM-head z-loss, and routing statistics.
 
-Legend (tensor suffixes): N tokens, R routed experts (E' = E - S, shared excluded), k' routed experts
-per token, L layers, G document segments, V vocab.
+Shape letters: see the legend in `emo_slice/__init__.py` (R = routed experts, shared ones excluded).
+Below, k' is the number of routed experts each token takes (K minus the shared experts).
 
-Following AllenAI's EMO training code (shared/spec/emo-pretraining.md):
+Following AllenAI's EMO training code (the EMO pretraining spec):
 - LB (global):  (R/k') * sum_e count_e * mean_t(s_te) / N_counted, where count_e is how many top-k'
   slots expert e got, summed over every data-parallel rank (and optionally over the micro-batches of
   the step), N_counted the number of tokens those counts cover, and s the pool-masked probabilities of
@@ -37,7 +37,7 @@ def all_reduce_counts(counts_LR: torch.Tensor) -> torch.Tensor:
 
 
 def load_balancing_loss(probs_NR: torch.Tensor, counts_R: torch.Tensor, k_routed: int) -> torch.Tensor:
-    """(R/k') * sum_e f_e * P_e with f_e = counts_e / N_counted (global) and P_e = mean_t s_te (local)."""
+    """(R/k') * sum_e f_e * p_e with f_e = counts_e / N_counted (global) and p_e = mean_t s_te (local)."""
     R = probs_NR.shape[1]
     n_counted = counts_R.sum() / k_routed
     f_R = counts_R.detach() / n_counted.clamp_min(1.0)

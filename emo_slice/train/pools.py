@@ -1,0 +1,54 @@
+"""Document-pool sizes for pretraining: one draw per (step, layer, document segment), reproducible anywhere.
+
+EMO draws a pool size P uniformly on [pool_min, pool_max] for every document segment in every layer.
+Here the draw is a hash of (seed, step, layer, global row, segment index within the row), not a random
+generator's state, so:
+- one process and any number of data-parallel ranks draw the same sizes for the same global batch
+  (a rank only needs the global index of its first row);
+- recomputing a layer (activation checkpointing) draws the same sizes (keyed by the layer index);
+- resuming at a step draws what the uninterrupted run drew.
+
+Shape letters: see the legend in `emo_slice/__init__.py` (here G = document segments of the micro-batch).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from emo_slice.model.routing import routing_segments
+
+PRIME = 2147483647
+
+
+def _mix(h: torch.Tensor, v) -> torch.Tensor:
+    """One round of the integer hash (values stay below 2**31 before the final xor-shift)."""
+    h = (h ^ v) % PRIME
+    h = (h * 48271 + 11) % PRIME
+    return h ^ (h >> 7)
+
+
+def pool_draw(input_ids_BT: torch.Tensor, eos: int, p_min: int, p_max: int, seed: int, step: int,
+              first_row: int) -> Callable[[int, int], torch.Tensor]:
+    """A callable (layer, num_segments) -> pool size per segment [G], for EmoForCausalLM(pool_size=...).
+
+    Sizes are uniform on [p_min, p_max], a deterministic hash of (seed, step, layer, global row,
+    segment index within the row); `first_row` is the global index of input_ids_BT's first row.
+    Keyed by the layer index the model passes, not by call order: recomputing a layer draws the same pools.
+    """
+    seg_BT = routing_segments(input_ids_BT, eos)
+    B = seg_BT.shape[0]
+    per_row_B = seg_BT[:, -1] - seg_BT[:, 0] + 1
+    rows_B = torch.arange(B, device=seg_BT.device)
+    row_G = torch.repeat_interleave(rows_B, per_row_B)
+    seg_in_row_G = torch.arange(len(row_G), device=seg_BT.device) - torch.repeat_interleave(seg_BT[:, 0], per_row_B)
+    base_G = _mix(_mix(torch.full_like(row_G, seed % PRIME), step), 0)
+    base_G = _mix(_mix(base_G, row_G + first_row), seg_in_row_G)
+
+    def sizes(layer: int, num_segments: int) -> torch.Tensor:
+        assert num_segments == len(row_G)
+        h_G = _mix(_mix(base_G, layer + 1), 7)
+        return p_min + h_G % (p_max - p_min + 1)
+
+    return sizes

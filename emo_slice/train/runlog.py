@@ -1,0 +1,37 @@
+"""The run's log (out/log.jsonl, one JSON record per line) and the progress bar on stderr.
+
+Records are {"kind": "train" | "eval", "step": ..., figures...}. On resume the log is cut back to the
+checkpoint's step, so a resumed run's log equals the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from emo_slice.artifacts import atomic_write_text
+
+LOG_FILE = "log.jsonl"
+
+
+def append_record(out: Path, rec: dict) -> None:
+    with open(out / LOG_FILE, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def trim_log(out: Path, step: int) -> None:
+    """Drop records after `step` (written after the checkpoint a resume starts from)."""
+    log = out / LOG_FILE
+    if log.exists():
+        keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(log, "".join(ln + "\n" for ln in keep))
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar with loss and tokens/s fields (disabled: a no-op with the same interface)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[tps]:,.0f} tok/s"),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False)
