@@ -1,0 +1,61 @@
+"""Generation with the KV cache equals generation by full forwards; batching with left padding changes nothing."""
+
+import torch
+
+import emo_slice
+from emo_slice.model.config import EmoConfig
+from emo_slice.model.modeling import EmoForCausalLM, init_weights
+
+
+def _model(seed=0):
+    cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_key_value_heads=2,
+                    num_experts=9, num_experts_per_tok=3, vocab_size=64, eos_token_id=0, pad_token_id=1)
+    return init_weights(EmoForCausalLM(cfg), std=0.3, seed=seed).eval()
+
+
+@torch.no_grad()
+def _greedy_by_full_forward(model, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids
+
+
+def test_greedy_with_cache_equals_full_forward_every_step():
+    model = _model()
+    prompt = torch.randint(2, 64, (12,)).tolist()
+    got = emo_slice.generate(model, [prompt], 24)
+    assert got[0].tolist() == _greedy_by_full_forward(model, prompt, 24)
+
+
+def test_batched_left_padding_equals_each_prompt_alone():
+    model = _model(1)
+    prompts = [torch.randint(2, 64, (n,)).tolist() for n in (3, 10, 7)]
+    batch = emo_slice.generate(model, prompts, 16)
+    assert batch.shape == (3, 10 + 16)
+    for b, p in enumerate(prompts):
+        alone = emo_slice.generate(model, [p], 16)[0].tolist()
+        assert batch[b, 10 - len(p):].tolist() == alone
+        assert batch[b, :10 - len(p)].tolist() == [1] * (10 - len(p))  # the left padding is kept
+
+
+def test_eos_stops_a_row_and_pads_it():
+    model = _model(2)
+    prompt = torch.randint(2, 64, (6,)).tolist()
+    free = _greedy_by_full_forward(model, prompt, 12)[6:]
+    eos = free[3]  # make the 4th generated token the end of the sequence
+    first = free.index(eos)
+    out = emo_slice.generate(model, [prompt, prompt], 12, eos_token_id=eos)[0, 6:].tolist()
+    assert out[:first + 1] == free[:first + 1]
+    assert len(out) == first + 1 or out[first + 1:] == [1] * (len(out) - first - 1)
+
+
+def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
+    model = _model(3)
+    prompt = torch.randint(2, 64, (5,)).tolist()
+    a = emo_slice.generate(model, [prompt], 10, do_sample=True, generator=torch.Generator().manual_seed(7))
+    b = emo_slice.generate(model, [prompt], 10, do_sample=True, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    tiny_p = emo_slice.generate(model, [prompt], 10, do_sample=True, top_p=1e-6,
+                                generator=torch.Generator().manual_seed(7))
+    assert tiny_p[0].tolist() == _greedy_by_full_forward(model, prompt, 10)
