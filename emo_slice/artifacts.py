@@ -29,8 +29,14 @@ def _tmp_name(out: Path, kind: str) -> Path:
     return out.parent / f".{out.name}.{kind}-{os.getpid()}"
 
 
-def check_output(out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False,
-                 flag: str = "--out", folder: bool = False) -> Path:
+def check_output(
+    out: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    flag: str = "--out",
+    folder: bool = False,
+) -> Path:
     """Validate an output path before any work starts; returns it absolute.
 
     Refuses: an output equal to or inside an input folder, or holding an input; an existing output
@@ -43,8 +49,9 @@ def check_output(out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] 
         if real == s:
             raise UsageError(f"{flag} {out} is the input {s}; inputs are never modified, choose another path")
         if s in real.parents:
-            raise UsageError(f"{flag} {out} is inside the input {s}; inputs are never modified, choose a path "
-                             "outside it")
+            raise UsageError(
+                f"{flag} {out} is inside the input {s}; inputs are never modified, choose a path outside it"
+            )
         if real in s.parents:
             raise UsageError(f"{flag} {out} contains the input {s}; choose a path outside it")
     if folder:
@@ -123,9 +130,13 @@ def provenance(**extra) -> dict:
     """Who wrote an artifact and when: emo-slice, torch and Python versions, UTC date, plus extra fields."""
     from emo_slice import __version__
 
-    return {"emo_slice_version": __version__, "torch_version": _torch_version(),
-            "python_version": sys.version.split()[0],
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
+    return {
+        "emo_slice_version": __version__,
+        "torch_version": _torch_version(),
+        "python_version": sys.version.split()[0],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
 
 
 def _torch_version() -> str | None:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from emo_slice.io.build import random_checkpoint
 from emo_slice.data.sources import MCItem, load_mc_task
 from emo_slice.eval.harness import evaluate_mc, score_rows
 from emo_slice.eval.requests import encode_item, naive_rows
 from emo_slice.eval.runner import Runner
+from emo_slice.io.build import random_checkpoint
 
 DEFAULT_TASK = Path("/work/shared/data/domains/tasks/quotes.jsonl")
 
@@ -47,7 +47,7 @@ def naive(runner: Runner, items: list[MCItem], L: int) -> list[list[float]]:
         row = []
         for cont in enc.conts:
             logits = runner.model(torch.tensor([enc.ctx + cont]))
-            lp = torch.log_softmax(logits[0, C - 1:-1].float(), -1)
+            lp = torch.log_softmax(logits[0, C - 1 : -1].float(), -1)
             row.append(lp.gather(-1, torch.tensor(cont)[:, None]).sum().item())
         lls.append(row)
     return lls
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    items = (load_mc_task(args.task) if args.task else synthetic_items(args.items))[:args.items]
+    items = (load_mc_task(args.task) if args.task else synthetic_items(args.items))[: args.items]
     with tempfile.TemporaryDirectory() as tmp:
         path = random_checkpoint(Path(tmp) / "m", args.preset, seed=0)
         runner = Runner(str(path))
@@ -89,24 +89,33 @@ def main() -> None:
     n = len(items)
     tok_ctx = sum(len(encode_item(runner.tokenizer, it, L).ctx) for it in items)
     figures = {
-        "preset": args.preset, "task": args.task or "synthetic", "items": n,
-        "choices": sum(len(it.choices) for it in items), "context_tokens": tok_ctx,
-        "batch_size": args.batch_size, "threads": args.threads,
+        "preset": args.preset,
+        "task": args.task or "synthetic",
+        "items": n,
+        "choices": sum(len(it.choices) for it in items),
+        "context_tokens": tok_ctx,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
         "items_per_s_emo_slice": round(n / t_fast, 2),
         "items_per_s_naive_per_choice": round(n / t_naive, 2),
         "items_per_s_row_per_choice_batched": round(n / t_rows, 2),
         "speedup_vs_naive": round(t_naive / t_fast, 2),
         "speedup_vs_row_per_choice": round(t_rows / t_fast, 2),
-        "max_abs_ll_diff_vs_naive": diff, "max_abs_ll_diff_vs_rows": diff_rows,
+        "max_abs_ll_diff_vs_naive": diff,
+        "max_abs_ll_diff_vs_rows": diff_rows,
         "same_predictions": [max(range(len(f)), key=f.__getitem__) for f in lls_fast]
         == [max(range(len(s)), key=s.__getitem__) for s in slow],
     }
     print(f"{n} items, {figures['choices']} choices, preset {args.preset}")
     print(f"emo-slice (context once per item): {figures['items_per_s_emo_slice']:8.2f} items/s")
-    print(f"one row per choice, batched:       {figures['items_per_s_row_per_choice_batched']:8.2f} items/s "
-          f"({figures['speedup_vs_row_per_choice']}x slower)")
-    print(f"naive, one forward per choice:     {figures['items_per_s_naive_per_choice']:8.2f} items/s "
-          f"({figures['speedup_vs_naive']}x slower)")
+    print(
+        f"one row per choice, batched:       {figures['items_per_s_row_per_choice_batched']:8.2f} items/s "
+        f"({figures['speedup_vs_row_per_choice']}x slower)"
+    )
+    print(
+        f"naive, one forward per choice:     {figures['items_per_s_naive_per_choice']:8.2f} items/s "
+        f"({figures['speedup_vs_naive']}x slower)"
+    )
     print(f"largest log-likelihood difference vs naive: {diff:.2e}")
     print(json.dumps(figures))
 

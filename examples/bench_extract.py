@@ -100,16 +100,29 @@ def main() -> None:
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_extract_"))
     work.mkdir(parents=True, exist_ok=True)
     src = work / "src"
-    cfg = EmoConfig(vocab_size=1024, hidden_size=2048, intermediate_size=1024, num_hidden_layers=args.layers,
-                    num_attention_heads=16, num_key_value_heads=16, num_experts=128, num_experts_per_tok=8,
-                    num_shared_experts=1, max_position_embeddings=4096, rope_theta=500000.0)
+    cfg = EmoConfig(
+        vocab_size=1024,
+        hidden_size=2048,
+        intermediate_size=1024,
+        num_hidden_layers=args.layers,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        num_experts=128,
+        num_experts_per_tok=8,
+        num_shared_experts=1,
+        max_position_embeddings=4096,
+        rope_theta=500000.0,
+    )
     try:
         t = time.perf_counter()
         if not (src / "config.json").exists():
             random_checkpoint(src, cfg, seed=0, dtype="float32", max_shard_size="2GB")
         src_bytes = weight_bytes(src)
-        print(f"checkpoint: {src_bytes / 1e9:.2f} GB, {args.layers} layers of release width "
-              f"(built in {time.perf_counter() - t:.0f} s)", flush=True)
+        print(
+            f"checkpoint: {src_bytes / 1e9:.2f} GB, {args.layers} layers of release width "
+            f"(built in {time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
         rows = []
         for K in args.keep:
             out = work / f"slice-{K}"
@@ -130,32 +143,49 @@ def main() -> None:
             naive_out.mkdir()
             os.sync()
             nv = child(CHILD_NAIVE, src, naive_out, K)
-            row = {"keep": K, "kept_bytes": kept_bytes,
-                   "extract_s": ex["seconds"], "extract_GBps": kept_bytes / ex["seconds"] / 1e9,
-                   "extract_peak_rss_MB": ex["peak_rss_kb"] / 1024,
-                   "rss_after_import_MB": ex["rss_after_import_kb"] / 1024,
-                   "extract_rss_above_import_MB": (ex["peak_rss_kb"] - ex["rss_after_import_kb"]) / 1024,
-                   "cp_s": cp_s, "cp_GBps": kept_bytes / cp_s / 1e9,
-                   "naive_s": nv["seconds"], "naive_peak_rss_MB": nv["peak_rss_kb"] / 1024}
+            row = {
+                "keep": K,
+                "kept_bytes": kept_bytes,
+                "extract_s": ex["seconds"],
+                "extract_GBps": kept_bytes / ex["seconds"] / 1e9,
+                "extract_peak_rss_MB": ex["peak_rss_kb"] / 1024,
+                "rss_after_import_MB": ex["rss_after_import_kb"] / 1024,
+                "extract_rss_above_import_MB": (ex["peak_rss_kb"] - ex["rss_after_import_kb"]) / 1024,
+                "cp_s": cp_s,
+                "cp_GBps": kept_bytes / cp_s / 1e9,
+                "naive_s": nv["seconds"],
+                "naive_peak_rss_MB": nv["peak_rss_kb"] / 1024,
+            }
             row["throughput_vs_cp"] = row["extract_GBps"] / row["cp_GBps"]
             row["naive_time_over_extract"] = row["naive_s"] / row["extract_s"]
             row["naive_rss_over_extract"] = row["naive_peak_rss_MB"] / row["extract_peak_rss_MB"]
             rows.append(row)
             for d in (out, cp_dir, naive_out):
                 shutil.rmtree(d, ignore_errors=True)
-            print(f"K={K:3d}: kept {kept_bytes / 1e9:.2f} GB | extract {row['extract_s']:.2f} s "
-                  f"({row['extract_GBps']:.2f} GB/s, peak RSS {row['extract_peak_rss_MB']:.0f} MB, of which "
-                  f"{row['rss_after_import_MB']:.0f} MB is importing torch) | cp {row['cp_s']:.2f} s "
-                  f"({row['cp_GBps']:.2f} GB/s) | naive {row['naive_s']:.2f} s, peak RSS "
-                  f"{row['naive_peak_rss_MB']:.0f} MB | extract/cp throughput {row['throughput_vs_cp']:.2f}x, "
-                  f"naive/extract time {row['naive_time_over_extract']:.1f}x, RSS {row['naive_rss_over_extract']:.1f}x",
-                  flush=True)
+            print(
+                f"K={K:3d}: kept {kept_bytes / 1e9:.2f} GB | extract {row['extract_s']:.2f} s "
+                f"({row['extract_GBps']:.2f} GB/s, peak RSS {row['extract_peak_rss_MB']:.0f} MB, of which "
+                f"{row['rss_after_import_MB']:.0f} MB is importing torch) | cp {row['cp_s']:.2f} s "
+                f"({row['cp_GBps']:.2f} GB/s) | naive {row['naive_s']:.2f} s, peak RSS "
+                f"{row['naive_peak_rss_MB']:.0f} MB | extract/cp throughput {row['throughput_vs_cp']:.2f}x, "
+                f"naive/extract time {row['naive_time_over_extract']:.1f}x, RSS {row['naive_rss_over_extract']:.1f}x",
+                flush=True,
+            )
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"bench": "extract", "checkpoint_bytes": src_bytes, "layers": args.layers,
-                      "shape": {"hidden": 2048, "expert_hidden": 1024, "experts": 128, "dtype": "float32"},
-                      "cpus": os.cpu_count(), "results": rows}))
+    print(
+        json.dumps(
+            {
+                "bench": "extract",
+                "checkpoint_bytes": src_bytes,
+                "layers": args.layers,
+                "shape": {"hidden": 2048, "expert_hidden": 1024, "experts": 128, "dtype": "float32"},
+                "cpus": os.cpu_count(),
+                "results": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,10 +24,26 @@ from emo_slice.model.modeling import EmoForCausalLM, MoE, init_weights
 from emo_slice.model.routing import route
 
 SIZES = {
-    "small": dict(hidden_size=256, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  num_experts=33, num_experts_per_tok=5, vocab_size=1024, tokens=(4, 256)),
-    "release-width": dict(hidden_size=2048, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=16,
-                          num_experts=64, num_experts_per_tok=8, vocab_size=1024, tokens=(1, 512)),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_experts=33,
+        num_experts_per_tok=5,
+        vocab_size=1024,
+        tokens=(4, 256),
+    ),
+    "release-width": dict(
+        hidden_size=2048,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        num_experts=64,
+        num_experts_per_tok=8,
+        vocab_size=1024,
+        tokens=(1, 512),
+    ),
 }
 
 
@@ -95,14 +111,30 @@ def main() -> None:
             finally:
                 MoE.forward = original
             key = f"{size}/{str(dtype).replace('torch.', '')}"
-            results[key] = {"ours_tok_s": round(ours, 1), "per_expert_loop_tok_s": round(ref, 1),
-                            "speedup": round(ours / ref, 2),
-                            "max_abs_logit_diff": float((ours_logits - ref_logits).abs().max())}
-            print(f"{key:28s} ours {ours:10.1f} tok/s   per-expert loop {ref:10.1f} tok/s   "
-                  f"x{ours / ref:.2f}   max |dlogit| {results[key]['max_abs_logit_diff']:.2e}", flush=True)
+            results[key] = {
+                "ours_tok_s": round(ours, 1),
+                "per_expert_loop_tok_s": round(ref, 1),
+                "speedup": round(ours / ref, 2),
+                "max_abs_logit_diff": float((ours_logits - ref_logits).abs().max()),
+            }
+            print(
+                f"{key:28s} ours {ours:10.1f} tok/s   per-expert loop {ref:10.1f} tok/s   "
+                f"x{ours / ref:.2f}   max |dlogit| {results[key]['max_abs_logit_diff']:.2e}",
+                flush=True,
+            )
         del base
-    print(json.dumps({"benchmark": "forward", "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "machine": platform.machine(), "results": results}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "forward",
+                "device": args.device,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

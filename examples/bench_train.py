@@ -32,8 +32,7 @@ def per_expert_loop_forward(self, x_ND, ctx, layer):
     """The straightforward MoE: a Python loop over all experts with a boolean mask per expert.
 
     Replaces MoE.forward(x_ND, ctx, layer) -> (out_ND, routing, expert norms or None)."""
-    r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N,
-              ctx.pool_for(layer))
+    r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N, ctx.pool_for(layer))
     out_ND = torch.zeros_like(x_ND)
     for e in range(self.n_experts):
         tok_M, slot_M = torch.where(r.experts_NK == e)
@@ -66,8 +65,12 @@ def step_fn(model, opt, ids, tc, p_min, p_max, step, dtype):
         logits_NV = out["logits"].float().reshape(-1, model.config.vocab_size)
         counts_LR = all_reduce_counts(torch.stack([expert_counts(r) for r in out["routing"]]))
         lb, z = moe_losses(out["routing"], counts_LR)
-        loss = F.cross_entropy(logits_NV, tgt_BT.reshape(-1)) + tc.lb_weight * lb + tc.z_weight * z \
+        loss = (
+            F.cross_entropy(logits_NV, tgt_BT.reshape(-1))
+            + tc.lb_weight * lb
+            + tc.z_weight * z
             + tc.lm_z_weight * lm_z_loss(logits_NV)
+        )
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -93,9 +96,11 @@ def main():
         ids[torch.rand(ids.shape, generator=g) < 1 / 64] = cfg.eos_token_id  # documents of ~64 tokens
         batches.append(ids)
     tokens = args.batch * args.seq_len
-    print(f"preset {args.preset}: {cfg.num_hidden_layers} layers, {cfg.num_experts} experts (top "
-          f"{cfg.num_experts_per_tok}), d {cfg.hidden_size}, F {cfg.intermediate_size}; {tokens} tokens per step; "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"preset {args.preset}: {cfg.num_hidden_layers} layers, {cfg.num_experts} experts (top "
+        f"{cfg.num_experts_per_tok}), d {cfg.hidden_size}, F {cfg.intermediate_size}; {tokens} tokens per step; "
+        f"{torch.get_num_threads()} threads"
+    )
     results = {}
     for dtype in ("float32", "bfloat16"):
         for variant in ("emo-slice", "sorted loop", "per-expert loop"):
@@ -113,8 +118,14 @@ def main():
         base = results[f"{dtype}/per-expert loop"]["tokens_per_s"]
         results[f"{dtype}/speedup_vs_per_expert_loop"] = round(results[f"{dtype}/emo-slice"]["tokens_per_s"] / base, 2)
         print(f"{dtype}: emo-slice is {results[f'{dtype}/speedup_vs_per_expert_loop']:.2f}x the per-expert loop")
-    results["config"] = {"preset": args.preset, "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
-                         "threads": torch.get_num_threads(), "torch": torch.__version__}
+    results["config"] = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     print(json.dumps(results))
 
 

@@ -50,8 +50,16 @@ def cli_parallel(jobs: list[list[str]], log: list[str]) -> None:
     procs = []
     for args in jobs:
         log.append(echo(args))
-        procs.append((args, subprocess.Popen([sys.executable, "-m", "emo_slice", *args, "--set", "progress=false"], env=env,
-                                             stdout=subprocess.DEVNULL)))
+        procs.append(
+            (
+                args,
+                subprocess.Popen(
+                    [sys.executable, "-m", "emo_slice", *args, "--set", "progress=false"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                ),
+            )
+        )
     for args, p in procs:
         if p.wait() != 0:
             sys.exit(f"step failed: emo-slice {shlex.join(args)}")
@@ -76,15 +84,20 @@ def prepare_data(src: Path | None, out: Path, log: list[str], calib_shots: int, 
         calib = set(random.Random(seed).sample(range(len(items)), calib_shots))
         (data / "calib" / f"{d}.jsonl").write_text("".join(json.dumps(items[i]) + "\n" for i in sorted(calib)))
         (data / "tasks" / f"{d}.jsonl").write_text(
-            "".join(json.dumps(it) + "\n" for i, it in enumerate(items) if i not in calib))
+            "".join(json.dumps(it) + "\n" for i, it in enumerate(items) if i not in calib)
+        )
     return src, domains
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="EMO vs standard MoE, sliced per domain, at CPU scale.")
-    ap.add_argument("--data", type=Path, default=None,
-                    help="folder with train.jsonl, valid.jsonl (a 'domain' field) and tasks/DOMAIN.jsonl; "
-                         "default: the embedded corpus (emo-slice demo-data)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="folder with train.jsonl, valid.jsonl (a 'domain' field) and tasks/DOMAIN.jsonl; "
+        "default: the embedded corpus (emo-slice demo-data)",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     ap.add_argument("--steps", type=int, default=800, help="optimizer steps (16 x 256 tokens each)")
     ap.add_argument("--seed", type=int, default=0)
@@ -100,11 +113,34 @@ def main() -> None:
     data = out / "data"
 
     # 1. the two models: same configuration, data, seed and token budget
-    train = ["--data", str(src / "train.jsonl"), "--valid-data", str(src / "valid.jsonl"), "--preset", "small",
-             "--tokenizer", "bytes", "--set", "vocab_size=256", "--set", "intermediate_size=128",
-             "--seq-len", "256", "--batch-size", "16", "--steps", str(args.steps), "--seed", str(args.seed),
-             "--set", f"lb_weight={args.lb_weight}", "--set", f"eval_every={args.steps}",
-             "--set", f"save_every={args.steps}"]
+    train = [
+        "--data",
+        str(src / "train.jsonl"),
+        "--valid-data",
+        str(src / "valid.jsonl"),
+        "--preset",
+        "small",
+        "--tokenizer",
+        "bytes",
+        "--set",
+        "vocab_size=256",
+        "--set",
+        "intermediate_size=128",
+        "--seq-len",
+        "256",
+        "--batch-size",
+        "16",
+        "--steps",
+        str(args.steps),
+        "--seed",
+        str(args.seed),
+        "--set",
+        f"lb_weight={args.lb_weight}",
+        "--set",
+        f"eval_every={args.steps}",
+        "--set",
+        f"save_every={args.steps}",
+    ]
     if not args.skip_train:
         cli_parallel([["pretrain", "--out", str(out / m), "--router", m, "--overwrite", *train] for m in MODELS], log)
     t_train = time.time() - t0
@@ -116,32 +152,80 @@ def main() -> None:
         full = out / m / "final"
         for d in domains:
             prof = out / "profiles" / f"{m}-{d}.json"
-            cli(["profile", str(full), "--examples", str(data / "calib" / f"{d}.jsonl"), "--shots", str(args.shots),
-                 "--out", str(prof)], log)
+            cli(
+                [
+                    "profile",
+                    str(full),
+                    "--examples",
+                    str(data / "calib" / f"{d}.jsonl"),
+                    "--shots",
+                    str(args.shots),
+                    "--out",
+                    str(prof),
+                    "--overwrite",
+                ],
+                log,
+            )
             profiles[m][d] = json.loads(prof.read_text())
             row = {}
             for share in SHARES:
                 tag = share.rstrip("%")
                 sliced = out / "slices" / f"{m}-{d}-{tag}"
-                cli(["extract", str(full), "--keep", share, "--profile", str(prof), "--out", str(sliced),
-                     "--overwrite"], log)
+                cli(
+                    [
+                        "extract",
+                        str(full),
+                        "--keep",
+                        share,
+                        "--profile",
+                        str(prof),
+                        "--out",
+                        str(sliced),
+                        "--overwrite",
+                    ],
+                    log,
+                )
                 res_path = out / "eval" / f"{m}-{d}-{tag}.json"
-                cli(["eval", str(sliced), "--against", str(full), "--task", str(data / "tasks" / f"{d}.jsonl"),
-                     "--lm", str(data / "valid" / f"{d}.jsonl"), "--out", str(res_path)], log)
+                cli(
+                    [
+                        "eval",
+                        str(sliced),
+                        "--against",
+                        str(full),
+                        "--task",
+                        str(data / "tasks" / f"{d}.jsonl"),
+                        "--lm",
+                        str(data / "valid" / f"{d}.jsonl"),
+                        "--out",
+                        str(res_path),
+                        "--overwrite",
+                    ],
+                    log,
+                )
                 row[share] = json.loads(res_path.read_text())
             results[m][d] = row
 
     # 4. tables and specialisation
     from emo_slice.slicing.specialisation import overlap, usage_heatmap
 
-    summary: dict = {"settings": {"data": str(args.data or "embedded demo corpus"), "steps": args.steps,
-                                  "tokens_per_model": args.steps * 16 * 256, "seed": args.seed,
-                                  "lb_weight": args.lb_weight, "calibration": f"one {args.shots}-shot example",
-                                  "model": "4 layers, d 128, 32 routed + 1 shared experts, top 4 + shared, bytes"},
-                     "domains": {}, "overlap": {}}
+    summary: dict = {
+        "settings": {
+            "data": str(args.data or "embedded demo corpus"),
+            "steps": args.steps,
+            "tokens_per_model": args.steps * 16 * 256,
+            "seed": args.seed,
+            "lb_weight": args.lb_weight,
+            "calibration": f"one {args.shots}-shot example",
+            "model": "4 layers, d 128, 32 routed + 1 shared experts, top 4 + shared, bytes",
+        },
+        "domains": {},
+        "overlap": {},
+    }
     print()
-    header = f"{'domain':12s}{'model':10s}{'full bpb':>10s}{'25%':>9s}{'drop':>8s}{'12.5%':>9s}{'drop':>8s}" \
-             f"{'full acc':>10s}{'25%':>8s}{'12.5%':>8s}"
+    header = (
+        f"{'domain':12s}{'model':10s}{'full bpb':>10s}{'25%':>9s}{'drop':>8s}{'12.5%':>9s}{'drop':>8s}"
+        f"{'full acc':>10s}{'25%':>8s}{'12.5%':>8s}"
+    )
     print(header)
     print("-" * len(header))
     for d in domains:
@@ -157,12 +241,17 @@ def main() -> None:
                 row["full_acc"] = full[mc_key]["acc_per_char"]
                 row[f"acc_{share}"] = r[mc_key]["acc_per_char"]
             summary["domains"][d][m] = row
-            print(f"{d:12s}{m:10s}{row['full_bpb']:10.3f}{row['bpb_25%']:9.3f}{row['bpb_25%'] - row['full_bpb']:+8.3f}"
-                  f"{row['bpb_12.5%']:9.3f}{row['bpb_12.5%'] - row['full_bpb']:+8.3f}"
-                  f"{row['full_acc']:10.1%}{row['acc_25%']:8.1%}{row['acc_12.5%']:8.1%}")
+            print(
+                f"{d:12s}{m:10s}{row['full_bpb']:10.3f}{row['bpb_25%']:9.3f}{row['bpb_25%'] - row['full_bpb']:+8.3f}"
+                f"{row['bpb_12.5%']:9.3f}{row['bpb_12.5%'] - row['full_bpb']:+8.3f}"
+                f"{row['full_acc']:10.1%}{row['acc_25%']:8.1%}{row['acc_12.5%']:8.1%}"
+            )
     for m in MODELS:
-        drops = {s: sum(summary["domains"][d][m][f"bpb_{s}"] - summary["domains"][d][m]["full_bpb"]
-                        for d in domains) / len(domains) for s in SHARES}
+        drops = {
+            s: sum(summary["domains"][d][m][f"bpb_{s}"] - summary["domains"][d][m]["full_bpb"] for d in domains)
+            / len(domains)
+            for s in SHARES
+        }
         summary[f"{m}_mean_bpb_increase"] = drops
     n_routed = profiles["emo"][domains[0]]["layers"][0]["scores"]["mean-prob"].__len__()
     for share, kept in (("25%", round((n_routed + 1) * 0.25) - 1), ("12.5%", round((n_routed + 1) * 0.125) - 1)):
@@ -173,8 +262,10 @@ def main() -> None:
     for m in MODELS:
         inc = summary[f"{m}_mean_bpb_increase"]
         ov = {s: summary["overlap"][s][m]["mean"] for s in SHARES}
-        print(f"{m:9s} mean bits/byte increase: 25% {inc['25%']:+.3f}, 12.5% {inc['12.5%']:+.3f};  "
-              f"domain expert-set overlap (Jaccard): 25% {ov['25%']:.2f}, 12.5% {ov['12.5%']:.2f}")
+        print(
+            f"{m:9s} mean bits/byte increase: 25% {inc['25%']:+.3f}, 12.5% {inc['12.5%']:+.3f};  "
+            f"domain expert-set overlap (Jaccard): 25% {ov['25%']:.2f}, 12.5% {ov['12.5%']:.2f}"
+        )
     print(f"EMO's increase at 25% is {ratio:.2f}x the standard MoE's (the paper's shape: well under 1/3)")
     png = usage_heatmap({m: profiles[m] for m in MODELS}, out / "usage.png")
     print(f"usage heatmap: {png}" if png else "usage heatmap skipped: pip install matplotlib")
@@ -184,10 +275,20 @@ def main() -> None:
     summary["commands"] = log
     summary["seconds"] = {"pretrain": round(t_train, 1), "total": round(time.time() - t0, 1)}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k] for k in ("emo_mean_bpb_increase", "standard_mean_bpb_increase",
-                                              "emo_over_standard_increase_25", "seconds")}
-                     | {"overlap_mean": {s: {m: round(summary["overlap"][s][m]["mean"], 3) for m in MODELS}
-                                         for s in SHARES}}))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "emo_mean_bpb_increase",
+                    "standard_mean_bpb_increase",
+                    "emo_over_standard_increase_25",
+                    "seconds",
+                )
+            }
+            | {"overlap_mean": {s: {m: round(summary["overlap"][s][m]["mean"], 3) for m in MODELS} for s in SHARES}}
+        )
+    )
 
 
 if __name__ == "__main__":

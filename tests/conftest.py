@@ -1,5 +1,21 @@
+"""Shared fixtures and the command-line test helpers.
+
+- `run_cli(*args)`: the real entry point (`python -m emo_slice`) in a subprocess; use it where the process
+  boundary is what a test checks (exit codes of the console script, imports, stderr as a user sees it).
+- `invoke(*args)`: the same command in-process through typer's CliRunner (stderr kept apart); faster, for
+  everything else.
+- `assert_one_line_error(proc, *needles)`: the CLI's error format: non-zero exit, one `error: ...` line on
+  stderr holding every needle, no traceback, no box.
+
+Both runners return an object with .returncode, .stdout and .stderr. Import them with
+`from conftest import run_cli, invoke, assert_one_line_error`.
+"""
+
 import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -7,6 +23,38 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+BOX_CHARS = "╭╮╰╯│─"
+
+
+def run_cli(*args, env_extra=None, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m emo_slice ARGS` in a subprocess (offline, wide terminal), output captured as text."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "emo_slice", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
+    )
+
+
+def invoke(*args, env_extra=None) -> SimpleNamespace:
+    """`emo-slice ARGS` in-process (typer CliRunner, stderr apart): .returncode, .stdout, .stderr, .exception."""
+    from typer.testing import CliRunner
+
+    from emo_slice.cli import app
+
+    r = CliRunner(env={"COLUMNS": "200", **(env_extra or {})}).invoke(app, [str(a) for a in args])
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr, exception=r.exception)
+
+
+def assert_one_line_error(proc, *needles, code: int | None = 2) -> str:
+    """The CLI's error format: exit code (2 unless told), one `error: ...` line on stderr holding the needles."""
+    assert proc.returncode != 0 if code is None else proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not any(c in proc.stderr for c in BOX_CHARS), proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.fixture(scope="session")

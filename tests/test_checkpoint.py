@@ -2,11 +2,10 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import assert_one_line_error, run_cli
 
 import emo_slice
 from emo_slice.errors import CheckpointError, ConfigError, UsageError
@@ -37,8 +36,15 @@ def test_legacy_model_type(fixtures, tmp_path):
     assert torch.equal(a(ids), b(ids))
 
 
-@pytest.mark.parametrize("key,value", [("always_active_experts", [0]), ("rope_scaling", {"rope_type": "yarn"}),
-                                       ("hidden_act", "gelu"), ("attention_bias", True)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("always_active_experts", [0]),
+        ("rope_scaling", {"rope_type": "yarn"}),
+        ("hidden_act", "gelu"),
+        ("attention_bias", True),
+    ],
+)
 def test_unsupported_options_refused(fixtures, key, value):
     raw = json.loads((fixtures / "emo-tiny" / "config.json").read_text())
     raw[key] = value
@@ -86,6 +92,7 @@ def test_dtype_chosen_at_load(fixtures):
 
 def test_shard_writer_buffered_fallback(fixtures, tmp_path, monkeypatch):
     """Without copy_file_range (other OS or filesystem) byte ranges are copied with plain reads, same bytes."""
+
     def no_kernel_copy(*args):
         raise OSError("not supported")
 
@@ -119,8 +126,9 @@ def test_safetensors_index_needs_no_config(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": ["a"]}')
     with pytest.raises(CheckpointError, match="corrupt"):
         SafetensorsIndex(tmp_path)
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "weights.safetensors",
-                                                                                     "z": "weights.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "weights.safetensors", "z": "weights.safetensors"}})
+    )
     with pytest.raises(CheckpointError, match="not in their shards"):
         SafetensorsIndex(tmp_path)
     with pytest.raises(CheckpointError, match="no model.safetensors"):
@@ -159,22 +167,8 @@ def test_tokenizer_byte_level_and_json(fixtures, tmp_path):
 
 # ---- bad inputs through the CLI: one line, non-zero exit, no traceback --------------------------
 
-def run_cli(*args, env_extra=None):
-    import os
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "emo_slice", *args], capture_output=True, text=True, env=env)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
+@pytest.mark.slow
 def test_bad_inputs(fixtures, tmp_path):
     assert_one_line_error(run_cli("info", str(tmp_path / "missing")), "no checkpoint folder")
     # truncated shard

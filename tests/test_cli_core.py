@@ -2,15 +2,15 @@
 
 import json
 
+from conftest import assert_one_line_error, invoke, run_cli
+
 import emo_slice
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.info import param_counts
 
-from test_checkpoint import run_cli
-
 
 def test_info_json_counts(fixtures):
-    proc = run_cli("info", str(fixtures / "emo-tiny"), "--json")
+    proc = run_cli("info", fixtures / "emo-tiny", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     ckpt = Checkpoint(fixtures / "emo-tiny")
@@ -27,12 +27,21 @@ def test_info_json_counts(fixtures):
 
 
 def test_info_table_and_init(tmp_path):
-    proc = run_cli("init", str(tmp_path / "m"), "--preset", "tiny", "--max-shard-size", "100KB")
+    proc = invoke("init", tmp_path / "m", "--preset", "tiny", "--max-shard-size", "100KB")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.safetensors.index.json").exists()
     model = emo_slice.load_model(tmp_path / "m")
     assert model.config.num_experts == 9
-    proc = run_cli("info", str(tmp_path / "m"))
+    proc = invoke("info", tmp_path / "m")
     assert proc.returncode == 0 and "experts per layer" in proc.stdout and "12.5%" in proc.stdout
-    again = run_cli("init", str(tmp_path / "m"))
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert_one_line_error(invoke("init", tmp_path / "m"), "--overwrite")
+
+
+def test_init_save_dtype_is_the_stored_dtype(tmp_path):
+    proc = invoke("init", tmp_path / "bf", "--preset", "tiny", "--save-dtype", "bfloat16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["save_dtype"] == "bfloat16"
+    assert str(Checkpoint(tmp_path / "bf").stored_dtype) == "torch.bfloat16"
+    # --dtype means the compute dtype everywhere; init computes nothing, so it has no --dtype
+    assert_one_line_error(invoke("init", tmp_path / "x", "--dtype", "bfloat16"), "No such option: --dtype")
+    assert not (tmp_path / "x").exists()

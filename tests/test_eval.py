@@ -5,15 +5,14 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import assert_one_line_error, invoke
 
-from emo_slice.cli import app
 from emo_slice.data.sources import MCItem, split_fewshot
-from emo_slice.eval.harness import evaluate_lm, evaluate_mc
+from emo_slice.data.tasks import load_task, parse_map
+from emo_slice.eval.harness import evaluate_lm, evaluate_mc, save_results, simple_evaluate, without_samples
 from emo_slice.eval.metrics import mc_metrics
 from emo_slice.eval.requests import encode_item, split_pair
 from emo_slice.eval.runner import Runner
-from emo_slice.data.tasks import load_task, parse_map
 
 
 def _write_jsonl(path, records):
@@ -23,8 +22,15 @@ def _write_jsonl(path, records):
 
 def _items(n=6):
     words = ["alpha", "beta gamma", "delta", "epsilon zeta eta", "theta", "iota kappa"]
-    return [MCItem(str(i), f"Line {i}: the next word is\n" * (1 + i % 3),
-                   [words[(i + j) % 6] * (1 + j % 2) for j in range(3 + i % 2)], i % 3) for i in range(n)]
+    return [
+        MCItem(
+            str(i),
+            f"Line {i}: the next word is\n" * (1 + i % 3),
+            [words[(i + j) % 6] * (1 + j % 2) for j in range(3 + i % 2)],
+            i % 3,
+        )
+        for i in range(n)
+    ]
 
 
 def _task_records(n=8):
@@ -52,8 +58,10 @@ def test_loglikelihoods_equal_direct_per_choice(runner):
     tok = runner.tokenizer
     for it, p in zip(items, res.predictions):
         ctx, _ = split_pair(prefix + it.context, it.choices[0])
-        want = [_direct_ll(runner.model, tok.encode(ctx), tok.encode(split_pair(prefix + it.context, c)[1]))
-                for c in it.choices]
+        want = [
+            _direct_ll(runner.model, tok.encode(ctx), tok.encode(split_pair(prefix + it.context, c)[1]))
+            for c in it.choices
+        ]
         assert p["loglikelihoods"] == pytest.approx(want, abs=1e-4)
         assert p["pred"]["acc_raw"] == max(range(len(want)), key=lambda i: want[i])
     # layer by layer: the same numbers
@@ -75,15 +83,15 @@ def test_context_and_continuation_tokenised_like_lm_eval(runner):
 
 def test_metric_normalisations_on_a_hand_made_item():
     item = MCItem("h", "ctx", ["a", "bbbbbbbb", "éééé", "dddd"], 2)
-    enc = encode_item(type("T", (), {"encode": staticmethod(lambda s: list(s.encode())), "eos_token_id": 0})(),
-                      item, 100)
+    enc = encode_item(
+        type("T", (), {"encode": staticmethod(lambda s: list(s.encode())), "eos_token_id": 0})(), item, 100
+    )
     lls = [[-3.0, -10.0, -9.0, -6.0]]
     ntoks = [[1, 4, 4, 8]]  # tokens as if from a sub-word tokenizer
     metrics, preds = mc_metrics([item], [enc], lls, ntoks, [[0.0, -12.0, 0.0, 0.0]])
     # raw: -3 best; per token: -3, -2.5, -2.25, -0.75; per char (1, 8, 4, 4): -3, -1.25, -2.25, -1.5;
     # per byte (1, 8, 8, 4): -3, -1.25, -1.125, -1.5; uncond: -3, 2, -9, -6
-    assert preds[0]["pred"] == {"acc_raw": 0, "acc_per_token": 3, "acc_per_char": 1, "acc_per_byte": 2,
-                                "acc_uncond": 1}
+    assert preds[0]["pred"] == {"acc_raw": 0, "acc_per_token": 3, "acc_per_char": 1, "acc_per_byte": 2, "acc_uncond": 1}
     assert metrics["acc_per_byte"] == 1.0 and metrics["acc_raw"] == 0.0 and metrics["acc_per_char"] == 0.0
     assert metrics["bits_per_byte_gold"] == pytest.approx(9.0 / math.log(2) / 8)
 
@@ -93,8 +101,10 @@ def test_uncond_scores_choices_after_answer_prompt(runner):
     res = evaluate_mc(runner, items, uncond=True)
     tok = runner.tokenizer
     for it, p in zip(items, res.predictions):
-        want = [_direct_ll(runner.model, tok.encode("Answer:"), tok.encode(split_pair(it.context, c)[1]))
-                for c in it.choices]
+        want = [
+            _direct_ll(runner.model, tok.encode("Answer:"), tok.encode(split_pair(it.context, c)[1]))
+            for c in it.choices
+        ]
         assert p["loglikelihoods_uncond"] == pytest.approx(want, abs=1e-4)
     assert "acc_uncond" in res.metrics
 
@@ -125,25 +135,31 @@ def test_lm_perplexity_matches_direct(runner):
 
 def _arc_dataset(path):
     datasets = pytest.importorskip("datasets")
-    datasets.Dataset.from_dict({
-        "id": ["q1", "q2"],
-        "question": ["Which is a planet?", "Which is warm?"],
-        "choices": [{"text": ["Sun", "Mars", "Moon", "Comet"], "label": ["A", "B", "C", "D"]},
-                    {"text": ["ice", "fire", "snow"], "label": ["1", "2", "3"]}],
-        "answerKey": ["B", "2"],
-    }).save_to_disk(str(path))
+    datasets.Dataset.from_dict(
+        {
+            "id": ["q1", "q2"],
+            "question": ["Which is a planet?", "Which is warm?"],
+            "choices": [
+                {"text": ["Sun", "Mars", "Moon", "Comet"], "label": ["A", "B", "C", "D"]},
+                {"text": ["ice", "fire", "snow"], "label": ["1", "2", "3"]},
+            ],
+            "answerKey": ["B", "2"],
+        }
+    ).save_to_disk(str(path))
     return path
 
 
 def _hellaswag_dataset(path):
     datasets = pytest.importorskip("datasets")
-    datasets.Dataset.from_dict({
-        "ind": [4, 9],
-        "activity_label": ["Cooking", "Running"],
-        "ctx": ["A man cracks an egg. He", "She laces her shoes [title] and"],
-        "endings": [["fries it.", "eats the shell.", "sings.", "flies."], ["runs.", "sleeps.", "swims.", "cooks."]],
-        "label": ["0", "0"],
-    }).save_to_disk(str(path))
+    datasets.Dataset.from_dict(
+        {
+            "ind": [4, 9],
+            "activity_label": ["Cooking", "Running"],
+            "ctx": ["A man cracks an egg. He", "She laces her shoes [title] and"],
+            "endings": [["fries it.", "eats the shell.", "sings.", "flies."], ["runs.", "sleeps.", "swims.", "cooks."]],
+            "label": ["0", "0"],
+        }
+    ).save_to_disk(str(path))
     return path
 
 
@@ -167,21 +183,83 @@ def test_hellaswag_shape_detected_and_mapped(tmp_path):
 
 
 def _cli(*args):
-    r = CliRunner().invoke(app, ["eval", *map(str, args)])
-    return r.exit_code, r.stdout, r.stderr
+    r = invoke("eval", *args)
+    return r.returncode, r.stdout, r.stderr
 
 
+def test_simple_evaluate_scores_both_models_on_the_same_items(fixtures, tmp_path):
+    task = _write_jsonl(tmp_path / "code.jsonl", _task_records(6))
+    seen = []
+    data = simple_evaluate(
+        str(fixtures / "emo-tiny-keep-1-3-4-6"),
+        against=str(fixtures / "emo-tiny"),
+        tasks=[str(task), str(task)],
+        shots=1,
+        seed=2,
+        log_samples=True,
+        progress=lambda label, done, total: seen.append((label, done, total)),
+    )
+    assert list(data["results"]) == ["code", "code_2"] == list(data["against_results"])
+    assert list(data["models"]) == ["model", "against"] and set(data["comparison"]) == {"code", "code_2"}
+    ids = {
+        role: [s["id"] for s in data["samples"] if s["model"] == role and s["task"] == "code"]
+        for role in ("model", "against")
+    }
+    assert ids["model"] == ids["against"] and len(ids["model"]) == 5  # one demonstration drawn, not scored
+    assert ("against code_2", 5, 5) in seen and all(label.split()[0] in ("model", "against") for label, *_ in seen)
+    written = save_results(data, out=tmp_path / "r" / "res.json", predictions=tmp_path / "p.jsonl")
+    assert json.loads(written[0].read_text()) == json.loads(json.dumps(without_samples(data), default=str))
+    assert len(written[1].read_text().splitlines()) == 20 and "samples" not in json.loads(written[0].read_text())
+
+
+def test_a_bad_against_fails_before_the_first_model_runs(fixtures, tmp_path, monkeypatch):
+    import emo_slice.eval.harness as harness
+
+    task = _write_jsonl(tmp_path / "t.jsonl", _task_records(3))
+    monkeypatch.setattr(harness, "Runner", lambda *a, **k: pytest.fail("scored before --against was checked"))
+    proc = invoke("eval", fixtures / "emo-tiny", "--against", tmp_path / "missing", "--task", task)
+    assert_one_line_error(proc, "no checkpoint folder", "missing")
+    with pytest.raises(Exception, match="no checkpoint folder"):
+        simple_evaluate(str(fixtures / "emo-tiny"), against=str(tmp_path / "missing"), tasks=[str(task)])
+
+
+@pytest.mark.slow
 def test_cli_slice_against_full_end_to_end(fixtures, tmp_path):
     task = _write_jsonl(tmp_path / "code.jsonl", _task_records(8))
     out, preds = tmp_path / "res" / "results.json", tmp_path / "preds.jsonl"
-    code, stdout, stderr = _cli(fixtures / "emo-tiny-keep-1-3-4-6", "--against", fixtures / "emo-tiny",
-                                "--task", task, "--shots", 1, "--uncond", "--lm", task, "--field", "context",
-                                "--out", out, "--predictions", preds, "--batch-size", 3)
+    code, stdout, stderr = _cli(
+        fixtures / "emo-tiny-keep-1-3-4-6",
+        "--against",
+        fixtures / "emo-tiny",
+        "--task",
+        task,
+        "--shots",
+        1,
+        "--uncond",
+        "--lm",
+        task,
+        "--field",
+        "context",
+        "--out",
+        out,
+        "--predictions",
+        preds,
+        "--batch-size",
+        3,
+    )
     assert code == 0, stderr
     assert "acc_per_char" in stdout and "kept" in stdout and "parameters loaded" in stdout
     data = json.loads(out.read_text())
-    assert set(data["results"]["code"]) >= {"acc_raw", "acc_per_token", "acc_per_char", "acc_per_byte",
-                                            "acc_uncond", "bits_per_byte_gold", "acc,none", "acc_norm,none"}
+    assert set(data["results"]["code"]) >= {
+        "acc_raw",
+        "acc_per_token",
+        "acc_per_char",
+        "acc_per_byte",
+        "acc_uncond",
+        "bits_per_byte_gold",
+        "acc,none",
+        "acc_norm,none",
+    }
     assert data["results"]["code"]["n_items"] == 7 and data["tasks"]["code"]["shots"] == 1
     assert data["models"]["model"]["parameters"] < data["models"]["against"]["parameters"]
     assert data["models"]["model"]["fingerprint"] != data["models"]["against"]["fingerprint"]
@@ -193,8 +271,18 @@ def test_cli_slice_against_full_end_to_end(fixtures, tmp_path):
 
 def test_cli_model_against_itself_shows_zero_difference(fixtures, tmp_path):
     task = _write_jsonl(tmp_path / "t.jsonl", _task_records(6))
-    code, stdout, stderr = _cli(fixtures / "emo-tiny", "--against", fixtures / "emo-tiny", "--task", task,
-                                "--lm", task, "--field", "context", "--json")
+    code, stdout, stderr = _cli(
+        fixtures / "emo-tiny",
+        "--against",
+        fixtures / "emo-tiny",
+        "--task",
+        task,
+        "--lm",
+        task,
+        "--field",
+        "context",
+        "--json",
+    )
     assert code == 0, stderr
     data = json.loads(stdout)
     for task_cmp in data["comparison"].values():
@@ -202,14 +290,17 @@ def test_cli_model_against_itself_shows_zero_difference(fixtures, tmp_path):
             assert c["diff"] == 0 and c["kept"] == 1
 
 
-@pytest.mark.parametrize("records,args,needle", [
-    ([], [], "no records"),
-    ([{"context": "a", "choices": ["x", "y"], "label": 5}], [], "out of range"),
-    ([{"question": "a", "choices": ["x", "y"], "label": 0}], [], "--map context=FIELD"),
-    ([{"context": "a", "choices": ["x", "y" * 50], "label": 0}], ["--max-length", "16"], "--max-length"),
-    ([{"context": "a", "choices": ["x", "y"], "label": 0}], ["--shots", "1"], "--shots 1"),
-    ([{"context": "a", "choices": ["x", "y"], "label": 0}], ["--map", "bogus"], "--map"),
-])
+@pytest.mark.parametrize(
+    "records,args,needle",
+    [
+        ([], [], "no records"),
+        ([{"context": "a", "choices": ["x", "y"], "label": 5}], [], "out of range"),
+        ([{"question": "a", "choices": ["x", "y"], "label": 0}], [], "--map context=FIELD"),
+        ([{"context": "a", "choices": ["x", "y" * 50], "label": 0}], ["--max-length", "16"], "--max-length"),
+        ([{"context": "a", "choices": ["x", "y"], "label": 0}], ["--shots", "1"], "--shots 1"),
+        ([{"context": "a", "choices": ["x", "y"], "label": 0}], ["--map", "bogus"], "--map"),
+    ],
+)
 def test_bad_input_one_line_no_traceback(fixtures, tmp_path, records, args, needle):
     task = _write_jsonl(tmp_path / "bad.jsonl", records)
     out = tmp_path / "r.json"
@@ -219,8 +310,10 @@ def test_bad_input_one_line_no_traceback(fixtures, tmp_path, records, args, need
 
 
 def test_too_long_items_cut_from_left_and_counted(fixtures, tmp_path):
-    recs = [{"context": "x" * 200, "choices": ["a", "b"], "label": 0}, {"context": "short\n", "choices": ["a", "b"],
-                                                                         "label": 1}]
+    recs = [
+        {"context": "x" * 200, "choices": ["a", "b"], "label": 0},
+        {"context": "short\n", "choices": ["a", "b"], "label": 1},
+    ]
     task = _write_jsonl(tmp_path / "long.jsonl", recs)
     code, stdout, stderr = _cli(fixtures / "emo-tiny", "--task", task, "--json")  # max_position_embeddings 128
     assert code == 0, stderr

@@ -2,41 +2,23 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import invoke, run_cli
 from safetensors.torch import load_file
 
 from emo_slice.errors import UsageError
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.slicing.extract import MANIFEST, extract
-from emo_slice.slicing.select import plan_slice
 from emo_slice.io.loading import load_model
 from emo_slice.model.hf_names import EXPERT_KEY
+from emo_slice.slicing.extract import MANIFEST, extract
+from emo_slice.slicing.select import plan_slice
 
 
 def _tensors(folder):
     ck = Checkpoint(folder)
     return {n: ck.get(n) for n in ck.names()}
-
-
-def _cli(*args, cwd=None):
-    """Run the CLI in-process (CliRunner keeps stderr apart); .returncode/.stdout/.stderr like subprocess."""
-    from types import SimpleNamespace
-
-    from typer.testing import CliRunner
-
-    from emo_slice.cli import app
-
-    r = CliRunner(env={"COLUMNS": "200"}).invoke(app, [str(a) for a in args])
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
-
-
-def _subprocess_cli(*args):
-    return subprocess.run([sys.executable, "-m", "emo_slice", *map(str, args)], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "200"})
 
 
 def _restricted_logits(full, kept, ids):
@@ -58,7 +40,7 @@ def _restricted_logits(full, kept, ids):
 def test_reproduces_reference_slice(fixtures, tmp_path):
     ref = fixtures / "emo-tiny-keep-1-3-4-6"
     out = tmp_path / "slice"
-    r = _subprocess_cli("extract", fixtures / "emo-tiny", "--experts", "1,3,4,6", "--out", out)
+    r = run_cli("extract", fixtures / "emo-tiny", "--experts", "1,3,4,6", "--out", out)
     assert r.returncode == 0, r.stderr
     mine, theirs = _tensors(out), _tensors(ref)
     assert mine.keys() == theirs.keys()
@@ -122,8 +104,9 @@ def test_streams_bytes_and_copies_files(tiny_ckpt, tmp_path, monkeypatch):
     (src / "modeling_emo.py").write_text("# remote code\n")
     read = []
     orig_get = Checkpoint.get
-    monkeypatch.setattr(Checkpoint, "get",
-                        lambda self, name, dtype=None: read.append(name) or orig_get(self, name, dtype))
+    monkeypatch.setattr(
+        Checkpoint, "get", lambda self, name, dtype=None: read.append(name) or orig_get(self, name, dtype)
+    )
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     extract(src, plan_slice(Checkpoint(src), experts="0,5"), tmp_path / "s")
     assert sorted(read) == ["model.layers.0.mlp.gate.weight", "model.layers.1.mlp.gate.weight"]  # experts: bytes
@@ -152,19 +135,21 @@ def test_dtype_cast(tiny_ckpt, tmp_path):
     extract(ck, plan_slice(ck, experts="2,3"), tmp_path / "bf", dtype="bfloat16")
     t = _tensors(tmp_path / "bf")
     assert all(v.dtype == torch.bfloat16 for v in t.values())
-    assert torch.equal(t["model.layers.0.mlp.experts.1.up_proj.weight"],
-                       ck.get("model.layers.0.mlp.experts.3.up_proj.weight").bfloat16())
+    assert torch.equal(
+        t["model.layers.0.mlp.experts.1.up_proj.weight"],
+        ck.get("model.layers.0.mlp.experts.3.up_proj.weight").bfloat16(),
+    )
     assert json.loads((tmp_path / "bf" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_warns_when_k_covers_every_expert(tiny_ckpt, tmp_path):
-    r = _cli("extract", tiny_ckpt, "--keep", "3", "--method", "random", "--out", tmp_path / "s")
+    r = invoke("extract", tiny_ckpt, "--keep", "3", "--method", "random", "--out", tmp_path / "s")
     assert r.returncode == 0 and "every kept expert fires on every token" in r.stderr
 
 
 def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     other_profile = tmp_path / "other.json"
-    r = _cli("profile", fixtures / "emo-tiny", "--examples", fixtures / "README.md", "--out", other_profile)
+    r = invoke("profile", fixtures / "emo-tiny", "--examples", fixtures / "README.md", "--out", other_profile)
     assert r.returncode == 0, r.stderr
     (tmp_path / "empty.txt").write_text("")
     full = tmp_path / "full"
@@ -183,17 +168,19 @@ def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     ]
     for args, msg in cases:
         out = tmp_path / "out"
-        r = _cli("extract", tiny_ckpt, *args, "--out", out)
+        r = invoke("extract", tiny_ckpt, *args, "--out", out)
         assert r.returncode != 0 and msg in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert not out.exists()
-    r = _cli("extract", tmp_path / "missing", "--keep", "4", "--method", "random", "--out", tmp_path / "out")
+    r = invoke("extract", tmp_path / "missing", "--keep", "4", "--method", "random", "--out", tmp_path / "out")
     assert r.returncode != 0 and "no checkpoint folder" in r.stderr and not (tmp_path / "out").exists()
-    r = _cli("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", tiny_ckpt / "sub")
+    r = invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", tiny_ckpt / "sub")
     assert r.returncode != 0 and "inside the input" in r.stderr and not (tiny_ckpt / "sub").exists()
-    r = _cli("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full)
+    r = invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full)
     assert r.returncode != 0 and "--overwrite" in r.stderr and [p.name for p in full.iterdir()] == ["keep.txt"]
-    assert _cli("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite").returncode == 0
+    assert (
+        invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite").returncode == 0
+    )
     assert (full / "slice.json").exists() and not (full / "keep.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 

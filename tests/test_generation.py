@@ -8,8 +8,17 @@ from emo_slice.model.modeling import EmoForCausalLM, init_weights
 
 
 def _model(seed=0):
-    cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_key_value_heads=2,
-                    num_experts=9, num_experts_per_tok=3, vocab_size=64, eos_token_id=0, pad_token_id=1)
+    cfg = EmoConfig(
+        hidden_size=32,
+        intermediate_size=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=9,
+        num_experts_per_tok=3,
+        vocab_size=64,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
     return init_weights(EmoForCausalLM(cfg), std=0.3, seed=seed).eval()
 
 
@@ -35,8 +44,8 @@ def test_batched_left_padding_equals_each_prompt_alone():
     assert batch.shape == (3, 10 + 16)
     for b, p in enumerate(prompts):
         alone = emo_slice.generate(model, [p], 16)[0].tolist()
-        assert batch[b, 10 - len(p):].tolist() == alone
-        assert batch[b, :10 - len(p)].tolist() == [1] * (10 - len(p))  # the left padding is kept
+        assert batch[b, 10 - len(p) :].tolist() == alone
+        assert batch[b, : 10 - len(p)].tolist() == [1] * (10 - len(p))  # the left padding is kept
 
 
 def test_eos_stops_a_row_and_pads_it():
@@ -46,8 +55,8 @@ def test_eos_stops_a_row_and_pads_it():
     eos = free[3]  # make the 4th generated token the end of the sequence
     first = free.index(eos)
     out = emo_slice.generate(model, [prompt, prompt], 12, eos_token_id=eos)[0, 6:].tolist()
-    assert out[:first + 1] == free[:first + 1]
-    assert len(out) == first + 1 or out[first + 1:] == [1] * (len(out) - first - 1)
+    assert out[: first + 1] == free[: first + 1]
+    assert len(out) == first + 1 or out[first + 1 :] == [1] * (len(out) - first - 1)
 
 
 def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
@@ -56,6 +65,7 @@ def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
     a = emo_slice.generate(model, [prompt], 10, do_sample=True, generator=torch.Generator().manual_seed(7))
     b = emo_slice.generate(model, [prompt], 10, do_sample=True, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
-    tiny_p = emo_slice.generate(model, [prompt], 10, do_sample=True, top_p=1e-6,
-                                generator=torch.Generator().manual_seed(7))
+    tiny_p = emo_slice.generate(
+        model, [prompt], 10, do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(7)
+    )
     assert tiny_p[0].tolist() == _greedy_by_full_forward(model, prompt, 10)

@@ -82,8 +82,16 @@ def test_grouped_matmul_equals_loop(dtype):
 
 def test_gqa_zero_and_many_shared_experts():
     for shared, experts, k in [(0, 8, 2), (2, 10, 4)]:
-        cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_key_value_heads=1,
-                        num_experts=experts, num_experts_per_tok=k, num_shared_experts=shared, vocab_size=64)
+        cfg = EmoConfig(
+            hidden_size=32,
+            intermediate_size=16,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            num_experts=experts,
+            num_experts_per_tok=k,
+            num_shared_experts=shared,
+            vocab_size=64,
+        )
         model = init_weights(EmoForCausalLM(cfg), std=0.1, seed=1).eval()
         ids = torch.randint(0, 64, (2, 7))
         out = model(ids, return_routing=True)
@@ -98,8 +106,15 @@ def test_gqa_zero_and_many_shared_experts():
 
 
 def test_per_layer_expert_counts():
-    cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_experts=9,
-                    num_experts_per_tok=3, num_experts_per_layer=[9, 5], vocab_size=64)
+    cfg = EmoConfig(
+        hidden_size=32,
+        intermediate_size=16,
+        num_attention_heads=4,
+        num_experts=9,
+        num_experts_per_tok=3,
+        num_experts_per_layer=[9, 5],
+        vocab_size=64,
+    )
     model = init_weights(EmoForCausalLM(cfg), seed=0)
     assert model.model.layers[0].mlp.w_gate_EFD.shape[0] == 9
     assert model.model.layers[1].mlp.w_gate_EFD.shape[0] == 5
@@ -107,8 +122,15 @@ def test_per_layer_expert_counts():
 
 
 def test_pool_restricts_routing_and_no_pool_is_reference():
-    cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_experts=9,
-                    num_experts_per_tok=3, vocab_size=64, eos_token_id=0)
+    cfg = EmoConfig(
+        hidden_size=32,
+        intermediate_size=16,
+        num_attention_heads=4,
+        num_experts=9,
+        num_experts_per_tok=3,
+        vocab_size=64,
+        eos_token_id=0,
+    )
     model = init_weights(EmoForCausalLM(cfg), std=0.3, seed=2).eval()
     ids = torch.randint(2, 64, (2, 12))
     ids[0, 5] = 0
@@ -124,8 +146,20 @@ def test_pool_restricts_routing_and_no_pool_is_reference():
 
 
 def _random_model(seed=3, **kw):
-    cfg = EmoConfig(**{**dict(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_key_value_heads=2,
-                              num_experts=9, num_experts_per_tok=3, vocab_size=64), **kw})
+    cfg = EmoConfig(
+        **{
+            **dict(
+                hidden_size=32,
+                intermediate_size=16,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                num_experts=9,
+                num_experts_per_tok=3,
+                vocab_size=64,
+            ),
+            **kw,
+        }
+    )
     return init_weights(EmoForCausalLM(cfg), std=0.2, seed=seed).eval()
 
 
@@ -138,7 +172,7 @@ def test_kv_cache_steps_equal_one_full_forward():
     parts = [model(ids[:, :5], cache=cache)]  # a prompt, then one token at a time
     for t in range(5, 11):
         assert cache.seq_len == t
-        parts.append(model(ids[:, t:t + 1], cache=cache))
+        parts.append(model(ids[:, t : t + 1], cache=cache))
     assert (torch.cat(parts, dim=1) - full).abs().max() < 1e-5
     assert torch.equal(torch.cat(parts, 1).argmax(-1), full.argmax(-1))
 
@@ -152,18 +186,22 @@ def test_left_padding_with_mask_and_positions_equals_unpadded_rows():
     ids = torch.full((2, T), pad)
     mask = torch.zeros(2, T, dtype=torch.long)
     for b, r in enumerate(rows):
-        ids[b, T - len(r):] = r
-        mask[b, T - len(r):] = 1
+        ids[b, T - len(r) :] = r
+        mask[b, T - len(r) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     cache = emo_slice.KVCache()
     out = model(ids, attention_mask=mask, position_ids_BT=pos, cache=cache)
     nxt = torch.randint(2, 64, (2, 1))
-    step = model(nxt, attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
-                 position_ids_BT=pos[:, -1:] + 1, cache=cache)
+    step = model(
+        nxt,
+        attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1),
+        position_ids_BT=pos[:, -1:] + 1,
+        cache=cache,
+    )
     assert torch.isfinite(out).all()
     for b, r in enumerate(rows):
         alone = model(torch.cat([r, nxt[b]])[None])
-        assert (out[b, T - len(r):] - alone[0, :-1]).abs().max() < 1e-5
+        assert (out[b, T - len(r) :] - alone[0, :-1]).abs().max() < 1e-5
         assert (step[b, 0] - alone[0, -1]).abs().max() < 1e-5
 
 

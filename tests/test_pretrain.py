@@ -13,8 +13,10 @@ from emo_slice.io.loading import load_model
 from emo_slice.train.config import apply_overrides, train_preset
 from emo_slice.train.trainer import Trainer, pretrain
 
-WORDS = {"fruit": "apple banana cherry grape melon fruit juice sweet ripe orchard".split(),
-         "cars": "engine wheel brake motor gear road drive fuel piston clutch".split()}
+WORDS = {
+    "fruit": "apple banana cherry grape melon fruit juice sweet ripe orchard".split(),
+    "cars": "engine wheel brake motor gear road drive fuel piston clutch".split(),
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,18 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(corpus, out, **kw):
-    base = dict(data=str(corpus), out=str(out), seq_len=32, batch_size=4, steps=6, warmup_steps=2, eval_every=0,
-                save_every=0, eval_batches=1, progress=False)
+    base = dict(
+        data=str(corpus),
+        out=str(out),
+        seq_len=32,
+        batch_size=4,
+        steps=6,
+        warmup_steps=2,
+        eval_every=0,
+        save_every=0,
+        eval_batches=1,
+        progress=False,
+    )
     return train_preset("tiny", **{**base, **kw})
 
 
@@ -107,17 +119,20 @@ def _free_port():
 
 
 def _dp_worker(rank, world, port, corpus, root):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")  # one group for both runs (pretrain uses it and leaves it open)
     for name, fsdp in (("ddp", False), ("fsdp", True)):
         pretrain(_cfg(corpus, f"{root}/{name}", steps=3, micro_batch_size=2, fsdp=fsdp))
+    dist.barrier()  # both ranks done before either tears the group down
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_equals_one_process(corpus, tmp_path):
     import torch.multiprocessing as mp
 
@@ -183,11 +198,27 @@ def test_cli_pretrain(corpus, tmp_path):
     from emo_slice.cli import app
 
     out = tmp_path / "cli"
-    args = ["pretrain", "--data", str(corpus), "--out", str(out), "--preset", "tiny", "--steps", "2", "--seq-len", "32",
-            "--batch-size", "4", "--set", "eval_batches=1", "--json"]
+    args = [
+        "pretrain",
+        "--data",
+        str(corpus),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--set",
+        "eval_batches=1",
+        "--json",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    summary = json.loads(r.stdout[r.stdout.index("{") :])
     assert summary["steps"] == 2 and summary["checkpoint"].endswith("final")
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "--resume" in r.output and "Traceback" not in r.output

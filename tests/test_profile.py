@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.errors import DataError, UsageError
-from emo_slice.slicing.extract import extract
-from emo_slice.slicing.select import plan_slice
+from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.loading import load_model
+from emo_slice.slicing.extract import extract
 from emo_slice.slicing.profile import ProfileSettings, profile_model
 from emo_slice.slicing.profile_file import check_profile_matches, concentration, load_profile, save_profile
+from emo_slice.slicing.select import plan_slice
 
 TEXT = "The quick brown fox jumps over the lazy dog.\nPack my box with five dozen liquor jugs!\n"
 DOCS = [TEXT * 3, "def f(x):\n    return x * 2\n", "Hello\x00world"]  # \x00 is the EOS byte: not counted
@@ -30,19 +30,29 @@ def _direct_scores(ckpt_path, docs, max_length):
     model = load_model(ckpt_path)
     ck = Checkpoint(ckpt_path)
     cfg = ck.config
-    S, k_routed = cfg.num_shared_experts, cfg.num_experts_per_tok - cfg.num_shared_experts
+    k_routed = cfg.num_experts_per_tok - cfg.num_shared_experts
     caps = {}
     for l, layer in enumerate(model.model.layers):
         layer.pre_feedforward_layernorm.register_forward_hook(
-            lambda m, i, o, l=l: caps.__setitem__(l, (i[0].reshape(-1, i[0].shape[-1]), o.reshape(-1, o.shape[-1]))))
-        layer.mlp.register_forward_hook(lambda m, i, o, l=l: caps.__setitem__(("moe", l), o[0].reshape(-1, o[0].shape[-1])))
-    sums = [dict(prob=torch.zeros(8, dtype=torch.float64), count=torch.zeros(8, dtype=torch.float64),
-                 reap=torch.zeros(8, dtype=torch.float64), easy=torch.zeros(8, dtype=torch.float64)) for _ in range(2)]
+            lambda m, i, o, l=l: caps.__setitem__(l, (i[0].reshape(-1, i[0].shape[-1]), o.reshape(-1, o.shape[-1])))
+        )
+        layer.mlp.register_forward_hook(
+            lambda m, i, o, l=l: caps.__setitem__(("moe", l), o[0].reshape(-1, o[0].shape[-1]))
+        )
+    sums = [
+        dict(
+            prob=torch.zeros(8, dtype=torch.float64),
+            count=torch.zeros(8, dtype=torch.float64),
+            reap=torch.zeros(8, dtype=torch.float64),
+            easy=torch.zeros(8, dtype=torch.float64),
+        )
+        for _ in range(2)
+    ]
     n = 0
     for doc in docs:
         ids = list(doc.encode())
         for start in range(0, len(ids), max_length):
-            row = torch.tensor([ids[start:start + max_length]])
+            row = torch.tensor([ids[start : start + max_length]])
             with torch.no_grad():
                 model(row)
             valid = [t for t in range(row.shape[1]) if int(row[0, t]) not in (0, 1)]
@@ -67,8 +77,15 @@ def _direct_scores(ckpt_path, docs, max_length):
                         sums[l]["easy"][e] += wj * out.double().norm() * change
     out = []
     for s in sums:
-        out.append({"mean-prob": s["prob"] / n, "frequency": s["count"] / n, "count": s["count"],
-                    "reap": torch.where(s["count"] > 0, s["reap"] / s["count"].clamp(min=1), 0.0), "easy-ep": s["easy"]})
+        out.append(
+            {
+                "mean-prob": s["prob"] / n,
+                "frequency": s["count"] / n,
+                "count": s["count"],
+                "reap": torch.where(s["count"] > 0, s["reap"] / s["count"].clamp(min=1), 0.0),
+                "easy-ep": s["easy"],
+            }
+        )
     return out, n
 
 
@@ -115,8 +132,11 @@ def test_greedy_agrees_on_layer0_and_scores_the_sliced_model(tiny_ckpt, docs, tm
     extract(ck, plan_slice(ck, experts=f"{routed0};0,1,2,3,4,5,6,7", per_layer=True), tmp_path / "l0")
     half = profile_model(tmp_path / "l0", ProfileSettings(examples=str(docs)))
     for key in ("mean-prob", "count", "reap"):
-        assert torch.allclose(torch.tensor(half["layers"][1]["scores"][key], dtype=torch.float64),
-                              torch.tensor(greedy["layers"][1]["scores"][key], dtype=torch.float64), atol=1e-6)
+        assert torch.allclose(
+            torch.tensor(half["layers"][1]["scores"][key], dtype=torch.float64),
+            torch.tensor(greedy["layers"][1]["scores"][key], dtype=torch.float64),
+            atol=1e-6,
+        )
     # extract from a greedy profile gives the greedy choice, and refuses another K
     plan = plan_slice(ck, "4", profile=greedy, method="reap")
     assert plan.kept == greedy["greedy"]["kept"]
@@ -128,8 +148,9 @@ def test_greedy_agrees_on_layer0_and_scores_the_sliced_model(tiny_ckpt, docs, tm
 
 def test_multiple_choice_shots(tiny_ckpt, tmp_path):
     task = tmp_path / "task.jsonl"
-    items = [{"id": i, "context": f"Q{i}: colour?\n", "choices": ["red", "blue", "green"], "label": i % 3}
-             for i in range(6)]
+    items = [
+        {"id": i, "context": f"Q{i}: colour?\n", "choices": ["red", "blue", "green"], "label": i % 3} for i in range(6)
+    ]
     task.write_text("".join(json.dumps(x) + "\n" for x in items))
     prof = profile_model(tiny_ckpt, ProfileSettings(examples=str(task), shots=2, seed=1))
     inp = prof["inputs"]
@@ -173,8 +194,22 @@ def test_cli_profile_then_extract(tiny_ckpt, docs, tmp_path):
     r = runner.invoke(app, ["profile", str(tiny_ckpt), "--examples", str(docs), "--out", str(out)])
     assert r.exit_code == 0, r.stderr
     assert "top 25%" in r.stdout and out.exists()
-    r = runner.invoke(app, ["extract", str(tiny_ckpt), "--keep", "25%", "--profile", str(out), "--method", "easy-ep",
-                            "--out", str(tmp_path / "s"), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(tiny_ckpt),
+            "--keep",
+            "25%",
+            "--profile",
+            str(out),
+            "--method",
+            "easy-ep",
+            "--out",
+            str(tmp_path / "s"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     manifest = json.loads(r.stdout)
     scores = load_profile(out)["layers"][0]["scores"]["easy-ep"]
@@ -182,14 +217,31 @@ def test_cli_profile_then_extract(tiny_ckpt, docs, tmp_path):
     assert manifest["keep"] == 2 and manifest["layers"][0]["scores"] == scores
     # --examples --greedy profiles in place and slices as the greedy profile does
     greedy = profile_model(tiny_ckpt, ProfileSettings(examples=str(docs), greedy=True, keep="4", method="frequency"))
-    r = runner.invoke(app, ["extract", str(tiny_ckpt), "--keep", "4", "--examples", str(docs), "--greedy",
-                            "--method", "frequency", "--out", str(tmp_path / "g"), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "extract",
+            str(tiny_ckpt),
+            "--keep",
+            "4",
+            "--examples",
+            str(docs),
+            "--greedy",
+            "--method",
+            "frequency",
+            "--out",
+            str(tmp_path / "g"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["kept_experts"] == greedy["greedy"]["kept"]
     # refusals: empty examples, --keep without --greedy; nothing written
     (tmp_path / "empty.txt").write_text("  \n")
-    for args, msg in ((["--examples", str(tmp_path / "empty.txt")], "empty"),
-                      (["--examples", str(docs), "--keep", "4"], "--greedy")):
+    for args, msg in (
+        (["--examples", str(tmp_path / "empty.txt")], "empty"),
+        (["--examples", str(docs), "--keep", "4"], "--greedy"),
+    ):
         r = runner.invoke(app, ["profile", str(tiny_ckpt), *args, "--out", str(tmp_path / "no.json")])
         assert r.exit_code == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "no.json").exists()

@@ -1,20 +1,29 @@
 """The quickstart pipeline at tiny size (seconds): every step's output is there and right."""
 
 import json
+import shlex
 import subprocess
 import sys
 
+import pytest
 import torch
+import typer.main
+from conftest import assert_one_line_error, invoke, run_cli
 
 import emo_slice
 from emo_slice import quickstart
+from emo_slice.cli import app
 from emo_slice.io.checkpoint import Checkpoint
 
 
+@pytest.mark.slow
 def test_quickstart_tiny(tmp_path):
     out = tmp_path / "qs"
-    proc = subprocess.run([sys.executable, "-m", "emo_slice", "quickstart", "--out", str(out), "--size", "tiny"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "emo_slice", "quickstart", "--out", str(out), "--size", "tiny"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     # every step was echoed as the emo-slice command a user can rerun
     for args in quickstart.steps(out, "tiny"):
@@ -63,7 +72,30 @@ def test_quickstart_tiny(tmp_path):
 
 def test_quickstart_refuses_a_used_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "emo_slice", "quickstart", "--out", str(tmp_path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(invoke("quickstart", "--out", tmp_path), "--overwrite")
+    # --overwrite empties a quickstart folder only, never a folder of other files
+    assert_one_line_error(invoke("quickstart", "--out", tmp_path, "--overwrite"), "'keep.txt'", "did not write")
     assert (tmp_path / "keep.txt").read_text() == "x"
+    (tmp_path / "keep.txt").unlink()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "code.profile.json").write_text("{}")
+    assert quickstart.prepare_out(tmp_path, overwrite=True) == tmp_path and not tmp_path.exists()
+
+
+def test_dry_run_prints_one_pasteable_line_per_command(tmp_path):
+    """Unwrapped even when piped (here: a subprocess with a pipe and an 80-column terminal)."""
+    out = tmp_path / "a folder with a long name, spaces and 'quotes'" / ("deep" * 20)
+    proc = run_cli(
+        "quickstart", "--out", out, "--dry-run", "--domain", "docs", "--keep", "12.5%", env_extra={"COLUMNS": "80"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    steps = quickstart.steps(out, "small", "docs", "12.5%")
+    assert len(lines) == len(steps) == 5 and max(map(len, lines)) > 200
+    group = typer.main.get_command(app)
+    for line, args in zip(lines, steps):
+        words = shlex.split(line)
+        assert words == ["emo-slice", *args]
+        flags = {o for p in group.commands[words[1]].params for o in (*p.opts, *p.secondary_opts)}
+        assert {w for w in words if w.startswith("--")} <= flags, line
+    assert not out.exists()

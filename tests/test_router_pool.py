@@ -57,8 +57,8 @@ def test_vectorised_pool_equals_per_document_loop(seed):
     torch.testing.assert_close(r.probs_NR, probs, rtol=0, atol=1e-7)
     assert torch.equal(r.experts_NK[:, : k - shared], idx)
     # shared experts last, weight 1
-    assert torch.equal(r.experts_NK[:, k - shared:], torch.full((len(idx), shared), E - shared))
-    assert torch.equal(r.weights_NK[:, k - shared:], torch.ones(len(idx), shared))
+    assert torch.equal(r.experts_NK[:, k - shared :], torch.full((len(idx), shared), E - shared))
+    assert torch.equal(r.weights_NK[:, k - shared :], torch.ones(len(idx), shared))
 
 
 def test_eos_convention():
@@ -117,15 +117,16 @@ def test_load_balancing_is_one_under_uniform_routing():
 
 def test_router_z_loss_ignores_masked_logits_and_layer_mean():
     z = torch.tensor([[1.0, 2.0, float("-inf")], [0.0, float("-inf"), 3.0]])
-    want = (math.log(math.e + math.e ** 2) ** 2 + math.log(1 + math.e ** 3) ** 2) / 2
+    want = (math.log(math.e + math.e**2) ** 2 + math.log(1 + math.e**3) ** 2) / 2
     assert router_z_loss(z).item() == pytest.approx(want, rel=1e-6)
     ids = _ids(5)
     seg_N = routing_segments(ids, EOS).reshape(-1)
     rs = [route(torch.randn(ids.numel(), 9), 1, 3, segment_ids_N=seg_N, pool_size=4) for _ in range(3)]
     counts = torch.stack([torch.bincount(r.experts_NK[:, :2].reshape(-1), minlength=8).float() for r in rs])
     lb, zl = moe_losses(rs, counts)
-    assert lb.item() == pytest.approx(sum(load_balancing_loss(r.probs_NR, counts[i], 2).item()
-                                          for i, r in enumerate(rs)) / 3, rel=1e-6)
+    assert lb.item() == pytest.approx(
+        sum(load_balancing_loss(r.probs_NR, counts[i], 2).item() for i, r in enumerate(rs)) / 3, rel=1e-6
+    )
     assert zl.item() == pytest.approx(sum(router_z_loss(r.masked_logits_NR).item() for r in rs) / 3, rel=1e-6)
 
 

@@ -14,8 +14,8 @@ def _profile(*layers, method="mean-prob"):
 
 
 # three domains, two layers, five routed experts; top 2 kept per layer (worked out by hand below)
-CODE = _profile([0.9, 0.1, 0.8, 0.0, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5])   # {0, 2}, {3, 4}
-MATH = _profile([0.1, 0.9, 0.8, 0.2, 0.0], [0.5, 0.4, 0.3, 0.2, 0.1])   # {1, 2}, {0, 1}
+CODE = _profile([0.9, 0.1, 0.8, 0.0, 0.5], [0.1, 0.2, 0.3, 0.4, 0.5])  # {0, 2}, {3, 4}
+MATH = _profile([0.1, 0.9, 0.8, 0.2, 0.0], [0.5, 0.4, 0.3, 0.2, 0.1])  # {1, 2}, {0, 1}
 PROSE = _profile([0.3, 0.3, 0.3, 0.3, 0.1], [0.0, 0.0, 0.9, 0.8, 0.0])  # ties -> lower id: {0, 1}, {2, 3}
 
 

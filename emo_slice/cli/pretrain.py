@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from emo_slice.cli import app, cli_errors, err_console, print_json
+from emo_slice.cli.options import DType, Overwrite, Preset, Router, dtype_option, out_option, seed_option, value
 
 EPILOG = """Examples:
 
@@ -24,66 +24,138 @@ EPILOG = """Examples:
 """
 
 
+def _opt(flag: str, typ, help: str):
+    """A training option: None (not given) leaves the preset's (or the resumed run's) value."""
+    return Annotated[Optional[typ], typer.Option(flag, help=help, show_default=False)]
+
+
+def _flag(flag: str, help: str):
+    return Annotated[bool, typer.Option(flag, help=help)]
+
+
+Data = _opt(
+    "--data",
+    str,
+    "Training text: .txt, JSONL (field --field) or a Hugging Face dataset (saved folder, data file, or cached name).",
+)
+PresetOpt = Annotated[
+    Preset,
+    typer.Option(
+        "--preset",
+        help="tiny (tests), small (CPU demo of minutes) or emo-1b14b (the release configuration, GPU clusters).",
+    ),
+]
+RouterOpt = _opt(
+    "--router",
+    Router,
+    "emo (document pool, intra-document attention) or standard (the standard-MoE baseline, same everything else).",
+)
+Steps = _opt("--steps", int, "Optimizer steps of the schedule.")
+BatchSize = _opt("--batch-size", int, "Windows per optimizer step (global).")
+MicroBatchSize = _opt("--micro-batch-size", int, "Windows per forward on one rank; the rest is gradient accumulation.")
+SeqLen = _opt("--seq-len", int, "Tokens per window.")
+LR = _opt("--lr", float, "Peak learning rate.")
+Tokenizer = _opt("--tokenizer", str, "auto, bytes, train, or a model folder / tokenizer.json to reuse.")
+VocabSize = _opt("--vocab-size", int, "Vocabulary of a tokenizer trained on the data.")
+FieldOpt = _opt("--field", str, "Record field holding the text (JSONL/datasets).")
+SplitOpt = _opt("--split", str, "Dataset split (default train).")
+ValidData = _opt("--valid-data", str, "Held-out text for evaluation (default: 2% of the training documents).")
+TrainDType = Annotated[Optional[DType], dtype_option("the preset's; bfloat16 = autocast, fp32 master weights")]
+SaveEvery = _opt("--save-every", int, "Checkpoint every N steps.")
+EvalEvery = _opt("--eval-every", int, "Evaluate every N steps.")
+TrainSeed = Annotated[
+    Optional[int], seed_option("the weights, the data order and the pool draws (default: the preset's)")
+]
+StopAfter = _opt(
+    "--stop-after", int, "Stop with a checkpoint after this step (the schedule is unchanged); continue with --resume."
+)
+Fsdp = _flag("--fsdp", "Under torchrun: shard with FSDP2 fully_shard instead of DDP.")
+Resume = _flag("--resume", "Continue the run in --out from its latest checkpoint.")
+ShowConfig = _flag("--show-config", "Check and print the resolved configuration, then exit.")
+JsonSummary = _flag("--json", "Print a JSON summary at the end.")
+Settings = Annotated[
+    List[str],
+    typer.Option(
+        "--set",
+        help="key=value for any training field or model (EmoConfig) "
+        "key, e.g. --set lb_weight=0.05 --set num_hidden_layers=8. Repeatable.",
+        show_default=False,
+    ),
+]
+
+
+def _banner(trainer, resume_from: str | None) -> str:
+    cfg, m, meta = trainer.cfg, trainer.mcfg, trainer.meta
+    return (
+        f"[bold]pretrain[/] {cfg.router} router, preset {cfg.preset}: {m.num_hidden_layers} layers, "
+        f"{m.num_experts} experts (top {m.num_experts_per_tok}), d_model {m.hidden_size}, vocab {m.vocab_size}; "
+        f"tokenizer {meta['tokenizer']}; {meta['train_tokens']:,} training tokens; pool {trainer.pool or 'none'}; "
+        f"{trainer.world} rank(s) on {trainer.device}, micro-batch {trainer.mb} x {trainer.accum} accumulation"
+        + (f"; resuming from {resume_from}" if resume_from else "")
+    )
+
+
 @app.command("pretrain", epilog=EPILOG)
 @cli_errors
 def pretrain_cmd(
-    data: Optional[str] = typer.Option(None, "--data", help="Training text: .txt, JSONL (field --field) or a Hugging "
-                                       "Face dataset (saved folder, data file, or cached name)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints (HF EMO layout), token files, log.jsonl."),
-    preset: str = typer.Option("small", "--preset", help="tiny (tests), small (CPU demo of minutes) or emo-1b14b "
-                               "(the release configuration, GPU clusters)."),
-    router: Optional[str] = typer.Option(None, "--router", help="emo (document pool, intra-document attention) or "
-                                         "standard (the standard-MoE baseline, same everything else)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps of the schedule."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Windows per optimizer step (global)."),
-    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Windows per forward on one "
-                                                   "rank; the rest is gradient accumulation."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per window."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="auto, bytes, train, or a model folder / "
-                                            "tokenizer.json to reuse."),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary of a tokenizer trained on the data."),
-    field: Optional[str] = typer.Option(None, "--field", help="Record field holding the text (JSONL/datasets)."),
-    split: Optional[str] = typer.Option(None, "--split", help="Dataset split (default train)."),
-    valid_data: Optional[str] = typer.Option(None, "--valid-data", help="Held-out text for evaluation (default: 2% "
-                                             "of the training documents)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, or bfloat16 (autocast, fp32 master weights)."),
-    fsdp: bool = typer.Option(False, "--fsdp", help="Under torchrun: shard with FSDP2 fully_shard instead of DDP."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
-    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seeds weights, data order and pool draws."),
-    stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop with a checkpoint after this step "
-                                             "(the schedule is unchanged); continue with --resume."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty run folder."),
-    settings: List[str] = typer.Option([], "--set", help="key=value for any training field or model (EmoConfig) key, "
-                                       "e.g. --set lb_weight=0.05 --set num_hidden_layers=8. Repeatable."),
-    show_config: bool = typer.Option(False, "--show-config", help="Print the resolved configuration and exit."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at the end."),
+    out: Annotated[Path, out_option("Run folder: checkpoints (HF EMO layout), token files, log.jsonl.")],
+    data: Data = None,
+    preset: PresetOpt = Preset.small,
+    router: RouterOpt = None,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    micro_batch_size: MicroBatchSize = None,
+    seq_len: SeqLen = None,
+    lr: LR = None,
+    tokenizer: Tokenizer = None,
+    vocab_size: VocabSize = None,
+    field: FieldOpt = None,
+    split: SplitOpt = None,
+    valid_data: ValidData = None,
+    dtype: TrainDType = None,
+    fsdp: Fsdp = False,
+    save_every: SaveEvery = None,
+    eval_every: EvalEvery = None,
+    seed: TrainSeed = None,
+    stop_after: StopAfter = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    settings: Settings = [],
+    show_config: ShowConfig = False,
+    json_out: JsonSummary = False,
 ):
-    """Pretrain an EMO mixture-of-experts model the way AllenAI did: document-level expert pools (top-P
-    experts of each document, P drawn per document and layer), global load balancing over all ranks,
-    router and LM z-losses, AdamW with warmup and cosine decay. Writes Hugging Face EMO checkpoints that
-    profile, extract and eval read. Runs data parallel under torchrun (DDP, or --fsdp)."""
-    from emo_slice.errors import UsageError
-    from emo_slice.train.config import TrainConfig, apply_overrides, train_preset
+    """Pretrain an EMO (or standard) mixture-of-experts model from text.
 
-    if resume and (out / "train_config.json").exists() and not show_config:
-        # continue with the run's own configuration; explicit options still apply on top
-        saved = json.loads((out / "train_config.json").read_text())
-        cfg = TrainConfig(**saved)
-    else:
-        cfg = train_preset(preset)
-    explicit = {"data": data, "router": router, "steps": steps, "batch_size": batch_size,
-                "micro_batch_size": micro_batch_size, "seq_len": seq_len, "lr": lr, "tokenizer": tokenizer,
-                "vocab_size": vocab_size, "field": field, "split": split, "valid_data": valid_data, "dtype": dtype,
-                "save_every": save_every, "eval_every": eval_every, "seed": seed, "stop_after": stop_after}
-    apply_overrides(cfg, {k: v for k, v in explicit.items() if v is not None})
-    apply_overrides(cfg, list(settings))
-    cfg.out, cfg.resume, cfg.overwrite = str(out), resume, overwrite
-    cfg.fsdp = cfg.fsdp or fsdp
-    if resume:
-        cfg.stop_after = stop_after
+    As AllenAI did: document-level expert pools (top-P experts of each document, P drawn per document
+    and layer), global load balancing over all ranks, router and LM z-losses, AdamW with warmup and
+    cosine decay. Writes Hugging Face EMO checkpoints that profile, extract and eval read. Runs data
+    parallel under torchrun (DDP, or --fsdp)."""
+    from emo_slice.errors import UsageError
+    from emo_slice.train.run import check_config, resolve_config, run_summary, summary_line
+
+    options = {
+        "data": data,
+        "router": value(router),
+        "steps": steps,
+        "batch_size": batch_size,
+        "micro_batch_size": micro_batch_size,
+        "seq_len": seq_len,
+        "lr": lr,
+        "tokenizer": tokenizer,
+        "vocab_size": vocab_size,
+        "field": field,
+        "split": split,
+        "valid_data": valid_data,
+        "dtype": value(dtype),
+        "save_every": save_every,
+        "eval_every": eval_every,
+        "seed": seed,
+        "stop_after": stop_after,
+    }
+    cfg = resolve_config(
+        out, preset=value(preset), resume=resume, overwrite=overwrite, fsdp=fsdp, options=options, settings=settings
+    )
+    check_config(cfg)
     if show_config:
         print_json(cfg.to_dict())
         return
@@ -92,29 +164,11 @@ def pretrain_cmd(
     from emo_slice.train.trainer import Trainer
 
     trainer = Trainer(cfg)
-    rank0 = trainer.rank == 0
-    if rank0 and not json_out:
-        m = trainer.mcfg
-        err_console.print(f"[bold]pretrain[/] {cfg.router} router, preset {cfg.preset}: {m.num_hidden_layers} layers, "
-                          f"{m.num_experts} experts (top {m.num_experts_per_tok}), d_model {m.hidden_size}, "
-                          f"vocab {m.vocab_size}; tokenizer {trainer.meta['tokenizer']}; "
-                          f"{trainer.meta['train_tokens']:,} training tokens; pool {trainer.pool or 'none'}; "
-                          f"{trainer.world} rank(s) on {trainer.device}, micro-batch {trainer.mb} x {trainer.accum} "
-                          "accumulation" + (f"; resuming from {(out / 'latest').read_text().strip()}" if resume else ""),
-                          markup=True)
+    if trainer.rank == 0 and not json_out:
+        latest = out / "latest"
+        err_console.print(_banner(trainer, latest.read_text().strip() if resume and latest.exists() else None))
     path = trainer.run()
-    if not rank0:
+    if trainer.rank != 0:
         return
-    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines() if ln.strip()]
-    train = [r for r in log if r["kind"] == "train"]
-    evals = [r for r in log if r["kind"] == "eval"]
-    summary = {"checkpoint": str(path), "steps": train[-1]["step"] if train else 0,
-               "final_loss": train[-1]["loss"] if train else None, "eval": evals[-1] if evals else None,
-               "log": str(out / "log.jsonl"), "world_size": trainer.world}
-    if json_out:
-        print_json(summary)
-    else:
-        ev = summary["eval"] or {}
-        extra = ", ".join(f"{k[9:]} {v:.4f}" for k, v in ev.items() if k.startswith("val_loss_"))
-        err_console.print(f"done: step {summary['steps']}, train loss {summary['final_loss']:.4f}"
-                          + (f", validation loss {extra}" if extra else "") + f"; checkpoint {path}")
+    summary = run_summary(out, path, trainer.world)
+    print_json(summary) if json_out else err_console.print(summary_line(summary), markup=False)

@@ -9,7 +9,7 @@ emo-slice makes them from the running interpreter:
 - `arithmetic`: seeded lines of integer arithmetic ("417 + 38 = 455").
 Written as JSONL documents `{"id", "domain", "text"}` (train.jsonl, valid.jsonl, and the held-out
 documents of each domain in valid/DOMAIN.jsonl) and 4-way
-continuation multiple-choice tasks `tasks/DOMAIN.jsonl` built like shared/data/domains' tasks:
+continuation multiple-choice tasks `tasks/DOMAIN.jsonl` built like the shared four-domain corpus' tasks:
 context = lines of a held-out document ending with a line break, gold = its next line, distractors =
 lines of other held-out documents of the same domain.
 """
@@ -86,11 +86,14 @@ def docstring_docs(budget: int, max_chars: int = 2000) -> list[str]:
 
 def unicode_docs(budget: int, lines_per_doc: int = 40) -> list[str]:
     names = [(cp, unicodedata.name(chr(cp), "")) for cp in range(0x20, 0x30000)]
-    names = [(cp, n) for cp, n in names if n and not n.startswith(("CJK UNIFIED", "HANGUL SYLLABLE", "TANGUT",
-                                                                    "YI SYLLABLE", "EGYPTIAN HIEROGLYPH"))]
+    names = [
+        (cp, n)
+        for cp, n in names
+        if n and not n.startswith(("CJK UNIFIED", "HANGUL SYLLABLE", "TANGUT", "YI SYLLABLE", "EGYPTIAN HIEROGLYPH"))
+    ]
     docs, total = [], 0
     for i in range(0, len(names), lines_per_doc):
-        doc = "\n".join(f"{cp:04X} {n}" for cp, n in names[i:i + lines_per_doc])
+        doc = "\n".join(f"{cp:04X} {n}" for cp, n in names[i : i + lines_per_doc])
         docs.append(doc)
         total += len(doc)
         if total >= budget:
@@ -132,32 +135,48 @@ def make_tasks(valid: list[dict], n_items: int, seed: int = 0) -> list[dict]:
             continue
         for i in rng.sample(cands, min(3, len(cands))):
             gold = lines[i].strip()
-            context = "\n".join(lines[max(0, i - 12):i]) + "\n"
+            context = "\n".join(lines[max(0, i - 12) : i]) + "\n"
             distractors = [x for x in rng.sample(pool, min(len(pool), 20)) if x != gold][:3]
             if len(distractors) < 3:
                 continue
             label = rng.randrange(4)
             choices = distractors[:label] + [gold] + distractors[label:]
-            items.append({"id": f"{d['id']}:{i}", "domain": d["domain"], "context": context[-1500:],
-                          "choices": choices, "label": label})
+            items.append(
+                {
+                    "id": f"{d['id']}:{i}",
+                    "domain": d["domain"],
+                    "context": context[-1500:],
+                    "choices": choices,
+                    "label": label,
+                }
+            )
             if len(items) >= n_items:
                 return items
     return items
 
 
-def write_demo_corpus(out: str | os.PathLike, chars_per_domain: int = 400_000, valid_share: float = 0.1,
-                      task_items: int = 60, seed: int = 0, overwrite: bool = False) -> dict:
+def write_demo_corpus(
+    out: str | os.PathLike,
+    chars_per_domain: int = 400_000,
+    valid_share: float = 0.1,
+    task_items: int = 60,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict:
     """Write train.jsonl, valid.jsonl, tasks/DOMAIN.jsonl and corpus.json (provenance) to `out`."""
-    makers = {"code": code_docs, "docs": docstring_docs, "unicode": unicode_docs,
-              "arithmetic": lambda b: arithmetic_docs(b, seed=seed)}
+    makers = {
+        "code": code_docs,
+        "docs": docstring_docs,
+        "unicode": unicode_docs,
+        "arithmetic": lambda b: arithmetic_docs(b, seed=seed),
+    }
     summary = {}
     with atomic_output_dir(out, overwrite=overwrite, flag="OUT") as tmp:
         (tmp / "tasks").mkdir()
         (tmp / "valid").mkdir()
         train, valid = [], []
         for domain, make in makers.items():
-            docs = [{"id": f"{domain}/{i}", "domain": domain, "text": t}
-                    for i, t in enumerate(make(chars_per_domain))]
+            docs = [{"id": f"{domain}/{i}", "domain": domain, "text": t} for i, t in enumerate(make(chars_per_domain))]
             v = [d for d in docs if _is_valid(d["id"], valid_share)]
             train += [d for d in docs if not _is_valid(d["id"], valid_share)]
             valid += v
@@ -166,14 +185,23 @@ def write_demo_corpus(out: str | os.PathLike, chars_per_domain: int = 400_000, v
                 f.writelines(json.dumps(d) + "\n" for d in v)
             with open(tmp / "tasks" / f"{domain}.jsonl", "w") as f:
                 f.writelines(json.dumps(t) + "\n" for t in tasks)
-            summary[domain] = {"documents": len(docs), "valid": len(v), "task_items": len(tasks),
-                               "chars": sum(len(d["text"]) for d in docs)}
+            summary[domain] = {
+                "documents": len(docs),
+                "valid": len(v),
+                "task_items": len(tasks),
+                "chars": sum(len(d["text"]) for d in docs),
+            }
         random.Random(seed).shuffle(train)
         for name, rows in (("train.jsonl", train), ("valid.jsonl", valid)):
             with open(tmp / name, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-        meta = provenance(kind="emo-slice demo corpus", chars_per_domain=chars_per_domain,
-                          valid_share=valid_share, seed=seed, domains=summary,
-                          python=sysconfig.get_python_version())
+        meta = provenance(
+            kind="emo-slice demo corpus",
+            chars_per_domain=chars_per_domain,
+            valid_share=valid_share,
+            seed=seed,
+            domains=summary,
+            python=sysconfig.get_python_version(),
+        )
         (tmp / "corpus.json").write_text(json.dumps(meta, indent=2) + "\n")
     return summary

@@ -32,8 +32,9 @@ def _get(record: dict, path: str, src: str, flag: str):
 
 
 def _is_dataset_dir(p: Path) -> bool:
-    return p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()
-                           or (p / "state.json").exists())
+    return p.is_dir() and (
+        (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()
+    )
 
 
 def read_records(src: str | os.PathLike, split: str | None = None, flag: str = "--examples") -> list[dict]:
@@ -70,12 +71,15 @@ def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
         elif p.is_file():
             kind = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}.get(p.suffix)
             if kind is None:
-                raise DataError(f"{p}: unknown file type {p.suffix!r}; give .txt, .jsonl, .csv, .parquet or a "
-                                "dataset folder")
+                raise DataError(
+                    f"{p}: unknown file type {p.suffix!r}; give .txt, .jsonl, .csv, .parquet or a dataset folder"
+                )
             ds = datasets.load_dataset(kind, data_files=str(p))
         elif p.exists() or src.startswith((".", "/", "~")):
-            raise DataError(f"{src} is neither a file nor a saved dataset folder; give a .txt/.jsonl file or a "
-                            "folder written by Dataset.save_to_disk")
+            raise DataError(
+                f"{src} is neither a file nor a saved dataset folder; give a .txt/.jsonl file or a "
+                "folder written by Dataset.save_to_disk"
+            )
         else:
             name, _, config = src.partition(":")
             ds = datasets.load_dataset(name, config or None)
@@ -83,9 +87,11 @@ def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
         raise
     except Exception as e:
         if not p.exists():
-            raise DataError(f"{src} is not a file and not a dataset in the local Hugging Face cache "
-                            f"({type(e).__name__}); download it first (datasets.load_dataset('{src}') on a machine "
-                            "with network) or pass a file") from None
+            raise DataError(
+                f"{src} is not a file and not a dataset in the local Hugging Face cache "
+                f"({type(e).__name__}); download it first (datasets.load_dataset('{src}') on a machine "
+                "with network) or pass a file"
+            ) from None
         raise DataError(f"cannot read {src} as a dataset: {str(e).splitlines()[0][:200]}") from None
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds)
@@ -99,8 +105,9 @@ def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
     return [dict(r) for r in ds]
 
 
-def read_texts(src: str | os.PathLike, field: str = "text", split: str | None = None,
-               flag: str = "--examples") -> list[str]:
+def read_texts(
+    src: str | os.PathLike, field: str = "text", split: str | None = None, flag: str = "--examples"
+) -> list[str]:
     """Documents of a source: a .txt file is one document; JSONL/datasets give `field` of each record."""
     p = Path(src).expanduser()
     if not p.exists() and (str(src).startswith((".", "/", "~")) or p.suffix in (".txt", ".jsonl", ".json")):
@@ -114,8 +121,9 @@ def read_texts(src: str | os.PathLike, field: str = "text", split: str | None = 
     for rec in read_records(src, split, flag):
         value = _get(rec, field, str(src), "--field")
         if not isinstance(value, str):
-            raise DataError(f"{src}: field {field!r} holds {type(value).__name__}, not text; "
-                            "choose another with --field")
+            raise DataError(
+                f"{src}: field {field!r} holds {type(value).__name__}, not text; choose another with --field"
+            )
         if value.strip():
             texts.append(value)
     if not texts:
@@ -156,8 +164,13 @@ def parse_label(value, n_choices: int, where: str, labels: list | None = None) -
     return value
 
 
-def load_mc_task(src: str | os.PathLike, fields: dict[str, str] | None = None, split: str | None = None,
-                 context_template: str | None = None, flag: str = "--task") -> list[MCItem]:
+def load_mc_task(
+    src: str | os.PathLike,
+    fields: dict[str, str] | None = None,
+    split: str | None = None,
+    context_template: str | None = None,
+    flag: str = "--task",
+) -> list[MCItem]:
     """Multiple-choice items from JSONL or a dataset. fields renames context/choices/label/id
     (dotted paths allowed: ARC's choices.text); context_template formats the context from the record
     ("Question: {question}\\nAnswer:"), used instead of the context field when given."""

@@ -34,8 +34,10 @@ def parse_map(text: str | None) -> dict[str, str]:
         key, eq, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not value or key not in MAP_KEYS:
-            raise UsageError(f"--map {text!r}: each entry is KEY=FIELD with KEY one of {', '.join(MAP_KEYS)} "
-                             "(e.g. --map context=question,choices=choices.text,label=answerKey)")
+            raise UsageError(
+                f"--map {text!r}: each entry is KEY=FIELD with KEY one of {', '.join(MAP_KEYS)} "
+                "(e.g. --map context=question,choices=choices.text,label=answerKey)"
+            )
         out[key] = value
     return out
 
@@ -46,8 +48,10 @@ def source_of(spec: str) -> str:
         return spec[3:]
     p = Path(spec).expanduser()
     if not p.exists():
-        raise DataError(f"--task {spec}: no such file or folder; give a JSONL file, a saved dataset folder, "
-                        "or hf:NAME for a dataset in the Hugging Face cache")
+        raise DataError(
+            f"--task {spec}: no such file or folder; give a JSONL file, a saved dataset folder, "
+            "or hf:NAME for a dataset in the Hugging Face cache"
+        )
     return str(p)
 
 
@@ -85,14 +89,21 @@ class Task:
 
     def describe(self) -> dict:
         src = Path(self.spec)
-        return {"spec": self.spec, "format": self.format, "items_in_source": self.n_total,
-                "items_scored": len(self.items), "shots": len(self.demos),
-                "fewshot_ids": [d.id for d in self.demos], "items_hash": items_hash(self.items),
-                "file_hash": file_hash(src) if src.is_file() else None}
+        return {
+            "spec": self.spec,
+            "format": self.format,
+            "items_in_source": self.n_total,
+            "items_scored": len(self.items),
+            "shots": len(self.demos),
+            "fewshot_ids": [d.id for d in self.demos],
+            "items_hash": items_hash(self.items),
+            "file_hash": file_hash(src) if src.is_file() else None,
+        }
 
 
-def load_items(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto",
-               split: str | None = None) -> tuple[list[MCItem], str]:
+def load_items(
+    spec: str, fields: dict[str, str] | None = None, fmt: str = "auto", split: str | None = None
+) -> tuple[list[MCItem], str]:
     """All items of a task source, and the format used."""
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
@@ -108,13 +119,23 @@ def load_items(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto
         first = read_records(src, split, "--task")[0]
         template = "{activity_label}: {ctx}" if "activity_label" in first and "context" not in (fields or {}) else None
         items = load_mc_task(src, f, split, template)
-        return [replace(it, context=_hellaswag_clean(it.context),
-                        choices=[" " + _hellaswag_clean(c) for c in it.choices]) for it in items], fmt
+        return [
+            replace(it, context=_hellaswag_clean(it.context), choices=[" " + _hellaswag_clean(c) for c in it.choices])
+            for it in items
+        ], fmt
     return load_mc_task(src, fields, split), fmt
 
 
-def load_task(spec: str, fields: dict[str, str] | None = None, fmt: str = "auto", split: str | None = None,
-              shots: int = 0, seed: int = 0, limit: int | None = None, separator: str = "\n\n") -> Task:
+def load_task(
+    spec: str,
+    fields: dict[str, str] | None = None,
+    fmt: str = "auto",
+    split: str | None = None,
+    shots: int = 0,
+    seed: int = 0,
+    limit: int | None = None,
+    separator: str = "\n\n",
+) -> Task:
     """A task ready to score: demonstrations drawn (seeded) and removed, then the first `limit` items."""
     from emo_slice.data.sources import fewshot_prompt
 

@@ -1,13 +1,14 @@
 """Scoring a model: multiple-choice ranking classification and language-modelling perplexity.
 
-Multiple choice (shared/spec/evaluation.md): each choice is scored by the log-likelihood of its tokens
-given the context. Context and continuation are tokenised separately, as lm-evaluation-harness does
-(trailing whitespace of the context moves to the front of the continuation), so every choice sees the
-very same context tokens. That lets one row hold an item's context ONCE followed by all its choices:
-a tree attention mask lets each choice attend to the context and to itself only, and each choice's
-positions restart right after the context. Routing is per token, so every scored log-probability is
-the one a separate forward pass of context + choice gives (tests check it), for about
-ctx + sum(choices) tokens instead of n_choices * (ctx + choice).
+Multiple choice: each choice is scored by the log-likelihood of its tokens given the context (ranking
+classification, as lm-evaluation-harness and OLMES do). The trailing whitespace of the context moves to
+the front of the continuation, and context and continuation are tokenised separately, so every choice
+sees the very same context tokens (lm-evaluation-harness instead encodes context + continuation as one
+string; where a boundary falls inside a word the tokens can differ). That lets one row hold an item's
+context ONCE followed by all its choices: a tree attention mask lets each choice attend to the context
+and to itself only, and each choice's positions restart right after the context. Routing is per token,
+so every scored log-probability is the one a separate forward pass of context + choice gives (tests
+check it), for about ctx + sum(choices) tokens instead of n_choices * (ctx + choice).
 
 Metrics per task (higher is better unless said): acc_raw (summed log-likelihood), acc_per_token,
 acc_per_char, acc_per_byte (log-likelihood divided by the scored continuation's tokens / characters /
@@ -19,18 +20,24 @@ Language modelling: perplexity per token and bits per byte, each document prefix
 either one document per row ("rows") or documents packed end to end ("packed"); documents (or the
 packed stream) longer than the context are cut into disjoint windows.
 
-Legend (tensor suffixes): B rows in a batch, T row length, D hidden, V vocab, P scored positions,
-Dh head dim.
+The whole evaluation (`simple_evaluate`, as in lm-evaluation-harness) loads the tasks once, scores the
+model and then, with `against`, a second model on the very same items, and returns the results dict
+that `save_results` writes and `emo-slice eval` prints.
+
+Shape letters: the legend in `emo_slice/__init__.py`.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
-
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 from emo_slice.data.sources import MCItem
-from emo_slice.errors import DataError
+from emo_slice.errors import DataError, UsageError
 from emo_slice.eval.metrics import mc_metrics
 from emo_slice.eval.requests import Row, encode_item, lm_rows, make_batches, tree_row
 from emo_slice.eval.runner import Runner
@@ -39,17 +46,13 @@ UNCOND_PROMPT = "Answer:"
 
 
 # ---------------------------------------------------------------------------------------------
-# Running a model: whole in memory, or one layer at a time
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
 # Rows and batches
 # ---------------------------------------------------------------------------------------------
 
 
-def score_rows(runner: Runner, rows: list[Row], batch_size: int = 16, progress=None,
-               max_batch_tokens: int | None = 32768) -> list[list[list[float]]]:
+def score_rows(
+    runner: Runner, rows: list[Row], batch_size: int = 16, progress=None, max_batch_tokens: int | None = 32768
+) -> list[list[list[float]]]:
     """For each row, for each span, the log-probabilities of its targets."""
     pad = runner.tokenizer.pad_token_id if runner.tokenizer.pad_token_id is not None else 0
     batches = make_batches(rows, batch_size, pad, max_batch_tokens)
@@ -61,7 +64,7 @@ def score_rows(runner: Runner, rows: list[Row], batch_size: int = 16, progress=N
         for i in b.rows:
             r = rows[i]
             n = len(r.pred)
-            out[i] = [lp[k + s:k + e] for s, e in r.spans]
+            out[i] = [lp[k + s : k + e] for s, e in r.spans]
             k += n
     return out
 
@@ -79,8 +82,17 @@ class MCResult:
     n_items: int
 
 
-def evaluate_mc(runner: Runner, items: list[MCItem], *, prefix: str = "", max_length: int | None = None,
-                batch_size: int = 16, uncond: bool = False, progress=None, task: str = "task") -> MCResult:
+def evaluate_mc(
+    runner: Runner,
+    items: list[MCItem],
+    *,
+    prefix: str = "",
+    max_length: int | None = None,
+    batch_size: int = 16,
+    uncond: bool = False,
+    progress=None,
+    task: str = "task",
+) -> MCResult:
     """Score multiple-choice items by ranking classification. prefix: the few-shot prompt."""
     if not items:
         raise DataError(f"{task}: no items to score; the task is empty (or --limit/--shots left none)")
@@ -112,8 +124,16 @@ def evaluate_mc(runner: Runner, items: list[MCItem], *, prefix: str = "", max_le
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_lm(runner: Runner, docs: list[str], *, mode: str = "rows", max_length: int | None = None,
-                batch_size: int = 16, progress=None, task: str = "text") -> dict:
+def evaluate_lm(
+    runner: Runner,
+    docs: list[str],
+    *,
+    mode: str = "rows",
+    max_length: int | None = None,
+    batch_size: int = 16,
+    progress=None,
+    task: str = "text",
+) -> dict:
     """Perplexity per token and bits per byte of the documents."""
     if not docs:
         raise DataError(f"{task}: no documents to score")
@@ -123,8 +143,230 @@ def evaluate_lm(runner: Runner, docs: list[str], *, mode: str = "rows", max_leng
     nll = -sum(sum(s[0]) for s in scored)
     n_tok = sum(len(r.target) for r in rows)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    return {"perplexity": math.exp(nll / n_tok), "bits_per_byte": nll / math.log(2) / n_bytes,
-            "nll_per_token": nll / n_tok, "tokens": n_tok, "bytes": n_bytes, "documents": len(docs),
-            "windows_cut": cut, "mode": mode}
+    return {
+        "perplexity": math.exp(nll / n_tok),
+        "bits_per_byte": nll / math.log(2) / n_bytes,
+        "nll_per_token": nll / n_tok,
+        "tokens": n_tok,
+        "bytes": n_bytes,
+        "documents": len(docs),
+        "windows_cut": cut,
+        "mode": mode,
+    }
 
 
+# ---------------------------------------------------------------------------------------------
+# The whole evaluation: one model, or two on the very same items (what `emo-slice eval` runs)
+# ---------------------------------------------------------------------------------------------
+
+Progress = Callable[[str, int, Optional[int]], None]  # (label, done, total)
+SCORING = (
+    "ranking classification; context and continuation tokenised separately (lm-evaluation-harness); "
+    "one row per item: context once, then every choice"
+)
+
+
+def check_result_paths(
+    models: Sequence[str | None],
+    *,
+    out: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Refuse, before any work, a results/predictions file inside a model folder or already there."""
+    from emo_slice.artifacts import check_output
+    from emo_slice.io.checkpoint import resolve_checkpoint
+
+    inputs = [resolve_checkpoint(m) for m in models if m is not None]
+    if out is not None and predictions is not None and Path(out).absolute() == Path(predictions).absolute():
+        raise UsageError(f"--out and --predictions are both {out}; give two different files")
+    for path, flag in ((out, "--out"), (predictions, "--predictions")):
+        if path is not None:
+            check_output(path, inputs=inputs, overwrite=overwrite, flag=flag)
+
+
+def _load_tasks(specs, fields: dict, fmt, split, shots, seed, limit) -> dict:
+    """Tasks by unique name, loaded once: both models see exactly the same items."""
+    from emo_slice.data.tasks import load_task
+
+    tasks = {}
+    for spec in specs:
+        t = load_task(spec, fields, fmt, split, shots, seed, limit)
+        name, k = t.name, 2
+        while name in tasks:
+            name, k = f"{t.name}_{k}", k + 1
+        tasks[name] = t
+    return tasks
+
+
+def _load_texts(specs, field, split, limit) -> dict:
+    """lm:NAME -> (spec, documents)."""
+    if not specs:
+        return {}
+    from emo_slice.data.sources import read_texts
+
+    texts = {}
+    for src in specs:
+        docs = read_texts(src, field, split, "--lm")
+        texts["lm:" + (Path(src).stem if Path(src).exists() else src)] = (src, docs if limit is None else docs[:limit])
+    return texts
+
+
+def _advance(progress: Progress | None, label: str, total: int | None):
+    if progress is None:
+        return None
+    done = [0]
+    progress(label, 0, total)
+
+    def advance(n: int) -> None:
+        done[0] += n
+        progress(label, done[0], total)
+
+    return advance
+
+
+def _score_model(
+    runner: Runner, role: str, tasks: dict, texts: dict, opts: dict, samples: list | None, progress: Progress | None
+) -> dict:
+    """Metrics of one model on every task and text; per-item predictions appended to samples."""
+    res = {}
+    for name, t in tasks.items():
+        r = evaluate_mc(
+            runner,
+            t.items,
+            prefix=t.prompt,
+            max_length=opts["max_length"],
+            batch_size=opts["batch_size"],
+            uncond=opts["uncond"],
+            task=name,
+            progress=_advance(progress, f"{role} {name}", len(t.items)),
+        )
+        res[name] = r.metrics
+        if samples is not None:
+            samples += [{"model": role, "task": name, **p} for p in r.predictions]
+    for name, (_, docs) in texts.items():
+        res[name] = evaluate_lm(
+            runner,
+            docs,
+            mode=opts["lm_mode"],
+            max_length=opts["max_length"],
+            batch_size=opts["batch_size"],
+            task=name,
+            progress=_advance(progress, f"{role} {name}", None),
+        )
+    return res
+
+
+def _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype) -> None:
+    from emo_slice.io.checkpoint import parse_dtype
+
+    if not tasks and not lm:
+        raise UsageError("nothing to evaluate: give at least one --task FILE or --lm FILE")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+    if max_length is not None and max_length < 2:
+        raise UsageError(f"--max-length {max_length} must be at least 2")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit} must be at least 1")
+    if lm_mode not in ("rows", "packed"):
+        raise UsageError(f"--lm-mode {lm_mode!r} is unknown; choose rows or packed")
+    parse_dtype(dtype)
+
+
+def simple_evaluate(
+    model: str,
+    *,
+    against: str | None = None,
+    tasks: Sequence[str] = (),
+    lm: Sequence[str] = (),
+    field_map: str | dict | None = None,
+    fmt: str = "auto",
+    split: str | None = None,
+    text_field: str = "text",
+    lm_mode: str = "rows",
+    shots: int = 0,
+    seed: int = 0,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    uncond: bool = False,
+    layerwise: bool = False,
+    dtype: str | None = None,
+    log_samples: bool = False,
+    progress: Progress | None = None,
+) -> dict:
+    """Score `model` (and `against`, on exactly the same items) on multiple-choice `tasks` and `lm` texts.
+
+    Returns the results dict (lm-evaluation-harness shape): results, models, tasks, settings, provenance,
+    and with `against`: against_results, comparison; with log_samples: samples (per-item predictions).
+    Both checkpoints are opened, and every task read, before the first model is scored.
+    """
+    from emo_slice.artifacts import provenance
+    from emo_slice.data.tasks import parse_map
+    from emo_slice.eval.metrics import compare
+    from emo_slice.io.checkpoint import Checkpoint
+
+    _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype)
+    roles = {"model": model, **({"against": against} if against else {})}
+    for path in roles.values():
+        Checkpoint(path)  # a bad --against fails now, not after the first model is scored
+    fields = parse_map(field_map) if not isinstance(field_map, dict) else field_map
+    task_sets = _load_tasks(tasks, fields, fmt, split, shots, seed, limit)
+    texts = _load_texts(lm, text_field, split, limit)
+    opts = dict(max_length=max_length, batch_size=batch_size, uncond=uncond, lm_mode=lm_mode)
+    results, models, samples = {}, {}, ([] if log_samples else None)
+    for role, path in roles.items():
+        runner = Runner(path, dtype, layerwise)
+        results[role] = _score_model(runner, role, task_sets, texts, opts, samples, progress)
+        models[role] = runner.describe()
+        del runner
+    data = {
+        "results": results["model"],
+        "models": models,
+        "tasks": {name: t.describe() for name, t in task_sets.items()}
+        | {name: {"spec": src, "documents": len(docs), "mode": lm_mode} for name, (src, docs) in texts.items()},
+        "settings": {
+            "shots": shots,
+            "seed": seed,
+            "limit": limit,
+            "batch_size": batch_size,
+            "max_length": max_length,
+            "uncond": uncond,
+            "layerwise": layerwise,
+            "dtype": dtype,
+            "map": fields,
+            "format": fmt,
+            "split": split,
+            "lm_mode": lm_mode,
+            "scoring": SCORING,
+        },
+        "provenance": provenance(command="emo-slice eval"),
+    }
+    if against:
+        data["against_results"] = results["against"]
+        data["comparison"] = {n: compare(results["model"][n], results["against"][n]) for n in results["model"]}
+    if samples is not None:
+        data["samples"] = samples
+    return data
+
+
+def without_samples(data: dict) -> dict:
+    """The results dict as saved and printed: everything but the per-item samples."""
+    return {k: v for k, v in data.items() if k != "samples"}
+
+
+def save_results(
+    data: dict, out: str | os.PathLike | None = None, predictions: str | os.PathLike | None = None
+) -> list[Path]:
+    """Write the results (JSON) to out and the per-item samples (JSONL) to predictions, each atomically."""
+    from emo_slice.artifacts import atomic_write_text
+
+    written = []
+    if out is not None:
+        written.append(atomic_write_text(out, json.dumps(without_samples(data), indent=2, default=str) + "\n"))
+    if predictions is not None:
+        if "samples" not in data:
+            raise UsageError("no per-item predictions to write: evaluate with log_samples=True")
+        lines = "".join(json.dumps(s) + "\n" for s in data["samples"])
+        written.append(atomic_write_text(predictions, lines))
+    return written

@@ -7,17 +7,29 @@ import math
 from emo_slice.data.sources import MCItem
 from emo_slice.eval.requests import Encoded
 
-
-HIGHER_IS_BETTER = {"acc_raw": True, "acc_per_token": True, "acc_per_char": True, "acc_per_byte": True,
-                    "acc_uncond": True, "bits_per_byte_gold": False, "perplexity": False, "bits_per_byte": False}
+HIGHER_IS_BETTER = {
+    "acc_raw": True,
+    "acc_per_token": True,
+    "acc_per_char": True,
+    "acc_per_byte": True,
+    "acc_uncond": True,
+    "bits_per_byte_gold": False,
+    "perplexity": False,
+    "bits_per_byte": False,
+}
 
 
 def argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=lambda i: (xs[i], -i))  # first best, as numpy
 
 
-def mc_metrics(items: list[MCItem], encs: list[Encoded], lls: list[list[float]], ntoks: list[list[int]],
-               uncond: list[list[float]] | None) -> tuple[dict, list[dict]]:
+def mc_metrics(
+    items: list[MCItem],
+    encs: list[Encoded],
+    lls: list[list[float]],
+    ntoks: list[list[int]],
+    uncond: list[list[float]] | None,
+) -> tuple[dict, list[dict]]:
     """Accuracies under each normalisation, gold bits per byte, and per-item predictions."""
     names = ["acc_raw", "acc_per_token", "acc_per_char", "acc_per_byte"] + (["acc_uncond"] if uncond else [])
     correct = {m: 0 for m in names}
@@ -37,8 +49,14 @@ def mc_metrics(items: list[MCItem], encs: list[Encoded], lls: list[list[float]],
             correct[m] += p[m] == it.label
         gold_nll += -ll[it.label]
         gold_bytes += len(enc.texts[it.label].encode("utf-8"))
-        rec = {"id": it.id, "label": it.label, "loglikelihoods": ll, "tokens": nt, "truncated": enc.truncated,
-               "pred": p}
+        rec = {
+            "id": it.id,
+            "label": it.label,
+            "loglikelihoods": ll,
+            "tokens": nt,
+            "truncated": enc.truncated,
+            "pred": p,
+        }
         if uncond:
             rec["loglikelihoods_uncond"] = uncond[i]
         preds.append(rec)

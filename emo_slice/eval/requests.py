@@ -80,9 +80,19 @@ def make_batches(rows: list[Row], batch_size: int, pad_id: int = 0, max_batch_to
             same = (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
             mask = causal_TT[None] & same & (br[:, None, :] >= 0)
             mask |= torch.eye(T, dtype=torch.bool)[None]  # padding attends to itself (no empty rows)
-        batches.append(Batch(ids, pos if tree else None, mask, torch.tensor(pb, dtype=torch.long),
-                             torch.tensor(pt, dtype=torch.long), torch.tensor(tg, dtype=torch.long), g,
-                             sum(len(rows[i].ids) for i in g), sum(rows[i].unit for i in g)))
+        batches.append(
+            Batch(
+                ids,
+                pos if tree else None,
+                mask,
+                torch.tensor(pb, dtype=torch.long),
+                torch.tensor(pt, dtype=torch.long),
+                torch.tensor(tg, dtype=torch.long),
+                g,
+                sum(len(rows[i].ids) for i in g),
+                sum(rows[i].unit for i in g),
+            )
+        )
     return batches
 
 
@@ -115,8 +125,10 @@ def encode_item(tok, item: MCItem, max_length: int, prefix: str = "", where: str
         if not ids:
             raise DataError(f"{where}: choice {c} is empty; every choice needs some text")
         if len(ids) >= max_length:
-            raise DataError(f"{where}: choice {c} is {len(ids)} tokens, as long as the model's context "
-                            f"({max_length}); raise --max-length or drop the item")
+            raise DataError(
+                f"{where}: choice {c} is {len(ids)} tokens, as long as the model's context "
+                f"({max_length}); raise --max-length or drop the item"
+            )
     room = max_length - max(len(c) for c in conts)
     truncated = len(ctx) > room
     return Encoded(ctx[-room:] if truncated else ctx, conts, [p[1] for p in pairs], truncated)
@@ -145,8 +157,16 @@ def naive_rows(enc: Encoded) -> list[Row]:
     C = len(enc.ctx)
     for cont in enc.conts:
         ids = enc.ctx + cont
-        rows.append(Row(ids, list(range(len(ids))), [0] * len(ids), list(range(C - 1, len(ids) - 1)), list(cont),
-                        [(0, len(cont))]))
+        rows.append(
+            Row(
+                ids,
+                list(range(len(ids))),
+                [0] * len(ids),
+                list(range(C - 1, len(ids) - 1)),
+                list(cont),
+                [(0, len(cont))],
+            )
+        )
     return rows
 
 
@@ -172,7 +192,7 @@ def lm_rows(tok, docs: list[str], max_length: int, mode: str = "rows") -> tuple[
         windows = range(0, max(1, len(ids) - 1), max_length)
         cut += len(windows) - 1
         for s in windows:
-            inp = ids[s:s + max_length]
+            inp = ids[s : s + max_length]
             pred = [t for t in range(len(inp)) if s + t + 1 < len(ids) and flags[s + t + 1]]
             tgt = [ids[s + t + 1] for t in pred]
             if pred:

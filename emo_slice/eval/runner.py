@@ -41,12 +41,19 @@ class Runner:
 
     def describe(self) -> dict:
         params = sum(math.prod(i.shape) for i in self.ckpt.infos.values())
-        return {"path": self.path, "fingerprint": self.ckpt.fingerprint(), "parameters": params,
-                "weight_bytes": self.ckpt.total_bytes, "dtype": str(self.dtype).replace("torch.", ""),
-                "layerwise": self.layerwise, "tokenizer": self.tokenizer.describe(),
-                "experts_per_layer": [self.config.experts_in_layer(l) for l in range(self.config.num_hidden_layers)],
-                "tokens": self.tokens, "seconds": round(self.seconds, 4),
-                "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
+        return {
+            "path": self.path,
+            "fingerprint": self.ckpt.fingerprint(),
+            "parameters": params,
+            "weight_bytes": self.ckpt.total_bytes,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "layerwise": self.layerwise,
+            "tokenizer": self.tokenizer.describe(),
+            "experts_per_layer": [self.config.experts_in_layer(l) for l in range(self.config.num_hidden_layers)],
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 4),
+            "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None,
+        }
 
     @staticmethod
     def _inputs(b: Batch) -> dict:

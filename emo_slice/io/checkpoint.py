@@ -130,8 +130,10 @@ class Checkpoint:
         """Fill dst (a parameter or a slice of one) with tensor `name`, casting if the dtypes differ."""
         info = self.info(name)
         if tuple(info.shape) != tuple(dst.shape):
-            raise CheckpointError(f"tensor {name} has shape {tuple(info.shape)} but config.json implies "
-                                  f"{tuple(dst.shape)}; the config does not match the weights")
+            raise CheckpointError(
+                f"tensor {name} has shape {tuple(info.shape)} but config.json implies "
+                f"{tuple(dst.shape)}; the config does not match the weights"
+            )
         if info.torch_dtype == dst.dtype and dst.is_contiguous():
             read_into(info, dst)
         else:

@@ -23,8 +23,13 @@ def param_counts(cfg: EmoConfig, keep: list[int] | None = None) -> dict[str, int
         total += dense + E * 3 * D * F
         active += dense + k * 3 * D * F
         experts += E * 3 * D * F
-    return {"total": total, "active": active, "active_non_embedding": active - embed, "experts": experts,
-            "embedding": embed}
+    return {
+        "total": total,
+        "active": active,
+        "active_non_embedding": active - embed,
+        "experts": experts,
+        "embedding": embed,
+    }
 
 
 def checkpoint_info(ckpt: Checkpoint) -> dict:
@@ -38,23 +43,36 @@ def checkpoint_info(ckpt: Checkpoint) -> dict:
         keep = [slice_k(E, cfg.num_shared_experts, share) for E in layers]
         c = param_counts(cfg, keep)
         removed = counts["total"] - c["total"]
-        slices.append({"share": share, "keep": keep[0] if len(set(keep)) == 1 else keep,
-                       "params_total": c["total"], "bytes": bytes_total - removed * el,
-                       "share_of_bytes": (bytes_total - removed * el) / bytes_total if bytes_total else 0.0})
+        slices.append(
+            {
+                "share": share,
+                "keep": keep[0] if len(set(keep)) == 1 else keep,
+                "params_total": c["total"],
+                "bytes": bytes_total - removed * el,
+                "share_of_bytes": (bytes_total - removed * el) / bytes_total if bytes_total else 0.0,
+            }
+        )
     return {
         "path": str(ckpt.path),
         "fingerprint": ckpt.fingerprint(),
         "model_type": cfg.model_type,
         "architecture": {
-            "layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
-            "intermediate_size": cfg.intermediate_size, "heads": cfg.num_attention_heads,
-            "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
-            "rope_theta": cfg.rope_theta, "tie_word_embeddings": cfg.tie_word_embeddings,
+            "layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "vocab_size": cfg.vocab_size,
+            "rope_theta": cfg.rope_theta,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
         },
         "experts": {
-            "per_layer": layers, "shared": cfg.num_shared_experts,
+            "per_layer": layers,
+            "shared": cfg.num_shared_experts,
             "routed_per_layer": [E - cfg.num_shared_experts for E in layers],
-            "per_token": cfg.num_experts_per_tok, "routed_per_token": cfg.num_experts_per_tok - cfg.num_shared_experts,
+            "per_token": cfg.num_experts_per_tok,
+            "routed_per_token": cfg.num_experts_per_tok - cfg.num_shared_experts,
         },
         "parameters": counts,
         "tensors": len(ckpt.infos),

@@ -12,11 +12,11 @@ from typing import Callable, Iterable
 
 import torch
 
+from emo_slice.errors import CheckpointError
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.model.config import EmoConfig
-from emo_slice.errors import CheckpointError
-from emo_slice.model.hf_names import expected_hf_names, hf_to_stacked_view
 from emo_slice.model.context import make_context
+from emo_slice.model.hf_names import expected_hf_names, hf_to_stacked_view
 from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm
 
 
@@ -102,9 +102,15 @@ class LayerwiseModel:
         return torch.nn.functional.linear(norm(x_BTD), self.ckpt.get(name, self.dtype))
 
     @torch.no_grad()
-    def hidden_states(self, batches: Iterable[torch.Tensor | dict], *, trace: Callable | None = None,
-                      expert_norms: bool = False, after_layer: Callable | None = None,
-                      progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+    def hidden_states(
+        self,
+        batches: Iterable[torch.Tensor | dict],
+        *,
+        trace: Callable | None = None,
+        expert_norms: bool = False,
+        after_layer: Callable | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[torch.Tensor]:
         """Final hidden states (before the norm) of every batch, computed layer by layer.
 
         batches: input_ids [B, T] tensors, or dicts of `make_context` inputs (input_ids_BT, position_ids_BT,
@@ -114,9 +120,16 @@ class LayerwiseModel:
         """
         inputs = [b if isinstance(b, dict) else {"input_ids_BT": b} for b in batches]
         xs = [self.embed(i["input_ids_BT"]) for i in inputs]
-        ctxs = [make_context(self.config, dtype=self.dtype, expert_norms=expert_norms, **i,
-                             trace=None if trace is None else functools.partial(trace, b))
-                for b, i in enumerate(inputs)]
+        ctxs = [
+            make_context(
+                self.config,
+                dtype=self.dtype,
+                expert_norms=expert_norms,
+                **i,
+                trace=None if trace is None else functools.partial(trace, b),
+            )
+            for b, i in enumerate(inputs)
+        ]
         for l in range(self.config.num_hidden_layers):
             layer = self.layer(l)
             ys = [layer(x, ctx, l)[0] for x, ctx in zip(xs, ctxs)]

@@ -22,8 +22,15 @@ SINGLE_NAME = "model.safetensors"
 MAX_HEADER_BYTES = 100_000_000
 
 ST_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 TORCH_TO_ST = {v: k for k, v in ST_DTYPES.items()}
@@ -66,8 +73,9 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
             f"shard {path.name} listed in the index is missing from {path.parent}: re-download the checkpoint"
         ) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} has a corrupt header (not a safetensors file): "
-                              "re-download or re-save it") from None
+        raise CheckpointError(
+            f"{path} has a corrupt header (not a safetensors file): re-download or re-save it"
+        ) from None
     data_start = 8 + n
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if data_start + end > size:
@@ -132,8 +140,9 @@ class SafetensorsIndex:
                 if name == "__metadata__" or (weight_map is not None and weight_map.get(name) != fname):
                     continue
                 a, b = meta["data_offsets"]
-                self.infos[name] = TensorInfo(name, self.path / fname, meta["dtype"], tuple(meta["shape"]),
-                                              data_start + a, data_start + b)
+                self.infos[name] = TensorInfo(
+                    name, self.path / fname, meta["dtype"], tuple(meta["shape"]), data_start + a, data_start + b
+                )
         if weight_map is not None:
             missing = [n for n in weight_map if n not in self.infos]
             if missing:
@@ -152,8 +161,9 @@ class SafetensorsIndex:
         try:
             return self.infos[name]
         except KeyError:
-            raise CheckpointError(f"tensor {name} is missing from {self.path}: the checkpoint is incomplete "
-                                  "or of another layout") from None
+            raise CheckpointError(
+                f"tensor {name} is missing from {self.path}: the checkpoint is incomplete or of another layout"
+            ) from None
 
     def files(self) -> list[Path]:
         """The shard files that hold at least one tensor."""

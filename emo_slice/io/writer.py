@@ -67,8 +67,9 @@ def _entry(name: str, source: Source, dtype: torch.dtype | None, shape) -> _Entr
     if isinstance(source, TensorInfo):
         return _Entry(name, source.dtype, source.shape, source.nbytes, source)
     if isinstance(source, torch.Tensor):
-        return _Entry(name, TORCH_TO_ST[source.dtype], tuple(source.shape), source.numel() * source.element_size(),
-                      source)
+        return _Entry(
+            name, TORCH_TO_ST[source.dtype], tuple(source.shape), source.numel() * source.element_size(), source
+        )
     if dtype is None or shape is None:
         raise ValueError("a callable source needs dtype and shape")
     numel = 1

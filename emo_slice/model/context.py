@@ -99,17 +99,27 @@ def rope_cos_sin(positions, head_dim: int, theta: float, dtype: torch.dtype, dev
     positions: an int T (positions 0..T-1, giving [T, Dh]) or an integer tensor of any shape."""
     if isinstance(positions, int):
         positions = torch.arange(positions, device=device)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
-                                / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim)
+    )
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def make_context(config: EmoConfig, input_ids_BT: torch.Tensor, *, dtype: torch.dtype,
-                 position_ids_BT: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 document_ids_BT: torch.Tensor | None = None, cache: KVCache | None = None, pool_size=None,
-                 trace: Callable[[LayerTrace], None] | None = None, expert_norms: bool = False) -> Context:
+def make_context(
+    config: EmoConfig,
+    input_ids_BT: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    position_ids_BT: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    document_ids_BT: torch.Tensor | None = None,
+    cache: KVCache | None = None,
+    pool_size=None,
+    trace: Callable[[LayerTrace], None] | None = None,
+    expert_norms: bool = False,
+) -> Context:
     B, T = input_ids_BT.shape
     device = input_ids_BT.device
     past = cache.seq_len if cache is not None else 0

@@ -24,13 +24,14 @@ def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[tor
     ids_BT = torch.full((len(rows), T), pad_token_id, dtype=torch.long, device=device)
     mask_BT = torch.zeros(len(rows), T, dtype=torch.long, device=device)
     for b, r in enumerate(rows):
-        ids_BT[b, T - len(r):] = torch.tensor(r, dtype=torch.long, device=device)
-        mask_BT[b, T - len(r):] = 1
+        ids_BT[b, T - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
+        mask_BT[b, T - len(r) :] = 1
     return ids_BT, mask_BT
 
 
-def _pick(logits_BV: torch.Tensor, do_sample: bool, temperature: float, top_p: float,
-          generator: torch.Generator | None) -> torch.Tensor:
+def _pick(
+    logits_BV: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     if not do_sample or temperature == 0:
         return logits_BV.argmax(-1)
     probs_BV = torch.softmax(logits_BV.float() / temperature, dim=-1)
@@ -43,10 +44,19 @@ def _pick(logits_BV: torch.Tensor, do_sample: bool, temperature: float, top_p: f
 
 
 @torch.no_grad()
-def generate(model, input_ids: torch.Tensor | list[list[int]], max_new_tokens: int, *, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
-             attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def generate(
+    model,
+    input_ids: torch.Tensor | list[list[int]],
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Prompt + continuation ids [B, T + new] (left padding kept; after EOS a row is filled with pad).
 
     input_ids: a [B, T] tensor (left-padded, with attention_mask) or a list of token lists (padded here).

@@ -15,7 +15,6 @@ from torch import nn
 
 from emo_slice.model.config import EmoConfig
 
-
 EXPERT_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 
 
@@ -54,8 +53,14 @@ def hf_tensor_shapes(cfg: EmoConfig) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{l}"
         E = cfg.experts_in_layer(l)
         shapes[f"{p}.pre_attention_layernorm.weight"] = (D,)
-        shapes.update({f"{p}.self_attn.q_proj.weight": (q, D), f"{p}.self_attn.k_proj.weight": (kv, D),
-                       f"{p}.self_attn.v_proj.weight": (kv, D), f"{p}.self_attn.o_proj.weight": (D, q)})
+        shapes.update(
+            {
+                f"{p}.self_attn.q_proj.weight": (q, D),
+                f"{p}.self_attn.k_proj.weight": (kv, D),
+                f"{p}.self_attn.v_proj.weight": (kv, D),
+                f"{p}.self_attn.o_proj.weight": (D, q),
+            }
+        )
         shapes[f"{p}.pre_feedforward_layernorm.weight"] = (D,)
         shapes[f"{p}.mlp.gate.weight"] = (E, D)
         for e in range(E):

@@ -24,8 +24,20 @@ from emo_slice.model.config import EmoConfig
 from emo_slice.model.context import Context, KVCache, LayerTrace, make_context, rope_cos_sin
 from emo_slice.model.routing import Routing, route
 
-__all__ = ["EmoForCausalLM", "DecoderLayer", "MoE", "Attention", "RMSNorm", "KVCache", "Context", "LayerTrace",
-           "make_context", "rope_cos_sin", "expert_mix", "init_weights"]
+__all__ = [
+    "EmoForCausalLM",
+    "DecoderLayer",
+    "MoE",
+    "Attention",
+    "RMSNorm",
+    "KVCache",
+    "Context",
+    "LayerTrace",
+    "make_context",
+    "rope_cos_sin",
+    "expert_mix",
+    "init_weights",
+]
 
 
 class RMSNorm(nn.Module):
@@ -68,8 +80,7 @@ class Attention(nn.Module):
         if ctx.mask_BTS is None:
             o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHSDh, v_BHSDh, is_causal=True, enable_gqa=gqa)
         else:
-            o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHSDh, v_BHSDh, attn_mask=ctx.mask_BTS,
-                                                     enable_gqa=gqa)
+            o_BHTDh = F.scaled_dot_product_attention(q_BHTDh, k_BHSDh, v_BHSDh, attn_mask=ctx.mask_BTS, enable_gqa=gqa)
         return self.o_proj(o_BHTDh.transpose(1, 2).reshape(B, T, self.H * self.Dh))
 
 
@@ -80,8 +91,7 @@ def _grouped_mm_ok(x_MD: torch.Tensor, w: torch.Tensor) -> bool:
     return (w.shape[-1] * es) % 16 == 0 and (w.shape[-2] * es) % 16 == 0
 
 
-def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto",
-               norms: bool = False):
+def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto", norms: bool = False):
     """sum_j w_j * down(silu(gate(x)) * up(x)) over each token's chosen experts: out_ND.
 
     Token-expert pairs are sorted by expert once; then either one grouped matmul per projection
@@ -107,7 +117,7 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
         parts, start = [], 0
         for e, c in enumerate(counts_E.tolist()):  # host sync: the loop needs the counts
             if c:
-                xe = x_MD[start:start + c]
+                xe = x_MD[start : start + c]
                 h = F.silu(xe @ w_gate_EFD[e].t()) * (xe @ w_up_EFD[e].t())
                 parts.append(h @ w_down_EDF[e].t())
                 start += c
@@ -138,8 +148,9 @@ class MoE(nn.Module):
 
     def forward(self, x_ND: torch.Tensor, ctx: Context, layer: int):
         """(out_ND, routing, norm_NK or None) for N tokens."""
-        r = route(self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N,
-                  ctx.pool_for(layer))
+        r = route(
+            self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N, ctx.pool_for(layer)
+        )
         w = (self.w_gate_EFD, self.w_up_EFD, self.w_down_EDF)
         x_in = x_ND
         if torch.is_autocast_enabled(x_ND.device.type):  # autocast does not cover grouped matmuls: cast here
@@ -206,9 +217,18 @@ class EmoForCausalLM(nn.Module):
                 routings.append(r)
         return x_BTD
 
-    def forward(self, input_ids_BT: torch.Tensor, *, position_ids_BT: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, document_ids_BT: torch.Tensor | None = None,
-                cache: KVCache | None = None, pool_size=None, trace=None, return_routing: bool = False):
+    def forward(
+        self,
+        input_ids_BT: torch.Tensor,
+        *,
+        position_ids_BT: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        document_ids_BT: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        pool_size=None,
+        trace=None,
+        return_routing: bool = False,
+    ):
         """Logits [B, T, V], or {"logits", "routing"} with return_routing.
 
         position_ids_BT: positions (default: after the cache's). attention_mask: [B, S] padding mask
@@ -217,9 +237,16 @@ class EmoForCausalLM(nn.Module):
         document pool), or a callable (layer, num_segments) -> sizes drawn per layer (pretraining).
         trace: called with each layer's LayerTrace."""
         routings: list[Routing] | None = [] if return_routing else None
-        x_BTD = self.hidden_states(input_ids_BT, routings, position_ids_BT=position_ids_BT,
-                                   attention_mask=attention_mask, document_ids_BT=document_ids_BT, cache=cache,
-                                   pool_size=pool_size, trace=trace)
+        x_BTD = self.hidden_states(
+            input_ids_BT,
+            routings,
+            position_ids_BT=position_ids_BT,
+            attention_mask=attention_mask,
+            document_ids_BT=document_ids_BT,
+            cache=cache,
+            pool_size=pool_size,
+            trace=trace,
+        )
         logits = self.head(x_BTD)
         return {"logits": logits, "routing": routings} if return_routing else logits
 

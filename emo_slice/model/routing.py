@@ -51,8 +51,9 @@ def attention_documents(input_ids_BT: torch.Tensor, eos_token_id: int) -> torch.
     return after_eos_BT.cumsum(dim=1)
 
 
-def draw_pool_sizes(num_segments: int, p_min: int, p_max: int, generator: torch.Generator | None = None,
-                    device=None) -> torch.Tensor:
+def draw_pool_sizes(
+    num_segments: int, p_min: int, p_max: int, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor:
     """P_d uniform on the integers [p_min, p_max], one per segment."""
     return torch.randint(p_min, p_max + 1, (num_segments,), generator=generator, device=device)
 
@@ -79,8 +80,14 @@ def pool_mask(probs_NR: torch.Tensor, segment_ids_N: torch.Tensor, pool_size) ->
         return in_pool_GR[segment_ids_N]
 
 
-def route(logits_NE: torch.Tensor, n_shared: int, top_k: int, norm_topk_prob: bool = False,
-          segment_ids_N: torch.Tensor | None = None, pool_size=None) -> Routing:
+def route(
+    logits_NE: torch.Tensor,
+    n_shared: int,
+    top_k: int,
+    norm_topk_prob: bool = False,
+    segment_ids_N: torch.Tensor | None = None,
+    pool_size=None,
+) -> Routing:
     """Choose experts for N tokens from raw router logits [N, E] (the last n_shared are the shared experts)."""
     N, E = logits_NE.shape
     R = E - n_shared
@@ -88,7 +95,7 @@ def route(logits_NE: torch.Tensor, n_shared: int, top_k: int, norm_topk_prob: bo
     z_NR = logits_NE[:, :R].float()
     masked_NR = z_NR
     if pool_size is not None and segment_ids_N is not None:
-        no_limit = (not isinstance(pool_size, torch.Tensor) and int(pool_size) >= R)
+        no_limit = not isinstance(pool_size, torch.Tensor) and int(pool_size) >= R
         if not no_limit:
             p0_NR = torch.softmax(z_NR, dim=-1)
             keep_NR = pool_mask(p0_NR, segment_ids_N, pool_size)

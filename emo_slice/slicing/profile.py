@@ -68,8 +68,13 @@ class LayerStats:
     def scores(self) -> dict[str, list[float]]:
         n = max(self.tokens, 1)
         reap_R = torch.where(self.count_R > 0, self.reap_sum_R / self.count_R.clamp(min=1), 0.0)
-        return {"mean-prob": (self.prob_sum_R / n).tolist(), "frequency": (self.count_R / n).tolist(),
-                "reap": reap_R.tolist(), "easy-ep": self.easy_sum_R.tolist(), "count": self.count_R.long().tolist()}
+        return {
+            "mean-prob": (self.prob_sum_R / n).tolist(),
+            "frequency": (self.count_R / n).tolist(),
+            "reap": reap_R.tolist(),
+            "easy-ep": self.easy_sum_R.tolist(),
+            "count": self.count_R.long().tolist(),
+        }
 
 
 @dataclass
@@ -97,14 +102,16 @@ def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:
     if not settings.greedy:
         return None
     if settings.keep is None:
-        raise UsageError("--greedy slices each layer before scoring the next, so it needs --keep K "
-                         "(e.g. --keep 16 or 25%)")
+        raise UsageError(
+            "--greedy slices each layer before scoring the next, so it needs --keep K (e.g. --keep 16 or 25%)"
+        )
     E_min = min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
     return parse_keep(settings.keep, E_min, cfg.num_shared_experts)
 
 
-def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettings,
-                  progress: Callable[[int, int], None] | None = None) -> dict:
+def profile_model(
+    model: str | os.PathLike | Checkpoint, settings: ProfileSettings, progress: Callable[[int, int], None] | None = None
+) -> dict:
     """Run the calibration input through the model layer by layer; return the profile (a dict)."""
     from emo_slice.io.loading import LayerwiseModel
     from emo_slice.io.tokenizer import load_tokenizer
@@ -117,12 +124,14 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
     texts, inputs = calibration_texts(settings.examples, settings.field, settings.split, settings.shots, settings.seed)
     max_len = min(settings.max_length, cfg.max_position_embeddings)
     rows = make_rows(tok, texts, max_len)
-    special = {i for i in (cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id,
-                           tok.eos_token_id, tok.pad_token_id) if i is not None}
+    special = {
+        i
+        for i in (cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+        if i is not None
+    }
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     batches = make_batches(rows, pad, special, settings.max_batch_tokens)
-    inputs.update(tokenizer=tok.describe(), rows=len(rows), tokens_total=sum(len(r) for r in rows),
-                  max_length=max_len)
+    inputs.update(tokenizer=tok.describe(), rows=len(rows), tokens_total=sum(len(r) for r in rows), max_length=max_len)
 
     stats = [LayerStats(cfg.experts_in_layer(l) - n_shared) for l in range(L)]
     greedy_kept: list[list[int]] = []
@@ -135,25 +144,49 @@ def profile_model(model: str | os.PathLike | Checkpoint, settings: ProfileSettin
             progress(l + 1, L)
         if n_keep is None:
             return None
-        kept = choose_experts(stats[l].scores().get(settings.method), stats[l].n_routed, n_shared, n_keep, settings.method,
-                              settings.seed, l)
+        kept = choose_experts(
+            stats[l].scores().get(settings.method),
+            stats[l].n_routed,
+            n_shared,
+            n_keep,
+            settings.method,
+            settings.seed,
+            l,
+        )
         greedy_kept.append(kept)
         return slice_layer(layer, kept) if l + 1 < L else None  # later layers see the sliced layer's output
 
     lw = LayerwiseModel(ckpt, parse_dtype(settings.dtype))
     lw.hidden_states([ids for ids, _ in batches], trace=trace, expert_norms=True, after_layer=after_layer)
-    layers_out = [{"layer": l, "experts": cfg.experts_in_layer(l), "shared": n_shared, "routed": st.n_routed,
-                   "tokens": st.tokens, "scores": st.scores()} for l, st in enumerate(stats)]
+    layers_out = [
+        {
+            "layer": l,
+            "experts": cfg.experts_in_layer(l),
+            "shared": n_shared,
+            "routed": st.n_routed,
+            "tokens": st.tokens,
+            "scores": st.scores(),
+        }
+        for l, st in enumerate(stats)
+    ]
     return {
-        "format": PROFILE_FORMAT, "format_version": PROFILE_VERSION,
-        "model": {"path": str(ckpt.path.resolve()), "source": ckpt.source, "fingerprint": ckpt.fingerprint(),
-                  "router_digest": router_digest(ckpt), "num_hidden_layers": L,
-                  "experts_per_layer": [cfg.experts_in_layer(l) for l in range(L)],
-                  "num_shared_experts": n_shared, "num_experts_per_tok": cfg.num_experts_per_tok},
+        "format": PROFILE_FORMAT,
+        "format_version": PROFILE_VERSION,
+        "model": {
+            "path": str(ckpt.path.resolve()),
+            "source": ckpt.source,
+            "fingerprint": ckpt.fingerprint(),
+            "router_digest": router_digest(ckpt),
+            "num_hidden_layers": L,
+            "experts_per_layer": [cfg.experts_in_layer(l) for l in range(L)],
+            "num_shared_experts": n_shared,
+            "num_experts_per_tok": cfg.num_experts_per_tok,
+        },
         "inputs": inputs,
         "settings": {**asdict(settings), "dtype": str(lw.dtype).replace("torch.", "")},
         "greedy": {"keep": n_keep, "method": settings.method, "seed": settings.seed, "kept": greedy_kept}
-        if settings.greedy else None,
+        if settings.greedy
+        else None,
         "tokens": layers_out[0]["tokens"] if layers_out else 0,
         "layers": layers_out,
         "provenance": provenance(),

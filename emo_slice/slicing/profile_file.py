@@ -10,7 +10,6 @@ from emo_slice.artifacts import atomic_write_text
 from emo_slice.errors import DataError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
 
-
 PROFILE_FORMAT = "emo-slice-profile"
 
 
@@ -27,15 +26,17 @@ def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
     try:
         d = json.loads(p.read_text())
     except FileNotFoundError:
-        raise UsageError(f"{flag} {path}: no such file; make one with "
-                         f"`emo-slice profile MODEL --examples SRC --out {path}`") from None
+        raise UsageError(
+            f"{flag} {path}: no such file; make one with `emo-slice profile MODEL --examples SRC --out {path}`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{flag} {path} is not a profile (not JSON); make one with `emo-slice profile`") from None
     if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
         raise DataError(f"{flag} {path} is not an emo-slice profile; make one with `emo-slice profile`")
     if d.get("format_version", 0) > PROFILE_VERSION:
-        raise DataError(f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); "
-                        "upgrade emo-slice")
+        raise DataError(
+            f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); upgrade emo-slice"
+        )
     return d
 
 
@@ -59,8 +60,10 @@ def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profil
     theirs, mine = model.get("fingerprint"), ckpt.fingerprint()
     same = theirs == mine and model.get("router_digest", router_digest(ckpt)) == router_digest(ckpt)
     if not same:
-        raise UsageError(f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
-                         f"{model.get('router_digest')}) than {ckpt.path}; profile this model first")
+        raise UsageError(
+            f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
+            f"{model.get('router_digest')}) than {ckpt.path}; profile this model first"
+        )
 
 
 def concentration(profile: dict, shares=(0.25, 0.125), method: str = "mean-prob") -> list[dict]:

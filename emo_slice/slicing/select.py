@@ -12,8 +12,6 @@ from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.modeling import DecoderLayer
 
-
-
 METHODS = ("mean-prob", "frequency", "reap", "easy-ep", "random")
 
 
@@ -31,13 +29,19 @@ def parse_keep(text: str | int, n_experts: int, n_shared: int, flag: str = "--ke
             return slice_k(n_experts, n_shared, share)
         k = int(s)
     except ValueError:
-        raise UsageError(f"{flag} {text!r} is neither a count nor a share; write e.g. {flag} 16 or {flag} 25%") from None
+        raise UsageError(
+            f"{flag} {text!r} is neither a count nor a share; write e.g. {flag} 16 or {flag} 25%"
+        ) from None
     if k > n_experts:
-        raise UsageError(f"{flag} {k} is more than the {n_experts} experts per layer; "
-                         f"choose {n_shared + 1}..{n_experts} or a share like 25%")
+        raise UsageError(
+            f"{flag} {k} is more than the {n_experts} experts per layer; "
+            f"choose {n_shared + 1}..{n_experts} or a share like 25%"
+        )
     if k <= n_shared:
-        raise UsageError(f"{flag} {k} keeps no routed expert: it counts the {n_shared} shared expert(s), "
-                         f"so choose {n_shared + 1}..{n_experts} or a share like 25%")
+        raise UsageError(
+            f"{flag} {k} keeps no routed expert: it counts the {n_shared} shared expert(s), "
+            f"so choose {n_shared + 1}..{n_experts} or a share like 25%"
+        )
     return k
 
 
@@ -51,8 +55,9 @@ def rank_experts(scores_R: list[float] | None, n_routed: int, method: str, seed:
     return sorted(range(n_routed), key=lambda e: (-scores_R[e], e))
 
 
-def choose_experts(scores_R, n_routed: int, n_shared: int, keep: int, method: str, seed: int = 0,
-                   layer: int = 0) -> list[int]:
+def choose_experts(
+    scores_R, n_routed: int, n_shared: int, keep: int, method: str, seed: int = 0, layer: int = 0
+) -> list[int]:
     """Original ids kept in one layer: the best keep - n_shared routed ones in their original order, then the shared."""
     best = rank_experts(scores_R, n_routed, method, seed, layer)[: keep - n_shared]
     return sorted(best) + list(range(n_routed, n_routed + n_shared))
@@ -96,8 +101,10 @@ def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> lis
     L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
     parts = [p for p in text.split(";")]
     if len(parts) not in (1, L):
-        raise UsageError(f"{flag} gives {len(parts)} lists separated by ';' but the model has {L} layers; "
-                         "give one list for every layer or one per layer")
+        raise UsageError(
+            f"{flag} gives {len(parts)} lists separated by ';' but the model has {L} layers; "
+            "give one list for every layer or one per layer"
+        )
     out = []
     for l in range(L):
         part = parts[0] if len(parts) == 1 else parts[l]
@@ -109,8 +116,9 @@ def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> lis
             raise UsageError(f"{flag} {text!r}: write expert ids as integers, e.g. {flag} 1,3,4,6") from None
         bad = [i for i in ids if not 0 <= i < E]
         if bad:
-            raise UsageError(f"{flag}: expert {bad[0]} does not exist in layer {l} (ids 0..{E - 1}, "
-                             f"{R}..{E - 1} shared)")
+            raise UsageError(
+                f"{flag}: expert {bad[0]} does not exist in layer {l} (ids 0..{E - 1}, {R}..{E - 1} shared)"
+            )
         if len(set(ids)) != len(ids):
             raise UsageError(f"{flag} {text!r} lists an expert twice; list each once")
         routed = sorted(i for i in ids if i < R)
@@ -120,9 +128,16 @@ def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> lis
     return out
 
 
-def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str | None = None,
-               profile: dict | None = None, method: str = "mean-prob", per_layer: bool = False,
-               seed: int = 0) -> SlicePlan:
+def plan_slice(
+    ckpt: Checkpoint,
+    keep: str | int | None = None,
+    *,
+    experts: str | None = None,
+    profile: dict | None = None,
+    method: str = "mean-prob",
+    per_layer: bool = False,
+    seed: int = 0,
+) -> SlicePlan:
     """Turn --keep plus (--experts | a profile | --method random) into kept experts per layer."""
     cfg = ckpt.config
     L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
@@ -134,14 +149,20 @@ def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str 
         routed = parse_expert_list(experts, cfg)
         sizes = {len(r) + n_shared for r in routed}
         if len(sizes) > 1 and not per_layer:
-            raise UsageError("--experts keeps a different number of experts per layer; pass --per-layer to allow "
-                             "that (only EMO's own model code loads such a checkpoint) or list the same count")
+            raise UsageError(
+                "--experts keeps a different number of experts per layer; pass --per-layer to allow "
+                "that (only EMO's own model code loads such a checkpoint) or list the same count"
+            )
         if keep is not None and not per_layer:
             n_keep = parse_keep(keep, E_min, n_shared)
             if n_keep != len(routed[0]) + n_shared:
-                raise UsageError(f"--keep {keep} is {n_keep} experts but --experts lists {len(routed[0])} routed + {n_shared} "
-                                 f"shared = {len(routed[0]) + n_shared}; drop --keep or make them agree")
-        kept = [r + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, r in enumerate(routed)]
+                raise UsageError(
+                    f"--keep {keep} is {n_keep} experts but --experts lists {len(routed[0])} routed + {n_shared} "
+                    f"shared = {len(routed[0]) + n_shared}; drop --keep or make them agree"
+                )
+        kept = [
+            r + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, r in enumerate(routed)
+        ]
         sizes_l = [len(x) for x in kept]
         plan = SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[0], per_layer)
     else:
@@ -155,18 +176,26 @@ def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str 
             scores = [layer["scores"][method] for layer in profile["layers"]]
             g = profile.get("greedy")
             if g and per_layer:
-                raise UsageError("--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
-                                 "for its own per-layer slice; use a one-pass profile for --per-layer")
+                raise UsageError(
+                    "--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
+                    "for its own per-layer slice; use a one-pass profile for --per-layer"
+                )
             if g and (g.get("keep") != n_keep or g.get("method") != method):
-                raise UsageError(f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
-                                 f"its scores only hold for that slice; extract with those or re-run profile "
-                                 f"--greedy --keep {n_keep} --method {method}")
+                raise UsageError(
+                    f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
+                    f"its scores only hold for that slice; extract with those or re-run profile "
+                    f"--greedy --keep {n_keep} --method {method}"
+                )
         if per_layer:
             kept = _global_ranking(cfg, n_keep, scores, method, seed)
             plan = SlicePlan(kept, method, [len(x) for x in kept], True, scores)
         else:
-            kept = [choose_experts(scores[l] if scores else None, cfg.experts_in_layer(l) - n_shared, n_shared, n_keep, method, seed, l)
-                    for l in range(L)]
+            kept = [
+                choose_experts(
+                    scores[l] if scores else None, cfg.experts_in_layer(l) - n_shared, n_shared, n_keep, method, seed, l
+                )
+                for l in range(L)
+            ]
             plan = SlicePlan(kept, method, n_keep, False, scores)
         if profile is not None:
             plan.profile = {key: profile.get(key) for key in ("model", "inputs", "settings", "greedy", "provenance")}
@@ -174,7 +203,8 @@ def plan_slice(ckpt: Checkpoint, keep: str | int | None = None, *, experts: str 
     if smallest <= k:
         plan.warnings.append(
             f"keeping {smallest} <= {k} experts per token: every kept expert fires on every token "
-            f"(num_experts_per_tok becomes {min(k, smallest)}); the slice acts as a dense model")
+            f"(num_experts_per_tok becomes {min(k, smallest)}); the slice acts as a dense model"
+        )
     return plan
 
 
@@ -186,10 +216,14 @@ def _global_ranking(cfg: EmoConfig, n_keep: int, scores, method: str, seed: int)
     if method == "random":
         g = torch.Generator().manual_seed(seed)
         scores = [torch.rand(cfg.experts_in_layer(l) - n_shared, generator=g).tolist() for l in range(L)]
-    chosen = [set(choose_experts(scores[l], cfg.experts_in_layer(l) - n_shared, 0, floor, method, seed, l))
-              for l in range(L)]
+    chosen = [
+        set(choose_experts(scores[l], cfg.experts_in_layer(l) - n_shared, 0, floor, method, seed, l)) for l in range(L)
+    ]
     rest = sorted(((-scores[l][e], l, e) for l in range(L) for e in range(len(scores[l])) if e not in chosen[l]))
     budget = L * (n_keep - n_shared) - sum(len(c) for c in chosen)
-    for _, l, e in rest[:max(budget, 0)]:
+    for _, l, e in rest[: max(budget, 0)]:
         chosen[l].add(e)
-    return [sorted(c) + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, c in enumerate(chosen)]
+    return [
+        sorted(c) + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l)))
+        for l, c in enumerate(chosen)
+    ]

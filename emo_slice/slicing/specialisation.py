@@ -38,11 +38,18 @@ def overlap(profiles: dict[str, dict], routed_kept: int, method: str = "mean-pro
         raise UsageError("overlap needs profiles of at least two domains")
     sets = {d: kept_sets(p, routed_kept, method) for d, p in profiles.items()}
     L = len(next(iter(sets.values())))
-    pairs = {f"{a}|{b}": [jaccard(sets[a][l], sets[b][l]) for l in range(L)]
-             for a, b in itertools.combinations(sorted(sets), 2)}
+    pairs = {
+        f"{a}|{b}": [jaccard(sets[a][l], sets[b][l]) for l in range(L)]
+        for a, b in itertools.combinations(sorted(sets), 2)
+    }
     per_layer = [sum(v[l] for v in pairs.values()) / len(pairs) for l in range(L)]
-    return {"routed_kept": routed_kept, "method": method, "per_layer": per_layer, "mean": sum(per_layer) / L,
-            "pairs": pairs}
+    return {
+        "routed_kept": routed_kept,
+        "method": method,
+        "per_layer": per_layer,
+        "mean": sum(per_layer) / L,
+        "pairs": pairs,
+    }
 
 
 def usage_heatmap(models: dict[str, dict[str, dict]], out: str | os.PathLike, method: str = "mean-prob") -> Path | None:
@@ -60,8 +67,7 @@ def usage_heatmap(models: dict[str, dict[str, dict]], out: str | os.PathLike, me
     names = list(models)
     domains = sorted(next(iter(models.values())))
     L = len(next(iter(models[names[0]].values()))["layers"])
-    fig, axes = plt.subplots(len(names), L, figsize=(3.2 * L, 1.2 + 0.45 * len(domains) * len(names)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(names), L, figsize=(3.2 * L, 1.2 + 0.45 * len(domains) * len(names)), squeeze=False)
     for i, name in enumerate(names):
         for l in range(L):
             rows = []

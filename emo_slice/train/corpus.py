@@ -29,16 +29,23 @@ EOS_NAMES = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>")
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     """A byte-level BPE trained on `texts` with the `tokenizers` library: EOS id 0, pad id 1."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 258 + 2:
-        raise UsageError(f"--vocab-size {vocab_size} is too small for a byte-level BPE; choose at least 260 "
-                         "(or --tokenizer bytes for 256)")
+        raise UsageError(
+            f"--vocab-size {vocab_size} is too small for a byte-level BPE; choose at least 260 "
+            "(or --tokenizer bytes for 256)"
+        )
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return Tokenizer(tok, tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN), "trained byte-level BPE")
 
@@ -60,15 +67,19 @@ def resolve_tokenizer(spec: str, texts: list[str], vocab_size: int) -> Tokenizer
     elif p.is_dir():
         tok = load_tokenizer(p)
         if tok.kind == "byte-level":
-            raise UsageError(f"--tokenizer {spec} has no tokenizer.json; give a folder that has one, or --tokenizer bytes")
+            raise UsageError(
+                f"--tokenizer {spec} has no tokenizer.json; give a folder that has one, or --tokenizer bytes"
+            )
     else:
         raise UsageError(f"--tokenizer {spec}: not a folder or tokenizer.json; give one, or 'bytes' / 'train'")
     if tok.eos_token_id is None:
         vocab = tok.backend.get_vocab(with_added_tokens=True)
         found = [vocab[n] for n in EOS_NAMES if n in vocab]
         if not found:
-            raise UsageError(f"--tokenizer {spec}: cannot tell its end-of-document token; give a folder whose "
-                             f"config.json sets eos_token_id, or a tokenizer with one of {', '.join(EOS_NAMES)}")
+            raise UsageError(
+                f"--tokenizer {spec}: cannot tell its end-of-document token; give a folder whose "
+                f"config.json sets eos_token_id, or a tokenizer with one of {', '.join(EOS_NAMES)}"
+            )
         tok.eos_token_id = found[0]
     if tok.pad_token_id is None:
         tok.pad_token_id = tok.eos_token_id
@@ -84,7 +95,7 @@ def write_tokens(docs: list[str], tok: Tokenizer, path: Path, chunk: int = 256) 
     n = 0
     with atomic_output_file(path) as tmp, open(tmp, "wb") as f:
         for s in range(0, len(docs), chunk):
-            for ids in tok.encode_batch(docs[s:s + chunk]):
+            for ids in tok.encode_batch(docs[s : s + chunk]):
                 arr = np.asarray(list(ids) + [tok.eos_token_id], dtype=np.uint32)
                 f.write(arr.astype("<u4").tobytes())
                 n += len(arr)
@@ -101,8 +112,15 @@ def prepare_corpus(cfg, folder: Path, vocab_size: int) -> tuple[Tokenizer, dict]
 
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
-    key = {"data": str(cfg.data), "field": cfg.field, "split": cfg.split, "valid_data": cfg.valid_data,
-           "valid_share": cfg.valid_share, "tokenizer": cfg.tokenizer, "vocab_size": vocab_size}
+    key = {
+        "data": str(cfg.data),
+        "field": cfg.field,
+        "split": cfg.split,
+        "valid_data": cfg.valid_data,
+        "valid_share": cfg.valid_share,
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": vocab_size,
+    }
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == key and (folder / "train.bin").exists():
@@ -124,9 +142,19 @@ def prepare_corpus(cfg, folder: Path, vocab_size: int) -> tuple[Tokenizer, dict]
     if tok.kind != "byte-level":
         tok.save(folder)
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    meta = {"key": key, "hash": h, "train_tokens": n_train, "valid_tokens": n_valid, "train_documents": len(train),
-            "valid_documents": len(valid), "tokenizer": tok.describe(), "tokenizer_kind": tok.kind,
-            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "vocab_size": tok.vocab_size}
+    meta = {
+        "key": key,
+        "hash": h,
+        "train_tokens": n_train,
+        "valid_tokens": n_valid,
+        "train_documents": len(train),
+        "valid_documents": len(valid),
+        "tokenizer": tok.describe(),
+        "tokenizer_kind": tok.kind,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+        "vocab_size": tok.vocab_size,
+    }
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return tok, meta
 
@@ -148,8 +176,10 @@ class TokenWindows:
         self.T = seq_len
         self.n_windows = (len(self.tokens) - 1) // seq_len
         if self.n_windows < 1:
-            raise DataError(f"{path} holds {len(self.tokens)} tokens, fewer than one window of --seq-len {seq_len}+1; "
-                            "give more text or a shorter --set seq_len")
+            raise DataError(
+                f"{path} holds {len(self.tokens)} tokens, fewer than one window of --seq-len {seq_len}+1; "
+                "give more text or a shorter --set seq_len"
+            )
         self.seed, self.shuffle = seed, shuffle
         self._perm_epoch, self._perm = -1, None
 
@@ -167,7 +197,7 @@ class TokenWindows:
         """Tokens of the `sample`-th window in the stream (T+1 of them)."""
         epoch, pos = divmod(sample, self.n_windows)
         w = int(self._order(epoch)[pos])
-        return np.asarray(self.tokens[w * self.T: w * self.T + self.T + 1], dtype=np.int64)
+        return np.asarray(self.tokens[w * self.T : w * self.T + self.T + 1], dtype=np.int64)
 
     def batch(self, first_sample: int, n: int) -> torch.Tensor:
         """[B, T+1] int64 with B = n rows: samples first_sample .. first_sample + n - 1."""

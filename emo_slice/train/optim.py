@@ -28,8 +28,10 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     matrices with cfg.weight_decay; embeddings and parameters of fewer than 2 dimensions without."""
     params = dict(model.named_parameters())
     no_decay = {n for n, p in params.items() if p.ndim < 2 or "embed_tokens" in n}
-    groups = [{"params": [p for n, p in params.items() if n not in no_decay], "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for n, p in params.items() if n not in no_decay], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
 
 

@@ -29,8 +29,9 @@ def _mix(h: torch.Tensor, v) -> torch.Tensor:
     return h ^ (h >> 7)
 
 
-def pool_draw(input_ids_BT: torch.Tensor, eos: int, p_min: int, p_max: int, seed: int, step: int,
-              first_row: int) -> Callable[[int, int], torch.Tensor]:
+def pool_draw(
+    input_ids_BT: torch.Tensor, eos: int, p_min: int, p_max: int, seed: int, step: int, first_row: int
+) -> Callable[[int, int], torch.Tensor]:
     """A callable (layer, num_segments) -> pool size per segment [G], for EmoForCausalLM(pool_size=...).
 
     Sizes are uniform on [p_min, p_max], a deterministic hash of (seed, step, layer, global row,

@@ -26,14 +26,32 @@ import torch.nn.functional as F
 from emo_slice.errors import UsageError
 from emo_slice.model.modeling import EmoForCausalLM, init_weights
 from emo_slice.model.routing import attention_documents, routing_segments
-from emo_slice.train.checkpointing import (STATE_FILE, latest_checkpoint, load_checkpoint, prepare_run_folder,
-                                           save_checkpoint)
+from emo_slice.train.checkpointing import (
+    STATE_FILE,
+    latest_checkpoint,
+    load_checkpoint,
+    prepare_run_folder,
+    save_checkpoint,
+)
 from emo_slice.train.config import TrainConfig
 from emo_slice.train.corpus import TokenWindows, prepare_corpus
-from emo_slice.train.distributed import (barrier, gradient_sync, init_distributed, mean_over_ranks, shutdown,
-                                         sum_over_ranks, wrap_model)
-from emo_slice.train.losses import (all_reduce_counts, document_entropy, expert_counts, load_imbalance, lm_z_loss,
-                                    moe_losses)
+from emo_slice.train.distributed import (
+    barrier,
+    gradient_sync,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+    sum_over_ranks,
+    wrap_model,
+)
+from emo_slice.train.losses import (
+    all_reduce_counts,
+    document_entropy,
+    expert_counts,
+    lm_z_loss,
+    load_imbalance,
+    moe_losses,
+)
 from emo_slice.train.optim import build_optimizer, clip_gradients, lr_at, set_lr
 from emo_slice.train.pools import pool_draw
 from emo_slice.train.runlog import append_record, progress_bar, trim_log
@@ -58,8 +76,10 @@ class Trainer:
         cfg.eval_pool_size(arch)
         mb = cfg.micro_batch_size or max(1, cfg.batch_size // self.world)
         if cfg.batch_size % (mb * self.world):
-            raise UsageError(f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {self.world} "
-                             f"rank(s); choose a --micro-batch-size that divides {max(1, cfg.batch_size // self.world)}")
+            raise UsageError(
+                f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {self.world} "
+                f"rank(s); choose a --micro-batch-size that divides {max(1, cfg.batch_size // self.world)}"
+            )
         self.mb, self.accum = mb, cfg.batch_size // (mb * self.world)
         self.out = Path(cfg.out).expanduser().absolute()
         if self.rank == 0:
@@ -81,8 +101,10 @@ class Trainer:
         model_vocab = cfg.model.get("vocab_size", vocab)
         if self.tok.vocab_size > model_vocab:
             if "vocab_size" in cfg.model:
-                raise UsageError(f"the tokenizer has {self.tok.vocab_size} tokens but --set vocab_size={model_vocab}; "
-                                 f"choose vocab_size >= {self.tok.vocab_size}")
+                raise UsageError(
+                    f"the tokenizer has {self.tok.vocab_size} tokens but --set vocab_size={model_vocab}; "
+                    f"choose vocab_size >= {self.tok.vocab_size}"
+                )
             model_vocab = -(-self.tok.vocab_size // 64) * 64
         self.mcfg = cfg.model_config(model_vocab, self.tok.eos_token_id, self.tok.pad_token_id)
         self.train_data = TokenWindows(self.out / "data" / "train.bin", cfg.seq_len, cfg.seed)
@@ -141,8 +163,9 @@ class Trainer:
             ce = F.cross_entropy(logits_NV, tgt_BT.reshape(-1))
             lmz = lm_z_loss(logits_NV)
             counts_LR = torch.stack([expert_counts(r) for r in out["routing"]])
-            lb, z = moe_losses(out["routing"], step_counts_LR if step_counts_LR is not None
-                               else all_reduce_counts(counts_LR))
+            lb, z = moe_losses(
+                out["routing"], step_counts_LR if step_counts_LR is not None else all_reduce_counts(counts_LR)
+            )
             loss = ce + cfg.lm_z_weight * lmz + cfg.lb_weight * lb + cfg.z_weight * z
             (loss / self.accum).backward()
         return inp_BT, out["routing"], [ce.item(), lb.item(), z.item(), lmz.item()], counts_LR
@@ -169,12 +192,22 @@ class Trainer:
         imbalance = load_imbalance(all_reduce_counts(counts_LR))
         dt = time.perf_counter() - t0
         tokens = cfg.batch_size * cfg.seq_len
-        return {"kind": "train", "step": self.step, "loss": ce,
-                "total_loss": ce + cfg.lm_z_weight * lmz + cfg.lb_weight * lb + cfg.z_weight * z,
-                "lb": lb, "router_z": z, "lm_z": lmz, "grad_norm": grad_norm, "lr": lr,
-                "tokens": self.step * tokens, "tokens_per_s": tokens / dt, "step_s": dt,
-                "imbalance": [round(v, 4) for v in imbalance],
-                "doc_entropy": [round(document_entropy(r, seg_N), 4) for r in routings]}
+        return {
+            "kind": "train",
+            "step": self.step,
+            "loss": ce,
+            "total_loss": ce + cfg.lm_z_weight * lmz + cfg.lb_weight * lb + cfg.z_weight * z,
+            "lb": lb,
+            "router_z": z,
+            "lm_z": lmz,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "tokens": self.step * tokens,
+            "tokens_per_s": tokens / dt,
+            "step_s": dt,
+            "imbalance": [round(v, 4) for v in imbalance],
+            "doc_entropy": [round(document_entropy(r, seg_N), 4) for r in routings],
+        }
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -202,9 +235,19 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
     def save(self, name: str) -> Path:
         """Write out/<name> (HF EMO layout + training state) atomically and point out/latest at it."""
-        return save_checkpoint(self.out, name, self.model, self.optimizer, step=self.step, cfg=self.cfg,
-                               mcfg=self.mcfg, rank=self.rank, world=self.world, tokenizer=self.tok,
-                               data_meta=self.meta)
+        return save_checkpoint(
+            self.out,
+            name,
+            self.model,
+            self.optimizer,
+            step=self.step,
+            cfg=self.cfg,
+            mcfg=self.mcfg,
+            rank=self.rank,
+            world=self.world,
+            tokenizer=self.tok,
+            data_meta=self.meta,
+        )
 
     def load_latest(self) -> None:
         """Continue from the checkpoint out/latest names (weights, optimizer, RNG, step)."""
@@ -235,7 +278,9 @@ class Trainer:
                     progress.update(task, completed=self.step, loss=rec["loss"], tps=rec["tokens_per_s"])
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                         self._log(self.evaluate())
-                    if self.step < cfg.steps and (self.step == stop or (cfg.save_every and self.step % cfg.save_every == 0)):
+                    if self.step < cfg.steps and (
+                        self.step == stop or (cfg.save_every and self.step % cfg.save_every == 0)
+                    ):
                         last = self.save(f"step-{self.step:06d}")
             if self.step >= cfg.steps:
                 self._log(self.evaluate())

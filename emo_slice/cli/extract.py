@@ -1,0 +1,134 @@
+"""`emo-slice extract`: write a checkpoint holding K experts per layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from emo_slice.cli import app, cli_errors, console, print_json, warning_line
+from emo_slice.cli.options import (
+    ComputeDType,
+    DType,
+    Examples,
+    Field,
+    Greedy,
+    MaxLength,
+    MaxShardSize,
+    Method,
+    Overwrite,
+    Shots,
+    Split,
+    keep_option,
+    method_option,
+    out_option,
+    save_dtype_option,
+    seed_option,
+    value,
+)
+
+EPILOG = """Examples:
+
+  emo-slice extract ./Emo_1b14b_1T --keep 16 --profile code.profile.json --out ./emo-code-16
+
+  emo-slice extract ./model --keep 12.5% --examples tasks/code.jsonl --shots 5 --out ./slice
+
+  emo-slice extract ./model --experts 1,3,4,6 --out ./slice          (same experts in every layer)
+
+  emo-slice extract ./model --keep 16 --method random --seed 1 --out ./random-16
+
+  emo-slice extract ./model --keep 16 --profile p.json --per-layer --out ./var   (EMO model code only)
+"""
+
+
+@app.command(epilog=EPILOG)
+@cli_errors
+def extract(
+    model: Annotated[
+        str, typer.Argument(help="Checkpoint folder or Hub id to slice (never modified).", show_default=False)
+    ],
+    out: Annotated[Path, out_option("Folder for the sliced checkpoint (absent or empty, and outside the source).")],
+    keep: Annotated[Optional[str], keep_option()] = None,
+    profile_path: Annotated[
+        Optional[Path], typer.Option("--profile", help="Profile file from `emo-slice profile`.", show_default=False)
+    ] = None,
+    examples: Examples = None,
+    experts: Annotated[
+        Optional[str],
+        typer.Option(
+            "--experts",
+            help="Routed experts to keep by hand: '1,3,4,6' in every layer, or one list per layer separated by ';'.",
+            show_default=False,
+        ),
+    ] = None,
+    method: Annotated[Method, method_option()] = Method.mean_prob,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="Rank experts across layers (different K per "
+            "layer, written as num_experts_per_layer): EMO's own model code only.",
+        ),
+    ] = False,
+    save_dtype: Annotated[Optional[DType], save_dtype_option("unchanged, bytes copied verbatim")] = None,
+    max_shard_size: MaxShardSize = "5GB",
+    overwrite: Overwrite = False,
+    field: Field = "text",
+    split: Split = None,
+    shots: Shots = None,
+    max_length: MaxLength = 1024,
+    dtype: ComputeDType = None,
+    greedy: Greedy = False,
+    seed: Annotated[int, seed_option("--method random and of the demonstrations draw")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest (slice.json) as JSON.")] = False,
+):
+    """Write a checkpoint holding K experts per layer, chosen by a profile, examples, ids or at random.
+
+    Shared experts are always kept, last; kept routed experts keep their order and are renumbered,
+    router rows sliced, nothing rescaled. Tensors whose dtype does not change are copied as byte
+    ranges; every other file is copied; slice.json records what was kept and why. Stock EMO model code
+    and its vLLM plugin load the result unchanged. --field, --split, --shots, --max-length, --dtype and
+    --greedy apply to --examples."""
+    from emo_slice.cli.display import progress_bars
+    from emo_slice.slicing.pipeline import make_slice
+
+    with progress_bars({"profiling": "layers", "writing slice": "bytes"}, enabled=not json_out) as bar:
+        manifest = make_slice(
+            model,
+            out,
+            keep=keep,
+            profile_path=profile_path,
+            examples=examples,
+            experts=experts,
+            method=value(method),
+            per_layer=per_layer,
+            greedy=greedy,
+            seed=seed,
+            save_dtype=value(save_dtype),
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            field=field,
+            split=split,
+            shots=shots,
+            max_length=max_length,
+            dtype=value(dtype),
+            progress=bar,
+            warn=warning_line,
+        )
+    if json_out:
+        print_json(manifest)
+        return
+    kept = manifest["kept_experts"]
+    console.print(
+        f"wrote {out}: {manifest['keep']} experts per layer (num_experts_per_tok "
+        f"{manifest['num_experts_per_tok']}), method {manifest['method']}, {len(manifest['files'])} "
+        "weight files"
+    )
+    if all(k == kept[0] for k in kept):
+        console.print(f"kept experts (original ids, every layer): {kept[0]}")
+        return
+    for layer, ids in enumerate(kept[:4]):
+        console.print(f"layer {layer}: {ids}")
+    if len(kept) > 4:
+        console.print(f"... {len(kept) - 4} more layers in {out}/slice.json")

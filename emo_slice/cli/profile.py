@@ -1,0 +1,94 @@
+"""`emo-slice profile`: score every routed expert on calibration input; write a reusable profile file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+from emo_slice.cli import app, cli_errors, console, err_console, print_json
+from emo_slice.cli.options import (
+    ComputeDType,
+    Examples,
+    Field,
+    Greedy,
+    Json,
+    MaxLength,
+    Method,
+    ModelArg,
+    Overwrite,
+    Shots,
+    Split,
+    keep_option,
+    method_option,
+    out_option,
+    seed_option,
+    value,
+)
+
+EPILOG = """Examples:
+
+  emo-slice profile ./Emo_1b14b_1T --examples code-5shot.txt --out code.profile.json
+
+  emo-slice profile ./model --examples tasks/code.jsonl --shots 5 --out code.profile.json
+
+  emo-slice profile ./model --examples docs.jsonl --field text --greedy --keep 16 --out code.greedy.json
+"""
+
+
+@app.command(epilog=EPILOG)
+@cli_errors
+def profile(
+    model: ModelArg,
+    examples: Examples,
+    out: Annotated[
+        Optional[Path],
+        out_option("Profile file to write (JSON). Default: MODELNAME.profile.json in the current folder."),
+    ] = None,
+    overwrite: Overwrite = False,
+    field: Field = "text",
+    split: Split = None,
+    shots: Shots = None,
+    seed: Annotated[int, seed_option("the demonstrations draw (and of --method random with --greedy)")] = 0,
+    max_length: MaxLength = 1024,
+    dtype: ComputeDType = None,
+    greedy: Greedy = False,
+    keep: Annotated[Optional[str], keep_option("Only with --greedy.")] = None,
+    method: Annotated[Method, method_option("Only with --greedy: how earlier layers are sliced.")] = Method.mean_prob,
+    json_out: Json = False,
+):
+    """Score every routed expert on calibration input; write a reusable profile file.
+
+    Scores per layer: mean router probability (EMO's default), selection frequency, REAP, EASY-EP and
+    token counts. Runs layer by layer from the memory-mapped checkpoint (peak memory: about one layer
+    plus activations). The profile file is reusable: `extract` slices at any K and method from it
+    without running the model again."""
+    from emo_slice.cli.display import concentration_table, progress_bars
+    from emo_slice.slicing.pipeline import profile_summary, write_profile
+    from emo_slice.slicing.profile import ProfileSettings
+
+    settings = ProfileSettings(
+        examples=examples,
+        field=field,
+        split=split,
+        shots=shots,
+        seed=seed,
+        max_length=max_length,
+        dtype=value(dtype),
+        greedy=greedy,
+        keep=keep,
+        method=value(method),
+    )
+    with progress_bars({"profiling": "layers"}, enabled=not json_out) as bar:
+        prof, path = write_profile(model, out, settings, overwrite=overwrite, progress=bar)
+    summary = profile_summary(prof, path)
+    if json_out:
+        print_json(summary)
+        return
+    err_console.print(f"tokenizer: {summary['tokenizer']}")
+    console.print(concentration_table(summary))
+    g = summary["greedy"]
+    console.print(
+        f"wrote {path} ({summary['tokens']:,} tokens, {summary['layers']} layers"
+        + (f", greedy K={g['keep']} {g['method']}" if g else "")
+        + f"). Next: emo-slice extract {model} --keep K --profile {path} --out DIR"
+    )

@@ -1,0 +1,98 @@
+"""A pretraining run from the command line's point of view: the configuration it resolves to, checked
+before anything is written, and the summary of what it did (what `emo-slice pretrain` runs around Trainer).
+
+- `resolve_config(out, preset=..., options=..., settings=...)`: the preset's configuration, or with
+  resume the run's own train_config.json; then the explicit options; then the `--set key=value` list.
+- `check_config(cfg)`: every check the Trainer makes before touching the disk (fields, architecture,
+  pools, micro-batch split), so `--show-config` never prints a configuration that would not run.
+- `run_summary(out, checkpoint)`: last step, loss and evaluation, from the run's log.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from emo_slice.errors import DataError, UsageError
+from emo_slice.train.config import TrainConfig, apply_overrides, train_preset
+
+CONFIG_FILE = "train_config.json"
+LOG_FILE = "log.jsonl"
+
+
+def resolve_config(
+    out: str | os.PathLike,
+    *,
+    preset: str = "small",
+    resume: bool = False,
+    overwrite: bool = False,
+    fsdp: bool = False,
+    options: dict | None = None,
+    settings: list[str] | None = None,
+) -> TrainConfig:
+    """The configuration a run in `out` uses. options: explicit fields (None = not given), applied on the
+    preset (or, with resume, on the run's saved configuration); settings: `key=value` overrides, applied last.
+    On resume, stop_after is only what this call gives (the saved run's stop is not inherited)."""
+    saved = Path(out) / CONFIG_FILE
+    if resume and saved.exists():
+        try:
+            cfg = TrainConfig(**json.loads(saved.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataError(
+                f"{saved} is not a train_config.json emo-slice wrote ({e}); start without --resume"
+            ) from None
+    else:
+        cfg = train_preset(preset)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    apply_overrides(cfg, given)
+    apply_overrides(cfg, list(settings or []))
+    cfg.out, cfg.resume, cfg.overwrite = str(out), resume, overwrite
+    cfg.fsdp = cfg.fsdp or fsdp
+    if resume:
+        cfg.stop_after = given.get("stop_after")
+    return cfg
+
+
+def check_config(cfg: TrainConfig, world_size: int | None = None) -> None:
+    """Refuse (UsageError) a configuration the Trainer would refuse, without touching the disk."""
+    cfg.validate()
+    arch = cfg.model_config()
+    if cfg.router == "emo":
+        cfg.pool_range(arch)
+    cfg.eval_pool_size(arch)
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    mb = cfg.micro_batch_size or max(1, cfg.batch_size // world)
+    if mb < 1 or cfg.batch_size % (mb * world):
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {world} rank(s); "
+            f"choose a --micro-batch-size that divides {max(1, cfg.batch_size // world)}"
+        )
+
+
+def run_summary(out: str | os.PathLike, checkpoint: str | os.PathLike, world_size: int = 1) -> dict:
+    """checkpoint, steps, final training loss, last evaluation record, log path, world size."""
+    log_path = Path(out) / LOG_FILE
+    log = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
+    train = [r for r in log if r.get("kind") == "train"]
+    evals = [r for r in log if r.get("kind") == "eval"]
+    return {
+        "checkpoint": str(checkpoint),
+        "steps": train[-1]["step"] if train else 0,
+        "final_loss": train[-1]["loss"] if train else None,
+        "eval": evals[-1] if evals else None,
+        "log": str(log_path),
+        "world_size": world_size,
+    }
+
+
+def summary_line(summary: dict) -> str:
+    """One line for people: step, training loss, validation losses, checkpoint."""
+    ev = summary["eval"] or {}
+    val = ", ".join(f"{k[9:]} {v:.4f}" for k, v in ev.items() if k.startswith("val_loss_"))
+    loss = f", train loss {summary['final_loss']:.4f}" if summary["final_loss"] is not None else ""
+    return (
+        f"done: step {summary['steps']}{loss}"
+        + (f", validation loss {val}" if val else "")
+        + f"; checkpoint {summary['checkpoint']}"
+    )
