@@ -69,3 +69,29 @@ def test_sampling_is_seeded_and_top_p_near_zero_is_greedy():
         model, [prompt], 10, do_sample=True, top_p=1e-6, generator=torch.Generator().manual_seed(7)
     )
     assert tiny_p[0].tolist() == _greedy_by_full_forward(model, prompt, 10)
+
+
+def test_cli_generate_side_by_side_equals_the_library(fixtures, tmp_path):
+    import json
+
+    from conftest import assert_one_line_error, invoke
+
+    from emo_slice.io.tokenizer import load_tokenizer
+
+    slice_, full = fixtures / "emo-tiny-keep-1-3-4-6", fixtures / "emo-tiny"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def f(x):\n\nHello, world\n")
+    r = invoke("generate", slice_, "--against", full, "--prompts", prompts, "--max-new-tokens", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["prompts"] == ["def f(x):", "Hello, world"]
+    for label, path in (("model", slice_), ("against", full)):
+        tok = load_tokenizer(path)
+        model = emo_slice.load_model(path, dtype="float32")
+        for p, text in zip(data["prompts"], data["completions"][label]):
+            ids = emo_slice.generate(model, [tok.encode(p)], 8, eos_token_id=tok.eos_token_id)[0, len(tok.encode(p)) :]
+            new = ids.tolist()
+            new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+            assert text == tok.decode(new)
+    assert_one_line_error(invoke("generate", full, "--prompt", "a", "--prompts", prompts), "exactly one")
+    assert_one_line_error(invoke("generate", full, "--prompt", "a", "--device", "cuda:7"), "--device")

@@ -131,7 +131,7 @@ def _root(
 
 
 # each command module registers its command on `app` when imported; `--help` lists them in this order
-COMMANDS = ("info", "init", "profile", "extract", "eval", "demo", "pretrain", "quickstart")
+COMMANDS = ("info", "init", "profile", "extract", "eval", "generate", "demo", "pretrain", "quickstart")
 for _module in COMMANDS:
     importlib.import_module(f"emo_slice.cli.{_module}")
 

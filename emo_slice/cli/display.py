@@ -190,3 +190,17 @@ def eval_tables(data: dict) -> list[Table]:
     t.add_row("tokens/s", *[f"{m['tokens_per_s']:,.0f}" if m["tokens_per_s"] else "-" for m in ms])
     t.add_row("fingerprint", *[m["fingerprint"] for m in ms])
     return tables + [t]
+
+
+def generation_table(result: dict, names: dict[str, str]) -> Table:
+    """Prompts and each model's continuation, side by side."""
+    labels = list(result["completions"])
+    s = result["settings"]
+    how = "greedy" if s["greedy"] else f"sampled (temperature {s['temperature']}, top-p {s['top_p']}, seed {s['seed']})"
+    t = Table(title=f"{s['max_new_tokens']} new tokens, {how}, {s['dtype']} on {s['device']}", show_lines=True)
+    t.add_column("prompt")
+    for label in labels:
+        t.add_column(names.get(label) or label)
+    for i, p in enumerate(result["prompts"]):
+        t.add_row(Text(p), *[Text(result["completions"][label][i]) for label in labels])
+    return t

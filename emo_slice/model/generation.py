@@ -89,3 +89,129 @@ def generate(
         logits_BTV = model(tok_B[:, None], attention_mask=mask_BS, position_ids_BT=next_pos_B[:, None], cache=cache)
         next_pos_B = next_pos_B + 1
     return torch.cat(out, dim=1)
+
+
+def resolve_device(name: str = "auto"):
+    """'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:N' or 'mps' -> torch.device, checked."""
+    from emo_slice.errors import UsageError
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return (
+            torch.device("mps")
+            if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+            else torch.device("cpu")
+        )
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"--device {name}: no such GPU is visible; use --device cpu (or auto)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: Metal is not available here; use --device cpu (or auto)")
+    return device
+
+
+def complete(
+    paths: dict[str, str],
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    dtype: str | None = None,
+    device: str = "auto",
+    progress=None,
+) -> dict:
+    """Continue every prompt with each model ({label: checkpoint}): {"models", "prompts", "completions"}.
+
+    Each model is loaded, run and released in turn; the same prompts, seed and settings for all. Compute
+    dtype: `dtype`, else bfloat16 on a GPU and float32 on the CPU."""
+    from emo_slice.artifacts import provenance
+    from emo_slice.io.loading import load_model
+    from emo_slice.io.tokenizer import load_tokenizer
+
+    dev = resolve_device(device)
+    dt = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    out: dict = {
+        "prompts": prompts,
+        "completions": {},
+        "models": {},
+        "settings": {
+            "max_new_tokens": max_new_tokens,
+            "greedy": greedy,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "dtype": dt,
+            "device": str(dev),
+        },
+        "provenance": provenance(command="emo-slice generate"),
+    }
+    for label, path in paths.items():
+        tok = load_tokenizer(path)
+        model = load_model(path, dtype=dt).to(dev)
+        rows = [tok.encode(p) or [tok.eos_token_id or 0] for p in prompts]
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        ids = generate(
+            model,
+            rows,
+            max_new_tokens,
+            do_sample=not greedy,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            generator=gen,
+        )
+        T = max(len(r) for r in rows)
+        texts = []
+        for b in range(len(rows)):
+            new = ids[b, T:].tolist()
+            if tok.eos_token_id is not None and tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            texts.append(tok.decode(new))
+        out["completions"][label] = texts
+        out["models"][label] = {
+            "path": str(path),
+            "experts_per_layer": [model.config.experts_in_layer(l) for l in range(model.config.num_hidden_layers)],
+        }
+        del model
+        if progress is not None:
+            progress(label)
+    return out
+
+
+def read_prompts(prompt: str | None, path=None, field: str = "prompt") -> list[str]:
+    """The prompts of `--prompt TEXT` or `--prompts FILE` (one per line, or JSONL records with `field`)."""
+    from pathlib import Path
+
+    from emo_slice.errors import DataError, UsageError
+
+    if (prompt is None) == (path is None):
+        raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
+    if prompt is not None:
+        if not prompt:
+            raise UsageError("--prompt is empty; give some text to continue")
+        return [prompt]
+    p = Path(path)
+    if p.suffix in (".jsonl", ".json"):
+        from emo_slice.data.sources import read_records
+
+        texts = [r.get(field) for r in read_records(p, flag="--prompts")]
+        if not all(isinstance(t, str) and t for t in texts):
+            raise DataError(f"--prompts {p}: every record needs a non-empty string field {field!r}")
+        return texts
+    try:
+        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        raise DataError(f"--prompts {p}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"--prompts {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    if not lines:
+        raise DataError(f"--prompts {p} holds no prompt; write one per line")
+    return lines
