@@ -13,7 +13,7 @@ FIXTURES = ["emo-tiny", "emo-tiny-keep-1-3-4-6"]
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-@pytest.mark.parametrize("impl", ["grouped", "loop"])
+@pytest.mark.parametrize("impl", ["grouped", "bmm", "loop"])
 def test_float32_matches_reference(fixtures, name, impl):
     ref = load_file(fixtures / name / "reference_outputs.safetensors")
     model = emo_slice.load_model(fixtures / name, dtype="float32")
@@ -67,8 +67,10 @@ def test_grouped_matmul_equals_loop(dtype):
     wd = torch.randn(E, D, F, generator=g).to(dtype)
     a = expert_mix(x, experts, w, wg, wu, wd, "grouped")
     b = expert_mix(x, experts, w, wg, wu, wd, "loop")
+    c, norms = expert_mix(x, experts, w, wg, wu, wd, "bmm", norms=True)
     tol = 1e-5 if dtype == torch.float32 else 5e-2
     assert torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+    assert torch.allclose(c.float(), b.float(), atol=tol, rtol=tol)
     # and both equal the textbook per-token sum
     ref = torch.zeros(N, D)
     for n in range(N):
@@ -78,6 +80,12 @@ def test_grouped_matmul_equals_loop(dtype):
             h = torch.nn.functional.silu(wg[e].float() @ xe) * (wu[e].float() @ xe)
             ref[n] += w[n, j].float() * (wd[e].float() @ h)
     assert torch.allclose(a.float(), ref, atol=tol * 10, rtol=tol * 10)
+    # the pair norms are each chosen expert's own output norm, before the routing weight
+    for n in range(0, N, 7):
+        for j in range(K):
+            e, xe = experts[n, j], x[n].float()
+            y = wd[e].float() @ (torch.nn.functional.silu(wg[e].float() @ xe) * (wu[e].float() @ xe))
+            assert abs(norms[n, j].item() - y.norm().item()) <= tol * 10 * (1 + y.norm().item())
 
 
 def test_gqa_zero_and_many_shared_experts():
@@ -233,3 +241,21 @@ def test_pool_draw_per_layer_is_keyed_by_the_layer_index():
     for layer, r in enumerate(out["routing"]):
         for s in seg.unique():
             assert int((r.probs_NR[seg == s] > 0).any(0).sum()) == 2 + layer
+
+
+def test_expert_implementations_have_the_same_gradients():
+    g = torch.Generator().manual_seed(1)
+    E, D, F, N, K = 5, 16, 8, 30, 2
+    x0 = torch.randn(N, D, generator=g)
+    experts = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(N)])
+    w0 = torch.rand(N, K, generator=g)
+    ws0 = [torch.randn(E, F, D, generator=g), torch.randn(E, F, D, generator=g), torch.randn(E, D, F, generator=g)]
+    grads = {}
+    for impl in ("loop", "grouped", "bmm"):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        ws = [t.clone().requires_grad_() for t in ws0]
+        expert_mix(x, experts, w, *ws, impl).pow(2).sum().backward()
+        grads[impl] = [x.grad, w.grad] + [t.grad for t in ws]
+    for impl in ("grouped", "bmm"):
+        for a, b in zip(grads[impl], grads["loop"]):  # equal up to float32 rounding of sums in another order
+            assert (a - b).abs().max() <= 1e-6 * b.abs().max(), impl
