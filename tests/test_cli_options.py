@@ -11,6 +11,7 @@ from conftest import invoke, run_cli
 from emo_slice import __version__
 from emo_slice.cli import COMMANDS, app
 from emo_slice.cli.options import Domain, DType, LMMode, Method, Preset, QuickstartSize, Router, TaskFormat
+from emo_slice.cli.export import ExportFormat, OutType
 
 GROUP = typer.main.get_command(app)
 
@@ -40,6 +41,9 @@ def test_enums_are_the_library_lists():
     assert _values(QuickstartSize) == sorted(SIZES, key=_values(QuickstartSize).index) and len(SIZES) == 2
     assert _values(Domain) == list(DOMAINS)
     assert _values(Router) == ["emo", "standard"] and _values(LMMode) == ["rows", "packed"]
+    from emo_slice.export import FORMATS as EXPORT_FORMATS, OUTTYPES
+
+    assert _values(ExportFormat) == list(EXPORT_FORMATS) and _values(OutType) == list(OUTTYPES)
 
 
 @pytest.mark.parametrize(
@@ -59,6 +63,8 @@ def test_enums_are_the_library_lists():
         ("pretrain", "--dtype", DType),
         ("quickstart", "--size", QuickstartSize),
         ("quickstart", "--domain", Domain),
+        ("export", "--format", ExportFormat),
+        ("export", "--outtype", OutType),
     ],
 )
 def test_enum_choices_shown_in_help(command, flag, enum):
@@ -80,13 +86,14 @@ def test_shared_options_mean_the_same_everywhere():
         "init",
         "profile",
         "extract",
+        "export",
         "eval",
         "demo-data",
         "pretrain",
         "quickstart",
     }
     assert len({h for _, h in helps["--overwrite"]}) == 1
-    assert {n for n, _ in helps["--dtype"]} == {"profile", "extract", "eval", "pretrain"}
+    assert {n for n, _ in helps["--dtype"]} == {"profile", "extract", "eval", "generate", "pretrain"}
     assert {h for _, h in helps["--dtype"]} == {"Compute dtype"}
     assert {n for n, _ in helps["--save-dtype"]} == {"extract", "init"}
     assert {h for _, h in helps["--save-dtype"]} == {"Stored dtype of the written weights "}

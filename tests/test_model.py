@@ -259,3 +259,18 @@ def test_expert_implementations_have_the_same_gradients():
     for impl in ("grouped", "bmm"):
         for a, b in zip(grads[impl], grads["loop"]):  # equal up to float32 rounding of sums in another order
             assert (a - b).abs().max() <= 1e-6 * b.abs().max(), impl
+
+
+def test_tied_embeddings_load_tied_whole_and_layer_by_layer(tmp_path):
+    cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_experts=9,
+                    num_experts_per_tok=3, vocab_size=64, tie_word_embeddings=True)
+    model = init_weights(EmoForCausalLM(cfg), std=0.2, seed=7).eval()
+    emo_slice.save_model(model, tmp_path / "tied")
+    loaded = emo_slice.load_model(tmp_path / "tied")
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        want = model(ids)
+        assert torch.equal(loaded(ids), want)
+        (lw,) = emo_slice.LayerwiseModel(tmp_path / "tied").forward([ids])
+    assert torch.equal(lw, want)

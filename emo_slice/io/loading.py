@@ -50,6 +50,8 @@ def load_model(path_or_id: str | os.PathLike | Checkpoint, dtype: str | torch.dt
     _check_names(ckpt)
     dt = parse_dtype(dtype) or ckpt.stored_dtype
     model = _empty(lambda: EmoForCausalLM(ckpt.config), dt)
+    if ckpt.config.tie_word_embeddings:  # to_empty gives lm_head its own storage: tie it again
+        model.lm_head.weight = model.model.embed_tokens.weight
     for name in expected_hf_names(ckpt.config):
         target = hf_to_stacked_view(model, name)
         ckpt.read_into(name, target)

@@ -3,6 +3,13 @@
 A model with no tokenizer.json (like the tiny test checkpoints, vocab 256) gets a byte-level
 tokenizer: token id = UTF-8 byte value. `Tokenizer.kind` says which one is in use so callers can
 say it out loud.
+
+`write_tokenizer_files` gives a checkpoint folder the files the ecosystem loads (transformers'
+AutoTokenizer, vLLM, llama.cpp's converter): tokenizer.json, tokenizer_config.json and
+special_tokens_map.json. A byte-level model gets `byte_tokenizer_json()`: a `tokenizers` BPE with no
+merges whose vocabulary is exactly the byte tokens `<0x00>`..`<0xFF>` (ids 0..255) and byte fallback
+on, so every character encodes as its UTF-8 bytes, as `ByteTokenizer` does. `load_tokenizer`
+recognises that file and returns a `ByteTokenizer`.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ class Tokenizer:
     def save(self, folder: str | os.PathLike) -> None:
         self.backend.save(str(Path(folder) / "tokenizer.json"))
 
+    def token(self, token_id: int) -> str | None:
+        """The text of token `token_id` (None if the tokenizer has no such id)."""
+        return self.backend.id_to_token(int(token_id))
+
     def describe(self) -> str:
         return f"tokenizer.json from {self.source} (vocab {self.vocab_size})"
 
@@ -66,8 +77,12 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
-    def save(self, folder: str | os.PathLike) -> None:  # nothing to save: the absence of tokenizer.json says it
-        return None
+    def save(self, folder: str | os.PathLike) -> None:
+        """tokenizer.json of the equivalent `tokenizers` model (ids 0..255 are the bytes)."""
+        (Path(folder) / "tokenizer.json").write_text(byte_tokenizer_json())
+
+    def token(self, token_id: int) -> str | None:
+        return byte_token(token_id) if 0 <= token_id < 256 else None
 
     def describe(self) -> str:
         return "byte-level (no tokenizer.json in the checkpoint: token id = UTF-8 byte)"
@@ -76,19 +91,23 @@ class ByteTokenizer(Tokenizer):
 def load_tokenizer(path_or_id: str | os.PathLike) -> Tokenizer:
     """The tokenizer of a checkpoint folder or Hub id; byte-level when it has no tokenizer.json."""
     from emo_slice.io.checkpoint import resolve_checkpoint
+    from emo_slice.io.safefiles import folder_file
 
     folder = resolve_checkpoint(path_or_id)
     eos = pad = None
     cfg_path = folder / "config.json"
-    if cfg_path.exists():
+    if os.path.lexists(cfg_path):
+        folder_file(folder, "config.json", "config")  # inside the folder and a regular file, or refused
         try:
             cfg = json.loads(cfg_path.read_text())
             eos, pad = cfg.get("eos_token_id"), cfg.get("pad_token_id")
             eos = eos[0] if isinstance(eos, list) else eos
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, IndexError):
             pass
     tj = folder / "tokenizer.json"
-    if not tj.exists():
+    if os.path.lexists(tj):
+        folder_file(folder, "tokenizer.json", "tokenizer")  # a link outside the folder is refused, never read
+    if not tj.exists() or is_byte_tokenizer_file(tj):
         return ByteTokenizer(eos if eos is not None else 0, pad)
     from tokenizers import Tokenizer as HFTokenizer
 
@@ -97,3 +116,76 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> Tokenizer:
     except Exception as e:
         raise CheckpointError(f"{tj} cannot be read by the tokenizers library ({e}); re-download it") from None
     return Tokenizer(backend, eos, pad, str(folder))
+
+
+# ---- byte-level tokenizer.json ------------------------------------------------------------------------
+
+def byte_token(b: int) -> str:
+    """The token text of byte b in the byte tokenizer.json: `<0x41>` for 'A' (the byte-fallback spelling)."""
+    return f"<0x{b:02X}>"
+
+
+def byte_tokenizer_json() -> str:
+    """tokenizer.json of a BPE with vocabulary <0x00>..<0xFF> (id = byte), no merges, byte fallback:
+    every character falls back to its UTF-8 bytes, so it encodes exactly as `ByteTokenizer`."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models
+
+    tok = HFTokenizer(models.BPE(vocab={byte_token(b): b for b in range(256)}, merges=[], byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    return tok.to_str(pretty=True)
+
+
+def is_byte_tokenizer_file(path: str | os.PathLike) -> bool:
+    """True for a tokenizer.json that is the byte tokenizer (as `byte_tokenizer_json` writes it)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return False
+    return (model.get("vocab") == {byte_token(b): b for b in range(256)} and not model.get("merges")
+            and not data.get("added_tokens") and data.get("normalizer") is None
+            and data.get("pre_tokenizer") is None)
+
+
+# ---- the files the ecosystem loads ---------------------------------------------------------------------
+
+def special_tokens(tokenizer: Tokenizer, config) -> dict[str, str]:
+    """{"eos_token": text, "pad_token": text, "bos_token": text} for the ids the model config sets."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    out = {}
+    for key in ("bos_token", "eos_token", "pad_token"):
+        token_id = get(f"{key}_id")
+        token_id = token_id[0] if isinstance(token_id, list) else token_id
+        text = tokenizer.token(token_id) if token_id is not None else None
+        if text is not None:
+            out[key] = text
+    return out
+
+
+def write_tokenizer_files(folder: str | os.PathLike, tokenizer: Tokenizer, config) -> list[str]:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into folder where missing.
+
+    config: the model's EmoConfig or config dict (its eos/pad/bos ids name the special tokens, its
+    max_position_embeddings the model_max_length). Files already in the folder are kept. Returns the
+    names written.
+    """
+    folder = Path(folder)
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    specials = special_tokens(tokenizer, config)
+    files = {
+        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
+                                  "model_max_length": get("max_position_embeddings") or 4096,
+                                  "clean_up_tokenization_spaces": False},
+        "special_tokens_map.json": specials,
+    }
+    written = []
+    if not (folder / "tokenizer.json").exists():
+        tokenizer.save(folder)
+        written.append("tokenizer.json")
+    for name, data in files.items():
+        if not (folder / name).exists():
+            (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            written.append(name)
+    return written
