@@ -1,11 +1,25 @@
-"""Writing artifacts safely: atomic files and folders, output guards, provenance, sizes.
+"""Writing artifacts safely: atomic files and folders, output guards, locks, provenance, sizes.
 
 Every file or folder emo-slice writes goes through here:
-- `atomic_write_text(path, text)` / `atomic_output_dir(out)`: written under a temporary sibling name and
-  renamed into place, so a crash or Ctrl-C never leaves a half-written output; the temporary is removed
-  on any error.
-- `check_output(out, inputs=..., overwrite=...)`: refuses an output equal to, inside, or holding an input
-  folder (a model is never modified), and an existing output without `--overwrite`.
+- `atomic_write_text(path, text)` / `atomic_output_file(path)` / `atomic_output_dir(out)`: written under a
+  temporary sibling name (`.OUT.tmp-PID`) and renamed into place, so a crash or Ctrl-C never leaves a
+  half-written output; the temporary is removed on any error. Every folder written this way carries a
+  marker file, `.emo-slice` (JSON: the command, versions, date), which is what lets `--overwrite`
+  replace it later.
+- `check_output(out, inputs=..., overwrite=...)`, before any work starts, refuses:
+  an output equal to, inside, or holding an input folder (a model is never modified); an output whose
+  folder cannot be written (a parent that is a file, no write permission, a read-only file system);
+  an output another emo-slice process is writing; and an existing output without `--overwrite`.
+  With `--overwrite`, an existing **folder** is replaced only when it is empty or emo-slice made it (it
+  carries the marker), never a folder of other files; an existing **file** is replaced only when it is a
+  regular file, is not one of a model folder's files (a folder holding config.json and weights), and has
+  the suffix the output is written in (`suffixes`, e.g. `.json` for results: `--out thesis.tex
+  --overwrite` is refused). The old output is replaced only after the new one is complete.
+- `output_lock(out)` / `locked(*outs)` (emo_slice/locking.py): a command holds the lock of what it
+  writes, so a second writer of the same output refuses instead of replacing the first one's work;
+  stale temporaries of dead processes (kill -9) are removed when the next writer starts.
+- An `OSError` while writing (permission denied, disk full, read-only file system) becomes one
+  `EmoSliceError` line naming the output, with the temporary removed.
 - `provenance(**extra)`: who wrote an artifact and when (versions, UTC date), recorded in every artifact.
 
 No torch import here: the CLI reaches this module before it knows whether a model will run.
@@ -14,19 +28,102 @@ No torch import here: the CLI reaches this module before it knows whether a mode
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-import shutil
+import shlex
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from emo_slice.errors import UsageError
+from emo_slice.locking import (is_write_error, lock_holder, locked, locked_message, os_error_message, output_lock,
+                               remove, remove_stale, write_error)
+
+MARKER = ".emo-slice"
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
 
 
 def _tmp_name(out: Path, kind: str) -> Path:
     return out.parent / f".{out.name}.{kind}-{os.getpid()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output guards
+# ---------------------------------------------------------------------------------------------
+
+def made_by_emo_slice(folder: str | os.PathLike) -> bool:
+    """Whether `folder` carries the marker every folder emo-slice writes holds."""
+    return (Path(folder) / MARKER).is_file()
+
+
+def _contents(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name != MARKER]
+
+
+def _model_folder(folder: Path) -> bool:
+    """A checkpoint folder: config.json beside weights."""
+    return (folder / "config.json").is_file() and any(any(folder.glob(pat)) for pat in WEIGHT_FILES)
+
+
+def _check_folder(dst: Path, out, overwrite: bool, flag: str) -> None:
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise UsageError(f"{flag} {out} is a file; give a folder path")
+    if not _contents(dst):
+        return
+    if not overwrite:
+        raise UsageError(f"{flag} {out} already exists and is not empty; choose another folder or pass --overwrite")
+    if not made_by_emo_slice(dst):
+        raise UsageError(
+            f"{flag} {out} holds files emo-slice did not write (no {MARKER} marker); --overwrite only replaces "
+            "a folder emo-slice made or an empty one: delete it yourself or choose another folder"
+        )
+
+
+def _check_file(dst: Path, out, overwrite: bool, flag: str, suffixes: Iterable[str] | None) -> None:
+    if dst.is_dir():
+        raise UsageError(f"{flag} {out} is a folder; give a file name")
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not overwrite:
+        raise UsageError(f"{flag} {out} already exists; choose another name or pass --overwrite")
+    if not stat.S_ISREG(dst.lstat().st_mode):
+        raise UsageError(f"{flag} {out} is not a regular file; --overwrite only replaces files; choose another name")
+    if _model_folder(dst.parent):
+        raise UsageError(
+            f"{flag} {out} is a file of the model folder {dst.parent}; emo-slice never replaces a checkpoint's "
+            "files; choose a path outside it"
+        )
+    suffixes = tuple(suffixes or ())
+    if suffixes and dst.suffix.lower() not in suffixes:
+        raise UsageError(
+            f"{flag} {out} exists and is not a {' or '.join(suffixes)} file; --overwrite only replaces a file "
+            "emo-slice can have written there; choose another name"
+        )
+
+
+def check_writable(dst: Path, out, flag: str = "--out") -> None:
+    """Refuse (one line) an output whose folder cannot be written: the nearest existing ancestor of dst's
+    folder is a file, or a folder we may not write in (permissions, read-only file system)."""
+    anc = dst.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UsageError(f"{flag} {out}: {anc} is a file, not a folder; choose another path")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        reason = "read-only file system" if _read_only(anc) else "permission denied"
+        raise UsageError(f"{flag} {out}: cannot write in {anc} ({reason}); choose a folder you can write to")
+
+
+def _read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def check_output(
@@ -36,12 +133,12 @@ def check_output(
     overwrite: bool = False,
     flag: str = "--out",
     folder: bool = False,
+    suffixes: Iterable[str] | None = None,
 ) -> Path:
-    """Validate an output path before any work starts; returns it absolute.
+    """Validate an output path before any work starts (see the module docstring); returns it absolute.
 
-    Refuses: an output equal to or inside an input folder, or holding an input; an existing output
-    without overwrite (an empty folder is fine for folder outputs); a folder where a file is wanted.
-    """
+    folder: the output is a folder (else a file); suffixes: the only suffixes an existing file may have
+    to be replaced with overwrite (lower case, with the dot). Nothing is written."""
     dst = Path(out).expanduser().absolute()
     real = dst.resolve()
     for src in inputs:
@@ -55,17 +152,19 @@ def check_output(
         if real in s.parents:
             raise UsageError(f"{flag} {out} contains the input {s}; choose a path outside it")
     if folder:
-        if dst.exists() and not dst.is_dir():
-            raise UsageError(f"{flag} {out} is a file; give a folder path")
-        if dst.exists() and any(dst.iterdir()) and not overwrite:
-            raise UsageError(f"{flag} {out} already exists and is not empty; choose another folder or pass --overwrite")
+        _check_folder(dst, out, overwrite, flag)
     else:
-        if dst.is_dir():
-            raise UsageError(f"{flag} {out} is a folder; give a file name")
-        if dst.exists() and not overwrite:
-            raise UsageError(f"{flag} {out} already exists; choose another name or pass --overwrite")
+        _check_file(dst, out, overwrite, flag, suffixes)
+    check_writable(dst, out, flag)
+    pid = lock_holder(dst)
+    if pid is not None:
+        raise UsageError(locked_message(dst, pid, flag))
     return dst
 
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------------
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text to path through a temporary sibling renamed into place."""
@@ -73,57 +172,73 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path, "tmp")
-    try:
+    """Write bytes to path through a temporary sibling renamed into place (under the output's lock)."""
+    given = Path(path).expanduser()
+    with atomic_output_file(given) as tmp:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return given
 
 
 @contextlib.contextmanager
 def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write (by any means); renamed to `path` on success, removed on error."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"  # keeps the suffix (savefig picks the format)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = Path(path).expanduser().absolute()
+    with output_lock(path):
+        tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"  # keeps the suffix (savefig picks the format)
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as e:
+            if is_write_error(e, tmp, path):
+                raise write_error(e, path) from None
+            raise
+        finally:
+            remove(tmp)
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success rename it to `out`, on error remove it.
-
-    Refuses an `out` that already holds files unless overwrite (then the old folder is replaced only
-    after the new one is complete).
-    """
+    """Yield a temporary sibling folder; on success mark it (`.emo-slice`) and rename it to `out`, on error
+    remove it. An `out` that holds files is refused unless overwrite, and even then unless emo-slice made
+    it; the old folder is replaced only after the new one is complete."""
     out = Path(out).expanduser().absolute()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UsageError(f"{flag} {out} already exists and is not empty; choose another folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(out, "tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = _tmp_name(out, "old")
+    with output_lock(out, flag):
+        _check_folder(out, out, overwrite, flag)
+        tmp, old = _tmp_name(out, "tmp"), _tmp_name(out, "old")
+        try:
+            remove(tmp)
+            tmp.mkdir()
+            yield tmp
+            _write_marker(tmp)
+            _swap_in(tmp, out, old)
+        except OSError as e:
+            if is_write_error(e, tmp, out, old):
+                raise write_error(e, out) from None
+            raise
+        finally:
+            remove(tmp)
+
+
+def _swap_in(tmp: Path, out: Path, old: Path) -> None:
+    """Rename tmp to out; an existing out is moved aside first and put back if the rename fails."""
+    moved = out.exists() or out.is_symlink()
+    if moved:
+        remove(old)
         os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if moved:
+            os.replace(old, out)
+        raise
+    if moved:
+        remove(old)
+
+
+def _write_marker(folder: Path) -> None:
+    command = shlex.join(["emo-slice", *sys.argv[1:]]) if "emo_slice" in sys.argv[0] or "emo-slice" in sys.argv[0] \
+        else shlex.join(sys.argv)
+    (folder / MARKER).write_text(json.dumps(provenance(created_by="emo-slice", command=command), indent=1) + "\n")
 
 
 def provenance(**extra) -> dict:
@@ -164,3 +279,11 @@ def parse_size(text: str | int, flag: str = "--max-shard-size") -> int:
     if n <= 0:
         raise UsageError(f"{flag} must be positive")
     return n
+
+
+__all__ = [
+    "MARKER", "atomic_output_dir", "atomic_output_file", "atomic_write_bytes", "atomic_write_text", "check_output",
+    "check_writable",
+    "lock_holder", "locked", "made_by_emo_slice", "os_error_message", "output_lock", "parse_size", "provenance",
+    "remove_stale",
+]

@@ -3,13 +3,15 @@
 demo-data -> pretrain (EMO, a few minutes on a CPU) -> profile (a 5-shot example of one domain) ->
 extract (a quarter of the experts) -> eval (slice against full model on that domain's task and held-out
 documents). `steps` returns the commands; `shell_lines` writes them as lines to paste into a shell;
-`prepare_out` checks (and with overwrite empties) the output folder; `run` runs each command as a
+`check_keep` validates --keep before anything runs; `prepare_out` checks (and with overwrite empties, only
+if emo-slice made it) the output folder; `run` runs each command as a
 separate `emo-slice` process, echoing it first, and stops at the first failure.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shlex
 import shutil
@@ -108,29 +110,67 @@ def shell_lines(commands: list[list[str]]) -> list[str]:
     return ["emo-slice " + shlex.join(args) for args in commands]
 
 
-# what a quickstart folder holds: only such a folder is emptied by --overwrite
-QUICKSTART_NAMES = ("data", "emo", "*.profile.json", "emo-*", "eval-*.json", ".*")
+# what a quickstart writes in its folder (older quickstart folders, made before the marker, are recognised by it)
+QUICKSTART_NAMES = ("data", "emo", "*.profile.json", "emo-*", "eval-*.json")
+
+
+def check_keep(size: str, keep: str) -> int:
+    """Validate --keep against the model the quickstart will pretrain, before anything runs."""
+    from emo_slice.model.presets import preset
+    from emo_slice.slicing.select import parse_keep
+
+    args = SIZES[size]["pretrain"]
+    cfg = preset(args[args.index("--preset") + 1])
+    return parse_keep(keep, cfg.num_experts, cfg.num_shared_experts)
+
+
+def _ours(out: Path) -> bool:
+    """Whether emo-slice made the folder: its marker, or (an older quickstart) only quickstart names, each
+    folder among them emo-slice made, empty, or a pretraining run folder."""
+    from emo_slice.artifacts import MARKER, made_by_emo_slice
+
+    if made_by_emo_slice(out):
+        return True
+    for p in out.iterdir():
+        if p.name == MARKER:
+            continue
+        if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES) or p.is_symlink():
+            return False
+        if p.is_dir() and not (made_by_emo_slice(p) or not any(p.iterdir()) or (p / "train_config.json").is_file()):
+            return False
+    return True
 
 
 def prepare_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an output folder that holds files unless overwrite; with overwrite, empty it, but only if
-    everything in it is what a quickstart writes (never delete a folder of other files)."""
-    out = Path(out).expanduser()
+    """Refuse an output folder that holds files unless overwrite; with overwrite, delete it, but only if emo-slice
+    made it (the `.emo-slice` marker `mark_out` writes, or only what a quickstart writes): never a folder of
+    other files. Also refuses a file, or a folder that cannot be written."""
+    from emo_slice.artifacts import MARKER, check_writable
+
+    out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder path")
-    entries = sorted(out.iterdir()) if out.exists() else []
-    if not entries:
-        return out
-    if not overwrite:
+    check_writable(out, out)
+    entries = [p for p in out.iterdir() if p.name != MARKER] if out.exists() else []
+    if entries and not overwrite:
         raise UsageError(f"--out {out} already holds files; pass --overwrite to start afresh or choose another folder")
-    foreign = [p.name for p in entries if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES)]
-    if foreign:
-        raise UsageError(
-            f"--out {out} holds {foreign[0]!r}, which the quickstart did not write; refusing to delete "
-            "it with --overwrite; choose another folder"
-        )
-    shutil.rmtree(out)
+    if entries and not _ours(out):
+        foreign = next((p.name for p in entries if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES)),
+                       None)
+        what = f"holds {foreign!r}, which the quickstart did not write" if foreign else "was not made by emo-slice"
+        raise UsageError(f"--out {out} {what}; refusing to delete it with --overwrite; choose another folder")
+    if entries:
+        shutil.rmtree(out)
     return out
+
+
+def mark_out(out: str | os.PathLike) -> None:
+    """Create the quickstart folder with emo-slice's marker (so a later --overwrite may replace it)."""
+    from emo_slice.artifacts import MARKER, provenance
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps(provenance(created_by="emo-slice quickstart"), indent=1) + "\n")
 
 
 def run(commands: list[list[str]], echo: Callable[[str], None] = print) -> None:

@@ -1,10 +1,16 @@
 """artifacts: atomic writes leave no temporary behind, output guards refuse what would damage an input."""
 
+import errno
+import os
+import subprocess
+import sys
+
 import pytest
 
 from emo_slice import artifacts
-from emo_slice.artifacts import atomic_output_dir, atomic_output_file, atomic_write_text, check_output
-from emo_slice.errors import UsageError
+from emo_slice.artifacts import (MARKER, atomic_output_dir, atomic_output_file, atomic_write_text, check_output,
+                                 made_by_emo_slice, output_lock)
+from emo_slice.errors import EmoSliceError, UsageError
 
 
 def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):
@@ -20,10 +26,10 @@ def test_atomic_write_text_failure_keeps_old_file_and_no_temp(tmp_path, monkeypa
     out.write_text("old")
 
     def boom(src, dst):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
 
     monkeypatch.setattr(artifacts.os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(EmoSliceError, match=f"cannot write {out} .*disk is full"):
         atomic_write_text(out, "new")
     assert out.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
@@ -49,8 +55,8 @@ def test_atomic_output_dir_error_removes_temp_and_keeps_old(tmp_path):
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
     old = tmp_path / "full"
-    old.mkdir()
-    (old / "keep.txt").write_text("precious")
+    with atomic_output_dir(old) as tmp:
+        (tmp / "keep.txt").write_text("precious")
     with pytest.raises(UsageError, match="--overwrite"):
         with atomic_output_dir(old):
             pass
@@ -58,19 +64,34 @@ def test_atomic_output_dir_error_removes_temp_and_keeps_old(tmp_path):
         with atomic_output_dir(old, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("boom")
-    assert [p.name for p in old.iterdir()] == ["keep.txt"] and (old / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in old.iterdir()) == [MARKER, "keep.txt"] and (old / "keep.txt").read_text() == "precious"
     assert [p.name for p in tmp_path.iterdir()] == ["full"]
 
 
 def test_atomic_output_dir_overwrite_replaces_after_success(tmp_path):
     old = tmp_path / "full"
-    old.mkdir()
-    (old / "keep.txt").write_text("old")
+    with atomic_output_dir(old) as tmp:
+        (tmp / "keep.txt").write_text("old")
+    assert made_by_emo_slice(old)
     with atomic_output_dir(old, overwrite=True) as tmp:
         assert (old / "keep.txt").exists()  # the old output stays until the new one is complete
         (tmp / "new.txt").write_text("new")
-    assert [p.name for p in old.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in old.iterdir()) == [MARKER, "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["full"]
+
+
+def test_overwrite_never_replaces_a_folder_emo_slice_did_not_make(tmp_path):
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    with pytest.raises(UsageError, match="did not write"):
+        check_output(user, folder=True, overwrite=True)
+    with pytest.raises(UsageError, match="did not write"):
+        with atomic_output_dir(user, overwrite=True) as tmp:
+            (tmp / "x").write_text("x")
+    assert [p.name for p in user.iterdir()] == ["thesis.tex"] and [p.name for p in tmp_path.iterdir()] == ["thesis"]
+    (user / "thesis.tex").unlink()  # an empty folder (or one holding only the marker) is free to use
+    assert check_output(user, folder=True) == user
 
 
 def test_check_output_refuses_paths_inside_or_around_inputs(tmp_path):
@@ -99,6 +120,9 @@ def test_check_output_existing_outputs(tmp_path):
     (full / "keep.txt").write_text("x")
     with pytest.raises(UsageError, match="not empty.*--overwrite"):
         check_output(full, folder=True)
+    with pytest.raises(UsageError, match="did not write"):
+        check_output(full, folder=True, overwrite=True)
+    (full / MARKER).write_text("{}")
     assert check_output(full, folder=True, overwrite=True) == full
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -108,6 +132,80 @@ def test_check_output_existing_outputs(tmp_path):
     with pytest.raises(UsageError, match="is a file; give a folder path"):
         check_output(f, folder=True, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "empty", "full"]  # nothing written
+
+
+def test_check_output_file_overwrite_rules(tmp_path):
+    """--overwrite replaces a regular file with the output's suffix, never a model's file or a FIFO."""
+    tex = tmp_path / "thesis.tex"
+    tex.write_text("x")
+    with pytest.raises(UsageError, match="not a .json file"):
+        check_output(tex, overwrite=True, suffixes=(".json",))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UsageError, match="file of the model folder"):
+        check_output(model / "config.json", overwrite=True, suffixes=(".json",))
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file"):
+        check_output(fifo, overwrite=True, suffixes=(".json",))
+    ok = tmp_path / "results.json"
+    ok.write_text("old")
+    assert check_output(ok, overwrite=True, suffixes=(".json",)) == ok
+
+
+def test_check_output_refuses_an_unwritable_folder_before_work(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        check_output(blocker / "sub" / "out.json")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        check_output(blocker / "slice", folder=True)
+    monkeypatch.setattr(artifacts.os, "access", lambda path, mode: False)  # what a 0o555 folder gives a non-root user
+    with pytest.raises(UsageError, match="cannot write in .*permission denied"):
+        check_output(tmp_path / "new" / "out.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_write_errors_become_one_line_and_leave_nothing(tmp_path):
+    out = tmp_path / "slice"
+    with pytest.raises(EmoSliceError, match=f"cannot write {out} .*disk is full"):
+        with atomic_output_dir(out) as tmp:
+            (tmp / "a.bin").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write() on a full disk names no file
+    assert list(tmp_path.iterdir()) == []
+    # an error reading a source file is not a write error: it stays an OSError naming that file
+    with pytest.raises(PermissionError):
+        with atomic_output_dir(out):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path.parent / "source.bin"))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(EmoSliceError, match="cannot write"):  # parent folder that is a file
+        (tmp_path / "f").write_text("x")
+        atomic_write_text(tmp_path / "f" / "a.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_lock_is_reentrant_released_and_removes_only_dead_temporaries(tmp_path):
+    out = tmp_path / "deep" / "slice"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, alive_pid = int(dead.stdout), os.getppid()
+    with output_lock(out):
+        pass
+    assert not (tmp_path / "deep").exists()  # the folder made for the lock is gone again: nothing written
+    (tmp_path / "deep").mkdir()
+    for name in (f".slice.tmp-{dead_pid}", f".slice.old-{dead_pid}", f".slice.tmp-{alive_pid}"):
+        (tmp_path / "deep" / name).mkdir()
+    (tmp_path / "deep" / f".slice.tmp-{dead_pid}" / "half.bin").write_bytes(b"x")
+    (tmp_path / "deep" / ".slice.lock").write_text(f"{dead_pid}\n")  # what kill -9 leaves: a lock nobody holds
+    with output_lock(out) as held:
+        assert held == out and (tmp_path / "deep" / ".slice.lock").read_text().strip() == str(os.getpid())
+        with output_lock(out):  # re-entrant: extract inside make_slice
+            pass
+        with atomic_output_dir(out) as tmp:
+            (tmp / "w").write_text("w")
+    names = sorted(p.name for p in (tmp_path / "deep").iterdir())
+    assert names == [f".slice.tmp-{alive_pid}", "slice"]  # stale ones and the lock file removed; a live one kept
 
 
 def test_parse_size():

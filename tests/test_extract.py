@@ -158,7 +158,8 @@ def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     cases = [
         (["--keep", "10", "--method", "random"], "more than the 9 experts"),
         (["--keep", "1", "--method", "random"], "keeps no routed expert"),
-        (["--keep", "0%", "--method", "random"], "neither a count nor a share"),
+        (["--keep", "0%", "--method", "random"], "keeps no expert"),
+        (["--keep", "abc", "--method", "random"], "neither a count nor a share"),
         (["--keep", "4", "--profile", other_profile], "another model"),
         (["--keep", "4", "--examples", tmp_path / "empty.txt"], "empty"),
         (["--keep", "4", "--examples", tmp_path / "nope.txt"], "no such file"),
@@ -178,6 +179,9 @@ def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     assert r.returncode != 0 and "inside the input" in r.stderr and not (tiny_ckpt / "sub").exists()
     r = invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full)
     assert r.returncode != 0 and "--overwrite" in r.stderr and [p.name for p in full.iterdir()] == ["keep.txt"]
+    r = invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite")
+    assert r.returncode == 2 and "did not write" in r.stderr and (full / "keep.txt").exists()  # a user's folder
+    (full / ".emo-slice").write_text("{}")  # a folder emo-slice wrote: --overwrite replaces it
     assert (
         invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite").returncode == 0
     )

@@ -51,7 +51,9 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def cli_errors(fn):
-    """Decorator for command functions: EmoSliceError -> one line on stderr, exit 2."""
+    """Decorator for command functions: EmoSliceError -> one line on stderr, exit 2; any other OSError (an
+    unreadable source file, ...) -> `error: PATH: strerror; ...`, exit 2; Ctrl-C -> exit 130 (the atomic
+    writers have removed their temporaries, so nothing was written)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -59,6 +61,10 @@ def cli_errors(fn):
             return fn(*args, **kwargs)
         except EmoSliceError as e:
             fail(str(e))
+        except OSError as e:
+            from emo_slice.locking import os_error_message
+
+            fail(os_error_message(e))
         except KeyboardInterrupt:
             fail("interrupted; nothing was written", 130)
 
@@ -131,7 +137,7 @@ def _root(
 
 
 # each command module registers its command on `app` when imported; `--help` lists them in this order
-COMMANDS = ("info", "init", "profile", "extract", "eval", "generate", "demo", "pretrain", "quickstart")
+COMMANDS = ("info", "init", "profile", "extract", "export", "eval", "generate", "demo", "pretrain", "quickstart")
 for _module in COMMANDS:
     importlib.import_module(f"emo_slice.cli.{_module}")
 

@@ -110,8 +110,10 @@ def eval_cmd(
     from emo_slice.cli.display import eval_tables, progress_bars
     from emo_slice.eval.harness import check_result_paths, save_results, simple_evaluate, without_samples
 
+    from emo_slice.artifacts import locked
+
     check_result_paths([model, against], out=out, predictions=predictions, overwrite=overwrite)
-    with progress_bars() as bar:
+    with locked((out, "--out"), (predictions, "--predictions")), progress_bars() as bar:
         data = simple_evaluate(
             model,
             against=against,
@@ -133,7 +135,7 @@ def eval_cmd(
             log_samples=predictions is not None,
             progress=bar,
         )
-    save_results(data, out=out, predictions=predictions)
+        save_results(data, out=out, predictions=predictions)
     if json_out:
         print_json(without_samples(data))
         return

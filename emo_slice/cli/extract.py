@@ -87,8 +87,9 @@ def extract(
 
     Shared experts are always kept, last; kept routed experts keep their order and are renumbered,
     router rows sliced, nothing rescaled. Tensors whose dtype does not change are copied as byte
-    ranges; every other file is copied; slice.json records what was kept and why. Stock EMO model code
-    and its vLLM plugin load the result unchanged. --field, --split, --shots, --max-length, --dtype and
+    ranges; of the other files only what a checkpoint needs is copied (tokenizer, generation config,
+    remote code, README/LICENSE: never other weights or training state); slice.json records what was
+    kept and why. Stock EMO model code and its vLLM plugin load the result unchanged. --field, --split, --shots, --max-length, --dtype and
     --greedy apply to --examples."""
     from emo_slice.cli.display import progress_bars
     from emo_slice.slicing.pipeline import make_slice

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from emo_slice.cli import app, cli_errors, console
+from emo_slice.cli import app, cli_errors, console, fail
 from emo_slice.cli.options import Domain, Overwrite, QuickstartSize, out_option, value
 
 EPILOG = """Examples:
@@ -42,11 +42,18 @@ def quickstart(
     from rich.text import Text
 
     from emo_slice import quickstart as qs
+    from emo_slice.artifacts import output_lock
 
     commands = qs.steps(out, value(size), value(domain), keep)
+    qs.check_keep(value(size), keep)
     if dry_run:
         for line in qs.shell_lines(commands):
             typer.echo(line)
         return
-    qs.prepare_out(out, overwrite)
-    qs.run(commands, echo=lambda line: console.print(Text("\n" + line, style="bold"), soft_wrap=True))
+    with output_lock(out):  # a second quickstart into the same folder refuses
+        qs.prepare_out(out, overwrite)
+        qs.mark_out(out)
+        try:
+            qs.run(commands, echo=lambda line: console.print(Text("\n" + line, style="bold"), soft_wrap=True))
+        except KeyboardInterrupt:  # the steps done so far are there: say so, not "nothing was written"
+            fail(f"interrupted; {out} holds the steps done so far; rerun with --overwrite to start afresh", 130)

@@ -1,28 +1,34 @@
 """EMO checkpoints: a safetensors folder (or Hub id) plus its config.json, opened lazily.
 
 `Checkpoint` = `SafetensorsIndex` (shard headers, a few KB each; see io/safetensors.py) + `EmoConfig` +
-`fingerprint()`. Tensors are read one at a time with plain file reads when asked. `resolve_checkpoint`
-turns a local folder or a Hugging Face Hub id (cache first) into a folder. Writing lives in
-io/writer.py (`ShardWriter`) and io/build.py.
+`fingerprint()`, refusing on opening tensors that disagree with config.json (`check_tensors`). Every file
+is read through io/safefiles.py: inside the folder, a regular file. Tensors are read one at a time with
+plain file reads when asked. `resolve_checkpoint` turns a local folder or a Hugging Face Hub id (cache
+first) into a folder. Writing lives in io/writer.py (`ShardWriter`) and io/build.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import stat
 from pathlib import Path
 
 import torch
 
 from emo_slice.errors import CheckpointError, UsageError
+from emo_slice.io.safefiles import folder_file, member_stat, parse_json_bytes
 from emo_slice.io.safetensors import INDEX_NAME, SINGLE_NAME, SafetensorsIndex, TensorInfo, read_into, read_tensor
 from emo_slice.model.config import EmoConfig
+from emo_slice.model.hf_names import hf_tensor_shapes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.tiktoken"]
+FLOAT_ST = ("F32", "BF16", "F16", "F64")
 
 
 def parse_dtype(name: str | torch.dtype | None, flag: str = "--dtype") -> torch.dtype | None:
@@ -81,9 +87,12 @@ class Checkpoint:
     def __init__(self, path_or_id: str | os.PathLike):
         self.source = str(path_or_id)
         self.path = resolve_checkpoint(path_or_id)
+        if os.path.lexists(self.path / "config.json"):
+            folder_file(self.path, "config.json", "config")  # inside the folder, a regular file
         self.config = EmoConfig.from_file(self.path / "config.json")
         self.index = SafetensorsIndex(self.path)
         self.infos: dict[str, TensorInfo] = self.index.infos
+        self.check_tensors()
 
     # ---- queries -------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
@@ -116,10 +125,95 @@ class Checkpoint:
             h.update(f"{name}|{i.dtype}|{i.shape}|{i.nbytes}\n".encode())
         return h.hexdigest()[:16]
 
+    def check_tensors(self, exact: bool = False) -> None:
+        """Refuse tensors that disagree with config.json: every tensor it implies must exist with the implied
+        shape and a float dtype; exact: no other tensor either (a tied lm_head.weight aside)."""
+        cfg, n = self.config, len(self.infos)
+        if not n:
+            raise CheckpointError(
+                f"{self.path} holds no tensors although config.json describes a model; re-download the checkpoint"
+            )
+        per_layer = cfg.num_experts_per_layer
+        experts = sum(per_layer) if per_layer is not None else cfg.num_experts * cfg.num_hidden_layers
+        implied = 3 * experts + 7 * cfg.num_hidden_layers + 2 + (0 if cfg.tie_word_embeddings else 1)
+        if implied > n + 100_000:  # refused before listing the names: a hostile config may imply billions
+            raise CheckpointError(
+                f"{self.path} holds {n} tensors but config.json implies {implied}; the checkpoint is incomplete "
+                "or config.json belongs to another model"
+            )
+        shapes = hf_tensor_shapes(cfg)
+        missing = [name for name in shapes if name not in self.infos]
+        if missing:
+            raise CheckpointError(
+                f"{self.path} lacks {len(missing)} tensors that config.json implies (first: {missing[0]}); "
+                "the checkpoint is incomplete or config.json belongs to another model"
+            )
+        for name, shape in shapes.items():
+            info = self.infos[name]
+            if tuple(info.shape) != shape:
+                raise CheckpointError(
+                    f"{self.path}: tensor {name} has shape {list(info.shape)} but config.json implies {list(shape)}; "
+                    "config.json does not match the weights: re-download the checkpoint"
+                )
+            if info.dtype not in FLOAT_ST:
+                raise CheckpointError(
+                    f"{self.path}: tensor {name} is stored as {info.dtype}, not a float type ({', '.join(FLOAT_ST)}); "
+                    "this is not an EMO checkpoint emo-slice can read"
+                )
+        extra = sorted(set(self.infos) - set(shapes) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
+        if exact and extra:
+            raise CheckpointError(
+                f"{self.path} holds {len(extra)} tensors config.json does not imply (first: {extra[0][:80]!r}); "
+                "config.json does not match the weights: re-download the checkpoint"
+            )
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters counted from the tensors themselves (after check_tensors): total, active per token, ..."""
+        cfg = self.config
+        numel = {n: math.prod(i.shape) for n, i in self.infos.items()}
+        if cfg.tie_word_embeddings:
+            numel.pop("lm_head.weight", None)  # tied: the embedding's own values
+        embed = numel["model.embed_tokens.weight"] + numel.get("lm_head.weight", 0)
+        experts = inactive = 0
+        for l in range(cfg.num_hidden_layers):
+            per_expert = [
+                sum(numel[f"model.layers.{l}.mlp.experts.{e}.{k}_proj.weight"] for k in ("gate", "up", "down"))
+                for e in range(cfg.experts_in_layer(l))
+            ]
+            experts += sum(per_expert)
+            inactive += sum(sorted(per_expert)[: len(per_expert) - cfg.top_k_in_layer(l)])
+        total = sum(numel.values())
+        active = total - inactive
+        return {"total": total, "active": active, "active_non_embedding": active - embed, "experts": experts,
+                "embedding": embed}
+
     def extra_files(self) -> list[Path]:
-        """Files of the folder that are not weights, index or config (tokenizer, remote code, ...)."""
+        """Regular files of the folder that are not weights, index or config (tokenizer, remote code, ...).
+
+        A symlink is followed only inside the folder (or a Hugging Face cache's blobs); one pointing
+        elsewhere is refused, so nothing outside the folder is ever read or copied."""
         weights = {p.name for p in self.index.files()} | {INDEX_NAME, "config.json"}
-        return sorted(p for p in self.path.iterdir() if p.is_file() and p.name not in weights)
+        real = self.path.resolve()
+        out = []
+        for p in sorted(self.path.iterdir()):
+            if p.name not in weights:
+                st = member_stat(self.path, p.name, real)
+                if st is not None and stat.S_ISREG(st.st_mode):
+                    out.append(p)
+        return out
+
+    def side_json(self, name: str) -> dict | list | None:
+        """A JSON file of the folder (slice.json, generation_config.json, ...): None when absent; refused
+        (CheckpointError) when it links outside the folder, is not a regular file, or is not JSON."""
+        if member_stat(self.path, name) is None:
+            return None
+        path = folder_file(self.path, name, "file")
+        try:
+            return parse_json_bytes(path.read_bytes())
+        except ValueError as e:
+            raise CheckpointError(f"{path} is corrupt ({e}); restore it from the original download") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot read {path} ({e.strerror}); check its permissions") from None
 
     # ---- tensors -------------------------------------------------------------------------
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:

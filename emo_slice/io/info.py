@@ -33,9 +33,12 @@ def param_counts(cfg: EmoConfig, keep: list[int] | None = None) -> dict[str, int
 
 
 def checkpoint_info(ckpt: Checkpoint) -> dict:
+    """What ckpt holds; refuses (CheckpointError) tensors that disagree with config.json. Parameter counts
+    are those of the tensors themselves (which then equal what config.json implies)."""
     cfg = ckpt.config
+    ckpt.check_tensors(exact=True)
     layers = [cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers)]
-    counts = param_counts(cfg)
+    counts = ckpt.param_counts()
     bytes_total = ckpt.total_bytes
     el = ckpt.stored_dtype.itemsize
     slices = []

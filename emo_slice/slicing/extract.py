@@ -5,18 +5,23 @@ nothing it does not need: every tensor whose dtype does not change is copied as 
 shard (copy_file_range, never materialised); only the routers are read, row-sliced and written. Expert
 tensors are renamed to their new index, nothing is rescaled. config.json gets num_experts = K,
 num_experts_per_tok = min(k, K), output_router_logits = false (or num_experts_per_layer with
---per-layer). Every other file of the source folder is copied; `slice.json` records the original ids
-per layer, the method, the scores used, K, the source's fingerprint and emo-slice's version. The output
-is written to a temp folder renamed into place, so a crash leaves nothing half-written; the source is
-never modified.
+--per-layer). The files a checkpoint needs are copied from the source (an allow-list, `copied_files`:
+generation config, tokenizer, remote code, README/LICENSE; never other weights, training state or the
+source's provenance), and the tokenizer files it lacks are
+written (a byte-level source gets the equivalent byte tokenizer.json, see io/tokenizer.py); `slice.json`
+records the original ids per layer, the method, the scores used, K, the source's fingerprint and
+emo-slice's version. The output is written to a temp folder renamed into place, so a crash leaves
+nothing half-written; the source is never modified.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +31,7 @@ from emo_slice import artifacts
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.checkpoint import INDEX_NAME, Checkpoint, parse_dtype
 from emo_slice.io.safetensors import TensorInfo
+from emo_slice.io.tokenizer import load_tokenizer, write_tokenizer_files
 from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import EXPERT_KEY, expected_hf_names, hf_order
@@ -42,7 +48,7 @@ ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 def sliced_config(ckpt: Checkpoint, plan: SlicePlan, dtype: torch.dtype | None) -> dict:
     """The source's config.json, verbatim except the keys a slice changes (validated as an EmoConfig)."""
-    d = _read_json(ckpt.path / "config.json") or ckpt.config.to_dict()
+    d = ckpt.side_json("config.json") or ckpt.config.to_dict()
     sizes = [len(x) for x in plan.kept]
     k = ckpt.config.num_experts_per_tok
     if plan.per_layer:
@@ -105,8 +111,9 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
     entries = _entries(ckpt, plan)
     total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows in entries)
 
-    source_manifest = _read_json(ckpt.path / MANIFEST)
+    source_manifest = ckpt.side_json(MANIFEST)
     manifest = _manifest(ckpt, plan, new_cfg, source_manifest)
+    extras = copied_files(ckpt.path)
     done = 0
     with artifacts.atomic_output_dir(out, overwrite=overwrite) as tmp:
         w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice extract",
@@ -125,9 +132,9 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
                 progress(done, total)
         files = w.finish()
         (tmp / "config.json").write_text(json.dumps(new_cfg, indent=2) + "\n")
-        for p in ckpt.extra_files():
-            if p.name != MANIFEST:
-                shutil.copy2(p, tmp / p.name)
+        for p in extras:
+            shutil.copy2(p.resolve(), tmp / p.name)
+        write_tokenizer_files(tmp, load_tokenizer(ckpt.path), new_cfg)  # only the files the source lacks
         manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     if progress is not None:
@@ -135,11 +142,40 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
     return manifest
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+# What a slice copies from its source besides weights and config.json: an allow-list. Never other weight
+# files (a stray model.safetensors beside an index, *.bin, *.pt, training_state.pt), never the source's
+# provenance.json or slice.json (the slice gets its own).
+COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+          "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
+          "chat_template.json")
+COPIED_PATTERNS = ("*.tiktoken", "configuration_*.py", "modeling_*.py", "tokenization_*.py", "README*", "LICENSE*",
+                   "NOTICE*")
+NEVER_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".pkl", ".pickle", ".npz", ".h5", ".onnx",
+                ".msgpack")
+
+
+def copied_files(folder: Path) -> list[Path]:
+    """The files of a checkpoint folder a slice copies: allow-listed names that are regular files inside the
+    folder (a link may point into the folder, or into its repository's blobs for a Hugging Face cache snapshot)."""
+    folder = Path(folder)
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # HF cache: snapshots/<rev>/<file> -> ../../blobs/<hash>
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    chosen = []
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        if name.lower().endswith(NEVER_COPIED) or not (
+            name in COPIED or any(fnmatch.fnmatchcase(name, pat) for pat in COPIED_PATTERNS)
+        ):
+            continue
+        target = p.resolve()
+        if not any(target == r or r in target.parents for r in roots):
+            raise CheckpointError(f"{p} is a link to {target}, outside the checkpoint folder; emo-slice never "
+                                  "reads files outside it: replace the link by the file itself")
+        if not target.exists() or not stat.S_ISREG(target.stat().st_mode):
+            raise CheckpointError(f"{p} is not a regular file; replace it by the file itself or remove it")
+        chosen.append(p)
+    return chosen
 
 
 def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest: dict | None) -> dict:
@@ -175,4 +211,4 @@ def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest:
     }
 
 
-__all__ = ["extract", "sliced_config", "MANIFEST", "INDEX_NAME"]
+__all__ = ["extract", "sliced_config", "copied_files", "MANIFEST", "INDEX_NAME"]

@@ -39,7 +39,7 @@ def write_profile(
 ) -> tuple[dict, Path]:
     """Profile `model` (folder, Hub id or Checkpoint) with `settings` (ProfileSettings) and save it to `out`
     (default MODELNAME.profile.json); returns (profile, path)."""
-    from emo_slice.artifacts import check_output
+    from emo_slice.artifacts import check_output, output_lock
     from emo_slice.io.checkpoint import Checkpoint
     from emo_slice.slicing.profile import profile_model
     from emo_slice.slicing.profile_file import save_profile
@@ -47,9 +47,11 @@ def write_profile(
     if settings.keep is not None and not settings.greedy:
         raise UsageError("--keep only applies with --greedy (a one-pass profile serves any K); drop it or add --greedy")
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
-    out = check_output(default_profile_path(ckpt.path) if out is None else out, inputs=[ckpt.path], overwrite=overwrite)
-    prof = profile_model(model, settings, progress=_phase(progress, PROFILING))
-    return prof, save_profile(prof, out)
+    out = default_profile_path(ckpt.path) if out is None else out
+    check_output(out, inputs=[ckpt.path], overwrite=overwrite, suffixes=(".json",))
+    with output_lock(out):  # held while profiling: a second writer of the same file refuses
+        prof = profile_model(model, settings, progress=_phase(progress, PROFILING))
+        return prof, save_profile(prof, out)
 
 
 def profile_summary(profile: dict, path: str | os.PathLike) -> dict:
@@ -124,11 +126,10 @@ def make_slice(
     split, shots, max_length, dtype = compute dtype, greedy), `experts` (ids by hand), or method "random".
     save_dtype: stored dtype of the slice (None: unchanged, bytes copied verbatim).
     """
-    from emo_slice.artifacts import check_output, parse_size
+    from emo_slice.artifacts import check_output, output_lock, parse_size
     from emo_slice.io.checkpoint import Checkpoint, parse_dtype
-    from emo_slice.slicing.extract import extract
-    from emo_slice.slicing.profile import ProfileSettings, profile_model
-    from emo_slice.slicing.profile_file import check_profile_matches, load_profile
+    from emo_slice.slicing.extract import copied_files, extract
+    from emo_slice.slicing.profile import ProfileSettings
     from emo_slice.slicing.select import plan_slice
 
     _check_choice(profile_path, examples, experts, method, greedy, dtype)
@@ -137,36 +138,35 @@ def make_slice(
     parse_size(max_shard_size)
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
+    copied_files(ckpt.path)  # refuses a link out of the folder before any work
+    settings = None
+    if examples is not None:
+        settings = ProfileSettings(examples=examples, field=field, split=split, shots=shots, seed=seed,
+                                   max_length=max_length, dtype=dtype, greedy=greedy,
+                                   keep=keep if greedy else None, method=method)
+    with output_lock(out):  # held from here to the end: a second writer of the same folder refuses
+        prof = _scores(ckpt, keep, profile_path, settings, experts, per_layer, seed, progress)
+        plan = plan_slice(ckpt, keep, experts=experts, profile=prof, method=method, per_layer=per_layer, seed=seed)
+        for message in plan.warnings + ([PER_LAYER_NOTE] if per_layer else []):
+            if warn is not None:
+                warn(message)
+        return extract(ckpt, plan, out, dtype=save_dtype, overwrite=overwrite, max_shard_size=max_shard_size,
+                       progress=_phase(progress, WRITING))
+
+
+def _scores(ckpt, keep, profile_path, settings, experts, per_layer: bool, seed: int, progress) -> dict | None:
+    """The profile the plan ranks by: loaded from profile_path (checked against the model), or made now from
+    settings (after --keep is validated, so nothing long runs on a bad --keep), or None."""
+    from emo_slice.slicing.profile import profile_model
+    from emo_slice.slicing.profile_file import check_profile_matches, load_profile
+    from emo_slice.slicing.select import plan_slice
+
     prof = None
     if profile_path is not None:
         prof = load_profile(profile_path)
         check_profile_matches(prof, ckpt)
     if experts is None:  # validate --keep before running anything long
         plan_slice(ckpt, keep, method="random", per_layer=per_layer, seed=seed)
-    if examples is not None:
-        settings = ProfileSettings(
-            examples=examples,
-            field=field,
-            split=split,
-            shots=shots,
-            seed=seed,
-            max_length=max_length,
-            dtype=dtype,
-            greedy=greedy,
-            keep=keep if greedy else None,
-            method=method,
-        )
-        prof = profile_model(model, settings, progress=_phase(progress, PROFILING))
-    plan = plan_slice(ckpt, keep, experts=experts, profile=prof, method=method, per_layer=per_layer, seed=seed)
-    for message in plan.warnings + ([PER_LAYER_NOTE] if per_layer else []):
-        if warn is not None:
-            warn(message)
-    return extract(
-        ckpt,
-        plan,
-        out,
-        dtype=save_dtype,
-        overwrite=overwrite,
-        max_shard_size=max_shard_size,
-        progress=_phase(progress, WRITING),
-    )
+    if settings is not None:
+        prof = profile_model(ckpt, settings, progress=_phase(progress, PROFILING))
+    return prof

@@ -6,6 +6,7 @@ before anything is written, and the summary of what it did (what `emo-slice pret
 - `check_config(cfg)`: every check the Trainer makes before touching the disk (fields, architecture,
   pools, micro-batch split), so `--show-config` never prints a configuration that would not run.
 - `run_summary(out, checkpoint)`: last step, loss and evaluation, from the run's log.jsonl.
+- `interrupted_message(out)`: what Ctrl-C leaves: the last checkpoint and --resume, or nothing saved yet.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 
 from emo_slice.errors import DataError, UsageError
-from emo_slice.train.config import TrainConfig, apply_overrides, train_preset
+from emo_slice.train.config import TrainConfig, apply_overrides, check_fields, train_preset
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
@@ -35,13 +36,8 @@ def resolve_config(
     preset (or, with resume, on the run's saved configuration); settings: `key=value` overrides, applied last.
     On resume, stop_after is only what this call gives (the saved run's stop is not inherited)."""
     saved = Path(out) / CONFIG_FILE
-    if resume and saved.exists():
-        try:
-            cfg = TrainConfig(**json.loads(saved.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
-            raise DataError(
-                f"{saved} is not a train_config.json emo-slice wrote ({e}); start without --resume"
-            ) from None
+    if resume:
+        cfg = _saved_config(saved)
     else:
         cfg = train_preset(preset)
     given = {k: v for k, v in (options or {}).items() if v is not None}
@@ -51,6 +47,23 @@ def resolve_config(
     cfg.fsdp = cfg.fsdp or fsdp
     if resume:
         cfg.stop_after = given.get("stop_after")
+    return cfg
+
+
+def _saved_config(saved: Path) -> TrainConfig:
+    """The configuration a run folder was started with, every field checked (one line if it is damaged)."""
+    if not saved.is_file():
+        raise UsageError(
+            f"--resume: {saved.parent} holds no {CONFIG_FILE}, so no run to continue; start without --resume"
+        )
+    try:
+        cfg = TrainConfig(**json.loads(saved.read_text(encoding="utf-8")))
+        check_fields(cfg)
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, UsageError) as e:
+        why = str(e).replace("TrainConfig.__init__() ", "")[:160]
+        raise DataError(
+            f"{saved} is not a train_config.json emo-slice wrote ({why}); repair it, or start afresh with --overwrite"
+        ) from None
     return cfg
 
 
@@ -84,6 +97,20 @@ def run_summary(out: str | os.PathLike, checkpoint: str | os.PathLike, world_siz
         "log": str(log_path),
         "world_size": world_size,
     }
+
+
+def interrupted_message(out: str | os.PathLike) -> str:
+    """What a Ctrl-C during pretraining leaves in `out`, as one line: the checkpoint to continue from."""
+    out = Path(out)
+    try:
+        name = (out / "latest").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if name and (out / name).is_dir():
+        return f"interrupted; the last checkpoint is {out / name}; continue with --resume"
+    if (out / CONFIG_FILE).is_file():
+        return f"interrupted before the first checkpoint; {out} holds only the run's set-up; start again with --overwrite"
+    return "interrupted; nothing was written"
 
 
 def summary_line(summary: dict) -> str:
