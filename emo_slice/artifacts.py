@@ -39,8 +39,17 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from emo_slice.errors import UsageError
-from emo_slice.locking import (is_write_error, lock_holder, locked, locked_message, os_error_message, output_lock,
-                               remove, remove_stale, write_error)
+from emo_slice.locking import (
+    is_write_error,
+    lock_holder,
+    locked,
+    locked_message,
+    os_error_message,
+    output_lock,
+    remove,
+    remove_stale,
+    write_error,
+)
 
 MARKER = ".emo-slice"
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
@@ -53,6 +62,7 @@ def _tmp_name(out: Path, kind: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Output guards
 # ---------------------------------------------------------------------------------------------
+
 
 def made_by_emo_slice(folder: str | os.PathLike) -> bool:
     """Whether `folder` carries the marker every folder emo-slice writes holds."""
@@ -166,6 +176,7 @@ def check_output(
 # Atomic writes
 # ---------------------------------------------------------------------------------------------
 
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text to path through a temporary sibling renamed into place."""
     return atomic_write_bytes(path, text.encode("utf-8"))
@@ -184,7 +195,9 @@ def atomic_output_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling path to write (by any means); renamed to `path` on success, removed on error."""
     path = Path(path).expanduser().absolute()
     with output_lock(path):
-        tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"  # keeps the suffix (savefig picks the format)
+        tmp = (
+            path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
+        )  # keeps the suffix (savefig picks the format)
         try:
             yield tmp
             os.replace(tmp, path)
@@ -236,8 +249,11 @@ def _swap_in(tmp: Path, out: Path, old: Path) -> None:
 
 
 def _write_marker(folder: Path) -> None:
-    command = shlex.join(["emo-slice", *sys.argv[1:]]) if "emo_slice" in sys.argv[0] or "emo-slice" in sys.argv[0] \
+    command = (
+        shlex.join(["emo-slice", *sys.argv[1:]])
+        if "emo_slice" in sys.argv[0] or "emo-slice" in sys.argv[0]
         else shlex.join(sys.argv)
+    )
     (folder / MARKER).write_text(json.dumps(provenance(created_by="emo-slice", command=command), indent=1) + "\n")
 
 
@@ -282,8 +298,19 @@ def parse_size(text: str | int, flag: str = "--max-shard-size") -> int:
 
 
 __all__ = [
-    "MARKER", "atomic_output_dir", "atomic_output_file", "atomic_write_bytes", "atomic_write_text", "check_output",
+    "MARKER",
+    "atomic_output_dir",
+    "atomic_output_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output",
     "check_writable",
-    "lock_holder", "locked", "made_by_emo_slice", "os_error_message", "output_lock", "parse_size", "provenance",
+    "lock_holder",
+    "locked",
+    "made_by_emo_slice",
+    "os_error_message",
+    "output_lock",
+    "parse_size",
+    "provenance",
     "remove_stale",
 ]

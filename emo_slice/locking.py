@@ -43,6 +43,7 @@ _HINTS = {
 # OSError -> one line
 # ---------------------------------------------------------------------------------------------
 
+
 def os_error_message(e: OSError) -> str:
     """`PATH: strerror; what to do` for an OSError nothing else explained (e.g. an unreadable source file)."""
     where = f"{e.filename}: " if e.filename is not None else ""
@@ -70,6 +71,7 @@ def is_write_error(e: OSError, *places: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Locks and stale temporaries
 # ---------------------------------------------------------------------------------------------
+
 
 def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
@@ -105,7 +107,9 @@ def lock_holder(out: str | os.PathLike) -> int | None:
 
 def locked_message(out: Path, pid: int | None, flag: str) -> str:
     by = f" (pid {pid})" if pid else ""
-    return f"{flag} {out} is being written by another emo-slice process{by}; wait for it to finish or choose another path"
+    return (
+        f"{flag} {out} is being written by another emo-slice process{by}; wait for it to finish or choose another path"
+    )
 
 
 def _acquire(out: Path, flag: str) -> int:

@@ -155,8 +155,9 @@ def prepare_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
     if entries and not overwrite:
         raise UsageError(f"--out {out} already holds files; pass --overwrite to start afresh or choose another folder")
     if entries and not _ours(out):
-        foreign = next((p.name for p in entries if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES)),
-                       None)
+        foreign = next(
+            (p.name for p in entries if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES)), None
+        )
         what = f"holds {foreign!r}, which the quickstart did not write" if foreign else "was not made by emo-slice"
         raise UsageError(f"--out {out} {what}; refusing to delete it with --overwrite; choose another folder")
     if entries:

@@ -33,15 +33,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "héllo wörld, déjà vu: naïve café ÅÄÖ 日本語 🙂",
-         "def f(x):\n    return x ** 2  # squares\n\n", "tabs\tand  double  spaces, 12345 numbers, it's we'll"]
-CL100K = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
-          "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "héllo wörld, déjà vu: naïve café ÅÄÖ 日本語 🙂",
+    "def f(x):\n    return x ** 2  # squares\n\n",
+    "tabs\tand  double  spaces, 12345 numbers, it's we'll",
+]
+CL100K = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
 
 
 def ensure_llama_cpp(install: bool):
     try:
         import llama_cpp
+
         return llama_cpp
     except ImportError:
         if not install:
@@ -54,6 +61,7 @@ def ensure_llama_cpp(install: bool):
         print(json.dumps({"error": "pip install llama-cpp-python failed", "tail": tail[-5:]}))
         sys.exit(1)
     import llama_cpp
+
     return llama_cpp
 
 
@@ -68,12 +76,19 @@ def train_bpe(pre: str, vocab_size: int):
     if pre == "gpt-2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(CL100K), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(CL100K), behavior="removed", invert=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     texts = [d for make in (code_docs, docstring_docs, unicode_docs, arithmetic_docs) for d in make(200_000)] + TEXTS
     tok.train_from_iterator(texts, trainer)
     return EmoTokenizer(tok, 0, 1, f"trained here ({pre})")
@@ -90,8 +105,17 @@ def make_models(work: Path) -> dict:
 
     tiny = random_checkpoint(work / "tiny", "tiny", seed=0)
     tok = train_bpe("gpt-2", 2048)
-    cfg = preset("small", vocab_size=tok.vocab_size + 8, hidden_size=256, intermediate_size=128, num_hidden_layers=6,
-                 num_attention_heads=8, num_key_value_heads=4, num_experts=65, num_experts_per_tok=5)
+    cfg = preset(
+        "small",
+        vocab_size=tok.vocab_size + 8,
+        hidden_size=256,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        num_experts=65,
+        num_experts_per_tok=5,
+    )
     bench = random_checkpoint(work / "bench", cfg, seed=0, std=0.05)
     write_tokenizer_files(bench, tok, cfg)
     dtok = train_bpe("dbrx", 1024)
@@ -143,10 +167,16 @@ def compare(llama_cpp, gguf: Path, folder: Path, steps: int = 32) -> dict:
     f16 = llama_cpp.Llama(str(gguf), logits_all=True, n_ctx=256, n_threads=2, verbose=False)  # llama.cpp's default
     f16_logits, f16_toks = llama_greedy(f16, prompt, steps)
     same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), steps)
-    return {"prompt_tokens": len(prompt), "max_abs_logit_diff": float(np.abs(got_logits - want_logits).max()),
-            "logit_scale": float(np.abs(want_logits).max()), "greedy_equal_steps": same,
-            "greedy_equal": got == want, "max_abs_logit_diff_f16_kv": float(np.abs(f16_logits - want_logits).max()),
-            "greedy_equal_f16_kv": f16_toks == want, "tokenizer": tokenizer_check(llm, tok)}
+    return {
+        "prompt_tokens": len(prompt),
+        "max_abs_logit_diff": float(np.abs(got_logits - want_logits).max()),
+        "logit_scale": float(np.abs(want_logits).max()),
+        "greedy_equal_steps": same,
+        "greedy_equal": got == want,
+        "max_abs_logit_diff_f16_kv": float(np.abs(f16_logits - want_logits).max()),
+        "greedy_equal_f16_kv": f16_toks == want,
+        "tokenizer": tokenizer_check(llm, tok),
+    }
 
 
 def tokenizer_check(llm, tok) -> dict:
@@ -158,11 +188,13 @@ def tokenizer_check(llm, tok) -> dict:
 def speed(llama_cpp, ggufs: dict[str, Path], n_prompt: int = 64, n_gen: int = 64, rounds: int = 10) -> dict:
     """Best of `rounds` per file, the files measured in turn, in alternating order (so load drifts of a shared
     machine hit both alike): prompt tokens/s (one batch of n_prompt), generated tokens/s (one token per eval)."""
-    llms = {k: llama_cpp.Llama(str(p), n_ctx=n_prompt + n_gen + 8, n_threads=2, verbose=False) for k, p in ggufs.items()}
+    llms = {
+        k: llama_cpp.Llama(str(p), n_ctx=n_prompt + n_gen + 8, n_threads=2, verbose=False) for k, p in ggufs.items()
+    }
     prompt = [int(i) for i in np.random.default_rng(0).integers(2, 200, n_prompt)]
     best = {k: {"prompt_tok_s": 0.0, "gen_tok_s": 0.0} for k in ggufs}
     for r in range(rounds):
-        for k, llm in (list(llms.items()) if r % 2 == 0 else list(llms.items())[::-1]):
+        for k, llm in list(llms.items()) if r % 2 == 0 else list(llms.items())[::-1]:
             llm.reset()
             t = time.perf_counter()
             llm.eval(prompt)
@@ -175,11 +207,13 @@ def speed(llama_cpp, ggufs: dict[str, Path], n_prompt: int = 64, n_gen: int = 64
 
 
 def run_cli_tool(binary: str, gguf: Path) -> dict:
-    cmd = [binary, "-m", str(gguf), "-p", "The quick brown fox", "-n", "16", "--temp", "0", "-t", "2",
-           "-no-cnv"]
+    cmd = [binary, "-m", str(gguf), "-p", "The quick brown fox", "-n", "16", "--temp", "0", "-t", "2", "-no-cnv"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    return {"command": " ".join(cmd[:1] + ["-m", gguf.name] + cmd[3:]), "returncode": p.returncode,
-            "output": p.stdout.strip()[-200:]}
+    return {
+        "command": " ".join(cmd[:1] + ["-m", gguf.name] + cmd[3:]),
+        "returncode": p.returncode,
+        "output": p.stdout.strip()[-200:],
+    }
 
 
 def main() -> None:
@@ -205,8 +239,11 @@ def main() -> None:
                 gguf = ggufs[f"{name}_{which}"] = work / f"{folder.name}.f32.gguf"
                 t = time.perf_counter()
                 export(folder, gguf, "gguf", outtype="f32", overwrite=True)
-                rec = {"export_s": round(time.perf_counter() - t, 2), "gguf_bytes": gguf.stat().st_size,
-                       "safetensors_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors"))}
+                rec = {
+                    "export_s": round(time.perf_counter() - t, 2),
+                    "gguf_bytes": gguf.stat().st_size,
+                    "safetensors_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors")),
+                }
                 rec.update(compare(llama_cpp, gguf, folder))
                 figures[f"{name}_{which}"] = rec
                 print(f"{name} {which}: {json.dumps(rec)}", file=sys.stderr)
@@ -219,9 +256,13 @@ def main() -> None:
         figures["bench_slice_vs_full"] = {
             "gen_speedup": round(b["bench_slice"]["gen_tok_s"] / b["bench_full"]["gen_tok_s"], 3),
             "prompt_speedup": round(b["bench_slice"]["prompt_tok_s"] / b["bench_full"]["prompt_tok_s"], 3),
-            "size_ratio": round(b["bench_slice"]["gguf_bytes"] / b["bench_full"]["gguf_bytes"], 3)}
-        ok = all(v["greedy_equal"] and v["max_abs_logit_diff"] < 1e-3 and v["tokenizer"]["encode_equal"]
-                 for k, v in figures.items() if isinstance(v, dict) and "greedy_equal" in v)
+            "size_ratio": round(b["bench_slice"]["gguf_bytes"] / b["bench_full"]["gguf_bytes"], 3),
+        }
+        ok = all(
+            v["greedy_equal"] and v["max_abs_logit_diff"] < 1e-3 and v["tokenizer"]["encode_equal"]
+            for k, v in figures.items()
+            if isinstance(v, dict) and "greedy_equal" in v
+        )
         figures["all_equal"] = ok
     print(json.dumps(figures))
     sys.exit(0 if ok else 1)

@@ -8,8 +8,15 @@ import sys
 import pytest
 
 from emo_slice import artifacts
-from emo_slice.artifacts import (MARKER, atomic_output_dir, atomic_output_file, atomic_write_text, check_output,
-                                 made_by_emo_slice, output_lock)
+from emo_slice.artifacts import (
+    MARKER,
+    atomic_output_dir,
+    atomic_output_file,
+    atomic_write_text,
+    check_output,
+    made_by_emo_slice,
+    output_lock,
+)
 from emo_slice.errors import EmoSliceError, UsageError
 
 
@@ -64,7 +71,9 @@ def test_atomic_output_dir_error_removes_temp_and_keeps_old(tmp_path):
         with atomic_output_dir(old, overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
             raise RuntimeError("boom")
-    assert sorted(p.name for p in old.iterdir()) == [MARKER, "keep.txt"] and (old / "keep.txt").read_text() == "precious"
+    assert (
+        sorted(p.name for p in old.iterdir()) == [MARKER, "keep.txt"] and (old / "keep.txt").read_text() == "precious"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["full"]
 
 

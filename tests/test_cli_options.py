@@ -10,8 +10,8 @@ from conftest import invoke, run_cli
 
 from emo_slice import __version__
 from emo_slice.cli import COMMANDS, app
-from emo_slice.cli.options import Domain, DType, LMMode, Method, Preset, QuickstartSize, Router, TaskFormat
 from emo_slice.cli.export import ExportFormat, OutType
+from emo_slice.cli.options import Domain, DType, LMMode, Method, Preset, QuickstartSize, Router, TaskFormat
 
 GROUP = typer.main.get_command(app)
 
@@ -41,7 +41,8 @@ def test_enums_are_the_library_lists():
     assert _values(QuickstartSize) == sorted(SIZES, key=_values(QuickstartSize).index) and len(SIZES) == 2
     assert _values(Domain) == list(DOMAINS)
     assert _values(Router) == ["emo", "standard"] and _values(LMMode) == ["rows", "packed"]
-    from emo_slice.export import FORMATS as EXPORT_FORMATS, OUTTYPES
+    from emo_slice.export import FORMATS as EXPORT_FORMATS
+    from emo_slice.export import OUTTYPES
 
     assert _values(ExportFormat) == list(EXPORT_FORMATS) and _values(OutType) == list(OUTTYPES)
 

@@ -25,8 +25,9 @@ from emo_slice.slicing.select import plan_slice
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-import emo_slice.cli.export  # noqa: E402,F401  (registers the command until cli/__init__.py lists it)
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
+
+import emo_slice.cli.export  # noqa: E402,F401  (registers the command until cli/__init__.py lists it)
 
 BYTE_CHARS = bytes_to_unicode()
 
@@ -53,7 +54,8 @@ def models(tiny_ckpt, tmp_path_factory):
 
 def _hf(folder):
     model, info = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, trust_remote_code=False, dtype=torch.float32, output_loading_info=True)
+        folder, trust_remote_code=False, dtype=torch.float32, output_loading_info=True
+    )
     assert type(model).__name__ == "Qwen2MoeForCausalLM"
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     return model.eval()
@@ -111,14 +113,19 @@ def test_qwen2_moe_tensors_and_streaming(models, tmp_path, monkeypatch):
     assert sorted(read) == [f"model.layers.{l}.mlp.experts.8.down_proj.weight" for l in range(2)]  # all else bytes
     a, b = _source_tensors(src), _source_tensors(tmp_path / "q")
     assert torch.equal(b["model.layers.1.mlp.gate.weight"], a["model.layers.1.mlp.gate.weight"][:8])
-    assert torch.equal(b["model.layers.0.mlp.shared_expert.down_proj.weight"],
-                       2 * a["model.layers.0.mlp.experts.8.down_proj.weight"])
-    assert torch.equal(b["model.layers.0.mlp.shared_expert.up_proj.weight"],
-                       a["model.layers.0.mlp.experts.8.up_proj.weight"])
-    assert torch.equal(b["model.layers.1.mlp.experts.7.gate_proj.weight"],
-                       a["model.layers.1.mlp.experts.7.gate_proj.weight"])
+    assert torch.equal(
+        b["model.layers.0.mlp.shared_expert.down_proj.weight"], 2 * a["model.layers.0.mlp.experts.8.down_proj.weight"]
+    )
+    assert torch.equal(
+        b["model.layers.0.mlp.shared_expert.up_proj.weight"], a["model.layers.0.mlp.experts.8.up_proj.weight"]
+    )
+    assert torch.equal(
+        b["model.layers.1.mlp.experts.7.gate_proj.weight"], a["model.layers.1.mlp.experts.7.gate_proj.weight"]
+    )
     assert not b["model.layers.0.mlp.shared_expert_gate.weight"].any()
-    assert not b["model.layers.1.self_attn.k_proj.bias"].any() and b["model.layers.1.self_attn.k_proj.bias"].shape == (32,)
+    assert not b["model.layers.1.self_attn.k_proj.bias"].any() and b["model.layers.1.self_attn.k_proj.bias"].shape == (
+        32,
+    )
     record = json.loads((tmp_path / "q" / "export.json").read_text())
     assert record["source"]["fingerprint"] == Checkpoint(src).fingerprint() and "provenance" in record
     half = export(src, tmp_path / "h", "qwen2-moe", outtype="bf16")
@@ -126,6 +133,7 @@ def test_qwen2_moe_tensors_and_streaming(models, tmp_path, monkeypatch):
 
 
 # ---- GGUF ----------------------------------------------------------------------------------------------
+
 
 def _unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """Inverse of llama.cpp's q/k row order, written from its definition: GGUF row h*Dh + 2j + s holds HF row
@@ -155,8 +163,11 @@ def _expected_gguf(src, outtype: str):
     a = _source_tensors(src)
     E, H, Hkv = cfg["num_experts"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     R = E - 1
-    exp = {"token_embd.weight": a["model.embed_tokens.weight"], "output_norm.weight": a["model.norm.weight"],
-           "output.weight": a["lm_head.weight"]}
+    exp = {
+        "token_embd.weight": a["model.embed_tokens.weight"],
+        "output_norm.weight": a["model.norm.weight"],
+        "output.weight": a["lm_head.weight"],
+    }
     for l in range(cfg["num_hidden_layers"]):
         p, b = f"model.layers.{l}", f"blk.{l}"
         exp[f"{b}.attn_norm.weight"] = a[f"{p}.pre_attention_layernorm.weight"]
@@ -166,7 +177,8 @@ def _expected_gguf(src, outtype: str):
         exp[f"{b}.ffn_gate_inp.weight"] = a[f"{p}.mlp.gate.weight"][:R]
         for kind in ("gate", "up", "down"):
             exp[f"{b}.ffn_{kind}_exps.weight"] = torch.stack(
-                [a[f"{p}.mlp.experts.{e}.{kind}_proj.weight"] for e in range(R)])
+                [a[f"{p}.mlp.experts.{e}.{kind}_proj.weight"] for e in range(R)]
+            )
             exp[f"{b}.ffn_{kind}_shexp.weight"] = a[f"{p}.mlp.experts.{R}.{kind}_proj.weight"]
     dense = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}[outtype]
     types = {n: "F32" if t.dim() == 1 or "gate_inp" in n else dense for n, t in exp.items()}
@@ -188,20 +200,37 @@ def test_gguf_tensors_and_metadata(models, tmp_path):
     R = cfg["num_experts"] - 1
     a = "deepseek."
     assert fields == {
-        "general.architecture": "deepseek", "general.type": "model", "general.name": src.name,
-        "general.file_type": 0, "general.quantization_version": 2,
-        a + "vocab_size": 256, a + "context_length": cfg["max_position_embeddings"], a + "embedding_length": 64,
-        a + "feed_forward_length": 32, a + "block_count": 2, a + "attention.head_count": 4,
-        a + "attention.head_count_kv": 2, a + "rope.freq_base": cfg["rope_theta"], a + "rope.dimension_count": 16,
-        a + "rope.scaling.type": "none", a + "attention.layer_norm_rms_epsilon": pytest.approx(cfg["rms_norm_eps"]),
-        a + "leading_dense_block_count": 0, a + "expert_count": R,
-        a + "expert_used_count": cfg["num_experts_per_tok"] - 1, a + "expert_shared_count": 1,
-        a + "expert_feed_forward_length": 32, a + "expert_weights_scale": 1.0,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2",
+        "general.architecture": "deepseek",
+        "general.type": "model",
+        "general.name": src.name,
+        "general.file_type": 0,
+        "general.quantization_version": 2,
+        a + "vocab_size": 256,
+        a + "context_length": cfg["max_position_embeddings"],
+        a + "embedding_length": 64,
+        a + "feed_forward_length": 32,
+        a + "block_count": 2,
+        a + "attention.head_count": 4,
+        a + "attention.head_count_kv": 2,
+        a + "rope.freq_base": cfg["rope_theta"],
+        a + "rope.dimension_count": 16,
+        a + "rope.scaling.type": "none",
+        a + "attention.layer_norm_rms_epsilon": pytest.approx(cfg["rms_norm_eps"]),
+        a + "leading_dense_block_count": 0,
+        a + "expert_count": R,
+        a + "expert_used_count": cfg["num_experts_per_tok"] - 1,
+        a + "expert_shared_count": 1,
+        a + "expert_feed_forward_length": 32,
+        a + "expert_weights_scale": 1.0,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt-2",
         "tokenizer.ggml.tokens": [BYTE_CHARS[b] for b in range(256)],  # GPT-2's byte -> character map
-        "tokenizer.ggml.token_type": [1] * 256, "tokenizer.ggml.merges": ["\u0100\u0100 \u0100\u0100"],
-        "tokenizer.ggml.eos_token_id": 0, "tokenizer.ggml.padding_token_id": 1,
-        "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.add_eos_token": False,
+        "tokenizer.ggml.token_type": [1] * 256,
+        "tokenizer.ggml.merges": ["\u0100\u0100 \u0100\u0100"],
+        "tokenizer.ggml.eos_token_id": 0,
+        "tokenizer.ggml.padding_token_id": 1,
+        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.add_eos_token": False,
         "emo_slice.export": fields["emo_slice.export"],
     }
     tokens = fields["tokenizer.ggml.tokens"]
@@ -234,8 +263,11 @@ def _deepseek_forward(tensors, fields, ids_T: torch.Tensor) -> torch.Tensor:
     renormalisation; the shared expert added with weight 1."""
     W = {n: t.reshape(list(reversed(ne))) for n, (t, _, ne) in tensors.items()}
     a = "deepseek."
-    H, Hkv, eps = fields[a + "attention.head_count"], fields[a + "attention.head_count_kv"], \
-        fields[a + "attention.layer_norm_rms_epsilon"]
+    H, Hkv, eps = (
+        fields[a + "attention.head_count"],
+        fields[a + "attention.head_count_kv"],
+        fields[a + "attention.layer_norm_rms_epsilon"],
+    )
     base, k = fields[a + "rope.freq_base"], fields[a + "expert_used_count"]
 
     def norm(x, w):
@@ -265,11 +297,26 @@ def _deepseek_forward(tensors, fields, ids_T: torch.Tensor) -> torch.Tensor:
         h = norm(x, W[b + "ffn_norm.weight"])
         probs = (h @ W[b + "ffn_gate_inp.weight"].T).softmax(-1)
         w, idx = probs.topk(k, -1)
-        moe = torch.stack([sum(w[t, j] * ffn(h[t], W[b + "ffn_gate_exps.weight"][e], W[b + "ffn_up_exps.weight"][e],
-                                              W[b + "ffn_down_exps.weight"][e]) for j, e in enumerate(idx[t].tolist()))
-                           for t in range(T)])
-        x = x + moe + ffn(h, W[b + "ffn_gate_shexp.weight"], W[b + "ffn_up_shexp.weight"],
-                          W[b + "ffn_down_shexp.weight"])
+        moe = torch.stack(
+            [
+                sum(
+                    w[t, j]
+                    * ffn(
+                        h[t],
+                        W[b + "ffn_gate_exps.weight"][e],
+                        W[b + "ffn_up_exps.weight"][e],
+                        W[b + "ffn_down_exps.weight"][e],
+                    )
+                    for j, e in enumerate(idx[t].tolist())
+                )
+                for t in range(T)
+            ]
+        )
+        x = (
+            x
+            + moe
+            + ffn(h, W[b + "ffn_gate_shexp.weight"], W[b + "ffn_up_shexp.weight"], W[b + "ffn_down_shexp.weight"])
+        )
     return norm(x, W["output_norm.weight"]) @ W.get("output.weight", W["token_embd.weight"]).T  # tied: embedding
 
 
@@ -285,6 +332,7 @@ def test_gguf_runs_as_llama_cpp_deepseek(models, which, tmp_path):
 
 # ---- refusals: one line, exit 2, nothing written ------------------------------------------------------
 
+
 def _nothing_written(tmp_path, before):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -299,17 +347,22 @@ def test_refusals(models, tiny_ckpt, tmp_path):
     src_before = sorted(p.name for p in tiny_ckpt.iterdir())
     for fmt in FORMATS:
         out = tmp_path / ("v.gguf" if fmt == "gguf" else "v")
-        assert_one_line_error(invoke("export", var, "--format", fmt, "--out", out), "num_experts_per_layer",
-                              "--per-layer")
+        assert_one_line_error(
+            invoke("export", var, "--format", fmt, "--out", out), "num_experts_per_layer", "--per-layer"
+        )
     assert_one_line_error(invoke("export", tiny_ckpt, "--format", "onnx", "--out", tmp_path / "o"), "--format")
-    assert_one_line_error(invoke("export", tiny_ckpt, "--format", "gguf", "--outtype", "q4_k",
-                                 "--out", tmp_path / "o.gguf"), "--outtype")
-    assert_one_line_error(invoke("export", tiny_ckpt, "--format", "qwen2-moe", "--outtype", "q8_0",
-                                 "--out", tmp_path / "o"), "q8_0")
-    assert_one_line_error(invoke("export", tiny_ckpt, "--format", "gguf", "--out", tmp_path / "exists.gguf"),
-                          "--overwrite")
-    assert_one_line_error(invoke("export", tiny_ckpt, "--format", "qwen2-moe", "--out", tmp_path / "full"),
-                          "--overwrite")
+    assert_one_line_error(
+        invoke("export", tiny_ckpt, "--format", "gguf", "--outtype", "q4_k", "--out", tmp_path / "o.gguf"), "--outtype"
+    )
+    assert_one_line_error(
+        invoke("export", tiny_ckpt, "--format", "qwen2-moe", "--outtype", "q8_0", "--out", tmp_path / "o"), "q8_0"
+    )
+    assert_one_line_error(
+        invoke("export", tiny_ckpt, "--format", "gguf", "--out", tmp_path / "exists.gguf"), "--overwrite"
+    )
+    assert_one_line_error(
+        invoke("export", tiny_ckpt, "--format", "qwen2-moe", "--out", tmp_path / "full"), "--overwrite"
+    )
     assert_one_line_error(invoke("export", tiny_ckpt, "--format", "qwen2-moe", "--out", tiny_ckpt / "q"), "inside")
     assert_one_line_error(invoke("export", tiny_ckpt, "--format", "gguf", "--out", tiny_ckpt / "m.gguf"), "inside")
     assert_one_line_error(invoke("export", tiny_ckpt, "--format", "gguf", "--out", tmp_path / "m.bin"), ".gguf")
@@ -325,8 +378,9 @@ def test_refuses_two_shared_experts(tmp_path):
     from emo_slice.io.build import random_checkpoint
     from emo_slice.model.presets import preset
 
-    src = random_checkpoint(tmp_path / "two", preset("tiny", num_experts=10, num_experts_per_tok=4,
-                                                     num_shared_experts=2))
+    src = random_checkpoint(
+        tmp_path / "two", preset("tiny", num_experts=10, num_experts_per_tok=4, num_shared_experts=2)
+    )
     r = invoke("export", src, "--format", "qwen2-moe", "--out", tmp_path / "q")
     assert_one_line_error(r, "num_shared_experts 2")
     assert not (tmp_path / "q").exists()

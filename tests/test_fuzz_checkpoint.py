@@ -134,8 +134,21 @@ def _mutate_file(rng: random.Random, blob: bytes) -> tuple[str, bytes]:
     if kind == 3:
         return "data", blob + b"\0" * rng.randrange(1, 9) if rng.random() < 0.5 else blob[:-1]
     if kind == 4:  # the header as something else than an object, or not JSON at all
-        body = rng.choice([b"[]", b'"x"', b"1", b"null", b"{", b"", b"\xff\xfe{}", b"[" * 5000 + b"]" * 5000,
-                           b'{"a": NaN}', json.dumps(list(header.items())).encode(), hbytes + b"\0"])
+        body = rng.choice(
+            [
+                b"[]",
+                b'"x"',
+                b"1",
+                b"null",
+                b"{",
+                b"",
+                b"\xff\xfe{}",
+                b"[" * 5000 + b"]" * 5000,
+                b'{"a": NaN}',
+                json.dumps(list(header.items())).encode(),
+                hbytes + b"\0",
+            ]
+        )
         return "not an object", _pack(body, data)
     if kind == 5:  # harmless: spaces around the JSON (the writer pads with spaces)
         return "padding", _pack(b" " * rng.randrange(4) + hbytes + b" " * rng.randrange(1, 16), data)
@@ -197,8 +210,10 @@ def test_fuzz_safetensors_header(tmp_path):
             raise AssertionError(f"mutation {i} ({label}): {e}") from None
         except Exception as e:  # noqa: BLE001 - the point of the test
             pytest.fail(f"mutation {i} ({label}) raised {type(e).__name__}: {e}")
-    print(f"header fuzz: {N_HEADER} mutations, {clean} clean loads, {N_HEADER - clean} refused, "
-          f"{time.perf_counter() - t0:.2f} s")
+    print(
+        f"header fuzz: {N_HEADER} mutations, {clean} clean loads, {N_HEADER - clean} refused, "
+        f"{time.perf_counter() - t0:.2f} s"
+    )
     assert N_HEADER * 0.05 < clean < N_HEADER * 0.5  # both outcomes exercised
 
 
@@ -231,9 +246,28 @@ def _mutate_index(rng: random.Random, index: dict, folder) -> bytes:
         del index["weight_map"]
     elif kind in (2, 3):
         wm[rng.choice(list(wm))] = rng.choice(
-            [None, 1, [], {}, True, ".", "..", "", "../outside.safetensors", str(folder.parent / "outside.safetensors"),
-             "sub/x.safetensors", "sub\\x.safetensors", "config.json", "none.safetensors", "a\0.safetensors",
-             "./" + SHARDS[0], SHARDS[0], SHARDS[1], "/" + SHARDS[0], "~/" + SHARDS[0]]
+            [
+                None,
+                1,
+                [],
+                {},
+                True,
+                ".",
+                "..",
+                "",
+                "../outside.safetensors",
+                str(folder.parent / "outside.safetensors"),
+                "sub/x.safetensors",
+                "sub\\x.safetensors",
+                "config.json",
+                "none.safetensors",
+                "a\0.safetensors",
+                "./" + SHARDS[0],
+                SHARDS[0],
+                SHARDS[1],
+                "/" + SHARDS[0],
+                "~/" + SHARDS[0],
+            ]
         )
     elif kind == 4:
         if rng.random() < 0.5:
@@ -243,8 +277,18 @@ def _mutate_index(rng: random.Random, index: dict, folder) -> bytes:
     elif kind == 5:
         index[rng.choice(["metadata", "extra"])] = rng.choice(ODD_VALUES)  # other keys: harmless
     elif kind == 6:
-        return rng.choice([b"[]", b"null", b"", b"{", b"\xff{}", b'{"weight_map": {"a.f32": NaN}}',
-                           b'{"weight_map": {}, "weight_map": {}}', b"[" * 3000])
+        return rng.choice(
+            [
+                b"[]",
+                b"null",
+                b"",
+                b"{",
+                b"\xff{}",
+                b'{"weight_map": {"a.f32": NaN}}',
+                b'{"weight_map": {}, "weight_map": {}}',
+                b"[" * 3000,
+            ]
+        )
     text = bytearray(json.dumps(index).encode())
     if kind == 7:
         if rng.random() < 0.5:

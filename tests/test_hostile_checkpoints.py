@@ -35,8 +35,11 @@ def _tree(folder) -> dict:
         for p in (os.path.join(root, n) for n in dirs + files):
             mode = os.lstat(p).st_mode
             out[os.path.relpath(p, folder)] = (
-                "-> " + os.readlink(p) if stat.S_ISLNK(mode)
-                else hashlib.sha256(open(p, "rb").read()).hexdigest() if stat.S_ISREG(mode) else f"mode {mode:o}"
+                "-> " + os.readlink(p)
+                if stat.S_ISLNK(mode)
+                else hashlib.sha256(open(p, "rb").read()).hexdigest()
+                if stat.S_ISREG(mode)
+                else f"mode {mode:o}"
             )
     return out
 
@@ -137,7 +140,11 @@ HEADER_CASES = {
     "shape larger than its byte range": ("info", _grow_shape, ["model.embed_tokens.weight", "data_offsets span"]),
     "overlapping offsets": ("info", _overlap, ["overlaps the tensor before it"]),
     "header a JSON list": ("info", lambda h: b"[]", ["a JSON list, not an object"]),
-    "entry without data_offsets": ("info", lambda h: h["model.norm.weight"].pop("data_offsets"), ["has no data_offsets"]),
+    "entry without data_offsets": (
+        "info",
+        lambda h: h["model.norm.weight"].pop("data_offsets"),
+        ["has no data_offsets"],
+    ),
     "entry a string": ("info", lambda h: h.update({"model.norm.weight": "F32"}), ["'F32', not an object"]),
     "dtype XYZ": ("info", lambda h: h["model.norm.weight"].update(dtype="XYZ"), ["dtype 'XYZ'"]),
     "extract of a file the library rejects": ("extract", _gap, ["leaves a gap"]),
@@ -193,8 +200,13 @@ def test_item6_symlinked_extra_file_is_not_copied(tiny_copy, tmp_path):
     secret.write_text("SECRET-CONTENTS")
     os.symlink(secret, tiny_copy / "tokenizer_config.json")  # as `-> /etc/shadow`
     snap = _snap(tiny_copy)
-    _refused(_run("extract", tiny_copy, tmp_path), tiny_copy, "tokenizer_config.json", "outside the checkpoint folder",
-             outside=snap)
+    _refused(
+        _run("extract", tiny_copy, tmp_path),
+        tiny_copy,
+        "tokenizer_config.json",
+        "outside the checkpoint folder",
+        outside=snap,
+    )
     assert os.listdir(tmp_path / "work") == []
     with pytest.raises(CheckpointError, match="outside the checkpoint folder"):
         Checkpoint(tiny_copy).extra_files()
@@ -211,11 +223,16 @@ def test_item6_side_files_read_only_inside_the_folder(tiny_copy, tmp_path):
     os.mkfifo(tiny_copy / "slice.json")
     with pytest.raises(CheckpointError, match="not a regular file"):
         ck.side_json("slice.json")
-    assert ck.extra_files() == [tiny_copy / n for n in sorted(os.listdir(tiny_copy)) if n not in
-                                ("model.safetensors", "config.json", "slice.json")]  # the FIFO is no extra file
+    assert ck.extra_files() == [
+        tiny_copy / n
+        for n in sorted(os.listdir(tiny_copy))
+        if n not in ("model.safetensors", "config.json", "slice.json")
+    ]  # the FIFO is no extra file
 
 
-@pytest.mark.parametrize("name,cmd", [("model.safetensors", "info"), ("tokenizer.json", "eval"), ("config.json", "info")])
+@pytest.mark.parametrize(
+    "name,cmd", [("model.safetensors", "info"), ("tokenizer.json", "eval"), ("config.json", "info")]
+)
 def test_item6_symlinks_out_of_the_folder_refused(tiny_copy, tmp_path, name, cmd):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -315,8 +332,9 @@ def test_item12_index_weight_map_typed(sharded_copy, tmp_path, case):
     index["weight_map"] = edit(index["weight_map"])
     (sharded_copy / INDEX).write_text(json.dumps(index))
     snap = _snap(sharded_copy)
-    _refused(_run("info", sharded_copy, tmp_path), sharded_copy, INDEX if "shard" not in needle else "", needle,
-             outside=snap)
+    _refused(
+        _run("info", sharded_copy, tmp_path), sharded_copy, INDEX if "shard" not in needle else "", needle, outside=snap
+    )
 
 
 def test_item12_index_not_an_object(sharded_copy, tmp_path):
@@ -360,8 +378,10 @@ def _int_tensor(folder):
 
 def _extra_tensor(folder):
     ck = SafetensorsIndex(folder)
-    save_file({**{n: ck.get(n) for n in ck.names()}, "model.rotary.inv_freq": torch.ones(4)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {**{n: ck.get(n) for n in ck.names()}, "model.rotary.inv_freq": torch.ones(4)},
+        str(folder / "model.safetensors"),
+    )
 
 
 def _wider_config(folder):

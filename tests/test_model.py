@@ -262,8 +262,15 @@ def test_expert_implementations_have_the_same_gradients():
 
 
 def test_tied_embeddings_load_tied_whole_and_layer_by_layer(tmp_path):
-    cfg = EmoConfig(hidden_size=32, intermediate_size=16, num_attention_heads=4, num_experts=9,
-                    num_experts_per_tok=3, vocab_size=64, tie_word_embeddings=True)
+    cfg = EmoConfig(
+        hidden_size=32,
+        intermediate_size=16,
+        num_attention_heads=4,
+        num_experts=9,
+        num_experts_per_tok=3,
+        vocab_size=64,
+        tie_word_embeddings=True,
+    )
     model = init_weights(EmoForCausalLM(cfg), std=0.2, seed=7).eval()
     emo_slice.save_model(model, tmp_path / "tied")
     loaded = emo_slice.load_model(tmp_path / "tied")

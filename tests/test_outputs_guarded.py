@@ -53,12 +53,16 @@ def tree_hash(folder: Path) -> str:
 
 def leftovers(folder: Path) -> list[str]:
     """Temporaries and lock files an emo-slice writer would leave in folder."""
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock"))
+    return sorted(
+        p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name or p.name.endswith(".lock")
+    )
 
 
 def _task(tmp_path: Path) -> Path:
     path = tmp_path / "task.jsonl"
-    path.write_text("".join(json.dumps({"context": f"q{i}", "choices": ["a", "b"], "label": i % 2}) + "\n" for i in range(3)))
+    path.write_text(
+        "".join(json.dumps({"context": f"q{i}", "choices": ["a", "b"], "label": i % 2}) + "\n" for i in range(3))
+    )
     return path
 
 
@@ -74,6 +78,7 @@ def no_model_runs(monkeypatch):
 
 # ---- 2: quickstart --overwrite deletes only a folder emo-slice made; --keep checked first --------------------
 
+
 def test_item2_quickstart_overwrite_never_deletes_user_files(tmp_path):
     from emo_slice import quickstart
 
@@ -83,7 +88,9 @@ def test_item2_quickstart_overwrite_never_deletes_user_files(tmp_path):
     before = tree_hash(tmp_path)
     # the issue's exact command: --keep abc is refused before anything runs or is deleted
     assert_one_line_error(invoke("quickstart", "--out", v, "--overwrite", "--size", "tiny", "--keep", "abc"), "--keep")
-    assert_one_line_error(invoke("quickstart", "--out", v, "--overwrite", "--size", "tiny", "--keep", "99"), "--keep 99")
+    assert_one_line_error(
+        invoke("quickstart", "--out", v, "--overwrite", "--size", "tiny", "--keep", "99"), "--keep 99"
+    )
     # a valid --keep: the folder holds a file the quickstart did not write, so --overwrite refuses
     assert_one_line_error(invoke("quickstart", "--out", v, "--overwrite", "--size", "tiny"), "'thesis.tex'", "refusing")
     # stricter: a folder named like a quickstart's own (data/) but holding the user's files is not deleted either
@@ -104,6 +111,7 @@ def test_item2_quickstart_overwrite_never_deletes_user_files(tmp_path):
 
 # ---- 3: eval --out inside or equal to the model is refused before scoring ------------------------------------
 
+
 def test_item3_eval_out_in_or_at_the_model_is_refused_before_scoring(fixtures, tmp_path, no_model_runs):
     model = tmp_path / "model"
     shutil.copytree(fixtures / "emo-tiny", model)
@@ -123,15 +131,27 @@ def test_item3_eval_out_in_or_at_the_model_is_refused_before_scoring(fixtures, t
 
 # ---- 4: extract copies an allow-list ---------------------------------------------------------------------------
 
+
 def test_item4_extract_copies_only_what_a_checkpoint_needs(tiny_ckpt, tmp_path):
     src = random_checkpoint(tmp_path / "src", "tiny", seed=1, max_shard_size="200KB")  # index + 4 shards
     assert (src / "model.safetensors.index.json").exists() and not (src / "model.safetensors").exists()
     shutil.copy(tiny_ckpt / "model.safetensors", src / "model.safetensors")  # an old full model beside the index
-    junk = {"training_state.pt": b"\x80\x04junk", "pytorch_model.bin": b"x" * 5000, "extra.gguf": b"GGUF",
-            "provenance.json": b'{"created_by": "someone else"}', "slice.json": b'{"format": "old"}',
-            "train_config.json": b"{}", "notes.txt": b"private"}
-    kept = {"README.md": b"# model card", "LICENSE": b"Apache-2.0", "modeling_emo.py": b"# code",
-            "configuration_emo.py": b"# code", "special_tokens_map.json": b"{}"}
+    junk = {
+        "training_state.pt": b"\x80\x04junk",
+        "pytorch_model.bin": b"x" * 5000,
+        "extra.gguf": b"GGUF",
+        "provenance.json": b'{"created_by": "someone else"}',
+        "slice.json": b'{"format": "old"}',
+        "train_config.json": b"{}",
+        "notes.txt": b"private",
+    }
+    kept = {
+        "README.md": b"# model card",
+        "LICENSE": b"Apache-2.0",
+        "modeling_emo.py": b"# code",
+        "configuration_emo.py": b"# code",
+        "special_tokens_map.json": b"{}",
+    }
     for name, data in {**junk, **kept}.items():
         (src / name).write_bytes(data)
     before = tree_hash(src)
@@ -164,7 +184,9 @@ def test_item4_a_link_out_of_the_checkpoint_is_refused(tiny_ckpt, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("password")
     (src / "tokenizer_config.json").symlink_to(secret)
-    assert_one_line_error(invoke("extract", src, "--experts", "0,1,5", "--out", tmp_path / "slice"), "outside the checkpoint")
+    assert_one_line_error(
+        invoke("extract", src, "--experts", "0,1,5", "--out", tmp_path / "slice"), "outside the checkpoint"
+    )
     assert not (tmp_path / "slice").exists() and leftovers(tmp_path) == []
     (src / "tokenizer_config.json").unlink()
     (src / "tokenizer_config.json").symlink_to(src / "generation_config.json")  # a link inside the folder is fine
@@ -173,13 +195,22 @@ def test_item4_a_link_out_of_the_checkpoint_is_refused(tiny_ckpt, tmp_path):
 
 # ---- 7: two writers of the same output --------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_item7_two_extracts_to_the_same_out_one_refuses(tiny_ckpt, tmp_path):
     out, before = tmp_path / "slice", tree_hash(tiny_ckpt)
     args = ["extract", str(tiny_ckpt), "--experts", "0,1,5", "--out", str(out)]
     env = {**os.environ, "COLUMNS": "200"}
-    procs = [subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, "3", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLOW_EXTRACT, "3", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     results = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=120)
@@ -192,6 +223,7 @@ def test_item7_two_extracts_to_the_same_out_one_refuses(tiny_ckpt, tmp_path):
 
 
 # ---- 9: OSError: one line naming the path, checked before work, temporaries removed --------------------------
+
 
 def test_item9_unwritable_output_fails_before_eval_or_profile_computes(fixtures, tmp_path, monkeypatch, no_model_runs):
     model, task = fixtures / "emo-tiny", _task(tmp_path)
@@ -265,12 +297,14 @@ def test_item9_unreadable_source_is_one_line_naming_it(tiny_ckpt, tmp_path, monk
 
 # ---- 16: kill -9 leaves temporaries the next run removes ----------------------------------------------------
 
+
 @pytest.mark.slow
 def test_item16_kill_9_during_extract_then_a_rerun_cleans_up(tiny_ckpt, tmp_path):
     out = tmp_path / "slice"
     args = ["extract", str(tiny_ckpt), "--experts", "0,1,5", "--out", str(out)]
-    p = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, "60", *args], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXTRACT, "60", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     tmp = tmp_path / f".slice.tmp-{p.pid}"
     deadline = time.time() + 60
     while not tmp.is_dir() and time.time() < deadline:  # the writer is inside extract, holding the lock
@@ -285,6 +319,7 @@ def test_item16_kill_9_during_extract_then_a_rerun_cleans_up(tiny_ckpt, tmp_path
 
 
 # ---- 17: Ctrl-C during pretrain says what was written -----------------------------------------------------
+
 
 def test_item17_interrupted_pretrain_names_the_last_checkpoint(tmp_path, monkeypatch):
     import emo_slice.train.trainer as trainer
@@ -336,6 +371,7 @@ def test_item17_interrupted_extract_wrote_nothing(tiny_ckpt, tmp_path, monkeypat
 
 
 # ---- 21: a malformed size is one line, before any work ----------------------------------------------------
+
 
 def test_item21_malformed_max_shard_size(tiny_ckpt, tmp_path):
     for size in ("1.5.5MB", "0", "-1GB", "5XB"):

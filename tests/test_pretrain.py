@@ -65,7 +65,8 @@ def test_loss_falls_and_checkpoint_loads_back_with_identical_logits(corpus, tmp_
         assert math_ok(train[-1][key])
     assert len(train[-1]["imbalance"]) == 2 and len(train[-1]["doc_entropy"]) == 2
     assert path == tmp_path / "run" / "final"
-    assert (path / "training_state.pt").exists() and (path / "config.json").exists()
+    assert (path / "training_state" / "state.safetensors").exists() and (path / "config.json").exists()
+    assert not (path / "training_state.pt").exists()  # no pickle
     loaded = load_model(path, dtype="float32")
     ids = torch.randint(0, 256, (2, 32))
     t.raw.eval()
@@ -92,22 +93,22 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus, tmp_path):
 def test_a_failed_save_leaves_the_previous_checkpoint(corpus, tmp_path, monkeypatch):
     import emo_slice.train.checkpointing as ckpt
 
-    calls, real = [], torch.save
+    calls, real = [], ckpt.write_training_state
 
-    def flaky(obj, f, *a, **k):
-        calls.append(f)
+    def flaky(path, *a, **k):
+        calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt("killed during the save")
-        return real(obj, f, *a, **k)
+        return real(path, *a, **k)
 
-    monkeypatch.setattr(ckpt.torch, "save", flaky)
+    monkeypatch.setattr(ckpt, "write_training_state", flaky)
     with pytest.raises(KeyboardInterrupt):
         pretrain(_cfg(corpus, tmp_path / "run", save_every=2))
     out = tmp_path / "run"
     assert (out / "latest").read_text().strip() == "step-000002"
     load_model(out / "step-000002")  # intact
     assert not (out / "step-000004").exists() and not list(out.glob(".step-000004*"))  # no temporaries left
-    monkeypatch.setattr(ckpt.torch, "save", real)
+    monkeypatch.setattr(ckpt, "write_training_state", real)
     pretrain(_cfg(corpus, out, save_every=2, resume=True))
     assert (out / "latest").read_text().strip() == "final"
 

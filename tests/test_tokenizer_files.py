@@ -12,7 +12,8 @@ import shutil
 
 import pytest
 import torch
-from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from emo_slice.errors import UsageError
 from emo_slice.io.build import random_checkpoint, save_model
@@ -26,8 +27,13 @@ from emo_slice.slicing.select import plan_slice
 
 transformers = pytest.importorskip("transformers")
 
-TEXTS = ["héllo wörld", "Āā ŁŃ ğ 日本語 🙂 Ωμέγα", "tabs\tand\nnew lines  double  spaces\r\n", "def f(x): return x**2  # ünï",
-         "\x00\x01 control bytes \x7f"]
+TEXTS = [
+    "héllo wörld",
+    "Āā ŁŃ ğ 日本語 🙂 Ωμέγα",
+    "tabs\tand\nnew lines  double  spaces\r\n",
+    "def f(x): return x**2  # ünï",
+    "\x00\x01 control bytes \x7f",
+]
 FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -51,15 +57,20 @@ def _bpe() -> Tokenizer:
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|pad|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(["the quick brown fox jumps over the lazy dog", "héllo wörld déjà vu"] * 20, trainer)
     return Tokenizer(tok, 0, 1, "trained here")
 
 
 def test_byte_level_tokenizer_json_encodes_like_bytes(tmp_path):
-    written = write_tokenizer_files(tmp_path, ByteTokenizer(0, 1), {"eos_token_id": 0, "pad_token_id": 1,
-                                                                    "bos_token_id": None})
+    written = write_tokenizer_files(
+        tmp_path, ByteTokenizer(0, 1), {"eos_token_id": 0, "pad_token_id": 1, "bos_token_id": None}
+    )
     assert written == list(FILES)
     hf, ours = _encodes_alike(tmp_path)
     assert ours.kind == "byte-level"  # load_tokenizer recognises the file
@@ -67,10 +78,15 @@ def test_byte_level_tokenizer_json_encodes_like_bytes(tmp_path):
         assert hf(text).input_ids == list(text.encode("utf-8"))  # the definition, not emo-slice's code
     assert (hf.eos_token_id, hf.pad_token_id, hf.bos_token_id) == (0, 1, None)
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and (cfg["eos_token"], cfg["pad_token"]) == (
-        "<0x00>", "<0x01>") and "bos_token" not in cfg
-    assert json.loads((tmp_path / "special_tokens_map.json").read_text()) == {"eos_token": "<0x00>",
-                                                                             "pad_token": "<0x01>"}
+    assert (
+        cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+        and (cfg["eos_token"], cfg["pad_token"]) == ("<0x00>", "<0x01>")
+        and "bos_token" not in cfg
+    )
+    assert json.loads((tmp_path / "special_tokens_map.json").read_text()) == {
+        "eos_token": "<0x00>",
+        "pad_token": "<0x01>",
+    }
     assert write_tokenizer_files(tmp_path, ByteTokenizer(0, 1), {}) == []  # existing files are kept
 
 
@@ -94,12 +110,16 @@ def test_extract_gives_a_slice_the_tokenizer_files(tiny_ckpt, tmp_path):
     shutil.copytree(tiny_ckpt, src)
     tok = _bpe()
     tok.save(src)
-    (src / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 7}\n')
+    (src / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 7}\n'
+    )
     extract(src, plan_slice(Checkpoint(src), experts="1,2"), tmp_path / "bpe")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "bpe" / name).read_bytes() == (src / name).read_bytes()  # kept as the source has them
     assert json.loads((tmp_path / "bpe" / "special_tokens_map.json").read_text()) == {
-        "eos_token": "<|endoftext|>", "pad_token": "<|pad|>"}  # the tiny config's ids 0 / 1
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|pad|>",
+    }  # the tiny config's ids 0 / 1
 
 
 def test_export_folder_tokenizer_loads(tiny_ckpt, tmp_path):
@@ -110,6 +130,7 @@ def test_export_folder_tokenizer_loads(tiny_ckpt, tmp_path):
 
 
 # ---- remote code --------------------------------------------------------------------------------------
+
 
 def test_no_auto_map_unless_the_files_are_there(tmp_path):
     assert "auto_map" not in EmoConfig().to_dict()
@@ -144,12 +165,25 @@ def test_pretrain_copies_remote_code(tmp_path):
         train_preset("tiny", data=str(data), out=str(tmp_path / "x"), remote_code=str(code)).validate()
     for name in ("configuration_emo.py", "modeling_emo.py"):
         (code / name).write_text(f"# {name}\n")
-    cfg = train_preset("tiny", data=str(data), out=str(tmp_path / "run"), seq_len=16, batch_size=2, steps=1,
-                       warmup_steps=0, eval_every=0, save_every=0, eval_batches=1, progress=False,
-                       remote_code=str(code))
+    cfg = train_preset(
+        "tiny",
+        data=str(data),
+        out=str(tmp_path / "run"),
+        seq_len=16,
+        batch_size=2,
+        steps=1,
+        warmup_steps=0,
+        eval_every=0,
+        save_every=0,
+        eval_batches=1,
+        progress=False,
+        remote_code=str(code),
+    )
     final = pretrain(cfg)
-    assert json.loads((final / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == \
-        "modeling_emo.EmoForCausalLM"
+    assert (
+        json.loads((final / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+        == "modeling_emo.EmoForCausalLM"
+    )
     assert (final / "modeling_emo.py").read_text() == "# modeling_emo.py\n"
     assert all((final / f).exists() for f in FILES)
     with torch.no_grad():

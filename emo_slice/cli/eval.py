@@ -107,10 +107,9 @@ def eval_cmd(
     Multiple-choice tasks are scored by ranking classification (acc_raw, acc_per_token, acc_per_char,
     acc_per_byte, acc_uncond, bits per byte of the gold), text by perplexity and bits per byte. With
     --against, a second model is scored on the very same items and both are shown side by side."""
+    from emo_slice.artifacts import locked
     from emo_slice.cli.display import eval_tables, progress_bars
     from emo_slice.eval.harness import check_result_paths, save_results, simple_evaluate, without_samples
-
-    from emo_slice.artifacts import locked
 
     check_result_paths([model, against], out=out, predictions=predictions, overwrite=overwrite)
     with locked((out, "--out"), (predictions, "--predictions")), progress_bars() as bar:

@@ -40,13 +40,25 @@ EPILOG = """Examples:
 @cli_errors
 def export(
     model: ModelArg,
-    fmt: Annotated[ExportFormat, typer.Option(
-        "--format", help="qwen2-moe: a Hugging Face Qwen2MoeForCausalLM folder (no remote code); gguf: one llama.cpp "
-        "file of architecture deepseek.", show_default=False)],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="qwen2-moe: a Hugging Face Qwen2MoeForCausalLM folder (no remote code); gguf: one llama.cpp "
+            "file of architecture deepseek.",
+            show_default=False,
+        ),
+    ],
     out: Annotated[Path, out_option("Folder (qwen2-moe) or FILE.gguf (gguf) to write; outside the model.")],
-    outtype: Annotated[Optional[OutType], typer.Option(
-        "--outtype", help="Stored weight type: f32, f16, bf16, or q8_0 (gguf only). Default: the checkpoint's "
-        "stored dtype (qwen2-moe then copies renamed tensors as bytes).", show_default=False)] = None,
+    outtype: Annotated[
+        Optional[OutType],
+        typer.Option(
+            "--outtype",
+            help="Stored weight type: f32, f16, bf16, or q8_0 (gguf only). Default: the checkpoint's "
+            "stored dtype (qwen2-moe then copies renamed tensors as bytes).",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
 ):
@@ -59,8 +71,14 @@ def export(
     from emo_slice.export import export as run_export
 
     with progress_bars({"exporting": "bytes"}, enabled=not json_out) as bar:
-        summary = run_export(model, out, value(fmt), outtype=value(outtype), overwrite=overwrite,
-                             progress=None if bar is None else (lambda done, total: bar("exporting", done, total)))
+        summary = run_export(
+            model,
+            out,
+            value(fmt),
+            outtype=value(outtype),
+            overwrite=overwrite,
+            progress=None if bar is None else (lambda done, total: bar("exporting", done, total)),
+        )
     if json_out:
         print_json(summary)
         return

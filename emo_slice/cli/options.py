@@ -103,8 +103,9 @@ Overwrite = Annotated[
     bool,
     typer.Option(
         "--overwrite",
-        help="Replace an existing output (a file, or a folder that "
-        "holds files); without it an existing output is refused before any work.",
+        help="Replace an existing output that emo-slice wrote (a folder with its .emo-slice marker, an empty "
+        "folder, or a results/profile file); without it an existing output is refused before any work. "
+        "Other files and folders are never deleted.",
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]

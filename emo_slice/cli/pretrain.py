@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from emo_slice.cli import app, cli_errors, err_console, print_json
+from emo_slice.cli import app, cli_errors, err_console, fail, print_json
 from emo_slice.cli.options import DType, Overwrite, Preset, Router, dtype_option, out_option, seed_option, value
 
 EPILOG = """Examples:
@@ -69,6 +69,12 @@ TrainSeed = Annotated[
 StopAfter = _opt(
     "--stop-after", int, "Stop with a checkpoint after this step (the schedule is unchanged); continue with --resume."
 )
+RemoteCode = _opt(
+    "--remote-code",
+    str,
+    "Folder with configuration_emo.py and modeling_emo.py, copied into every checkpoint and named by its "
+    "config.json auto_map (default: none, and no auto_map).",
+)
 Fsdp = _flag("--fsdp", "Under torchrun: shard with FSDP2 fully_shard instead of DDP.")
 Resume = _flag("--resume", "Continue the run in --out from its latest checkpoint.")
 ShowConfig = _flag("--show-config", "Check and print the resolved configuration, then exit.")
@@ -118,6 +124,7 @@ def pretrain_cmd(
     eval_every: EvalEvery = None,
     seed: TrainSeed = None,
     stop_after: StopAfter = None,
+    remote_code: RemoteCode = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
     settings: Settings = [],
@@ -131,7 +138,7 @@ def pretrain_cmd(
     cosine decay. Writes Hugging Face EMO checkpoints that profile, extract and eval read. Runs data
     parallel under torchrun (DDP, or --fsdp)."""
     from emo_slice.errors import UsageError
-    from emo_slice.train.run import check_config, resolve_config, run_summary, summary_line
+    from emo_slice.train.run import check_config, interrupted_message, resolve_config, run_summary, summary_line
 
     options = {
         "data": data,
@@ -151,6 +158,7 @@ def pretrain_cmd(
         "eval_every": eval_every,
         "seed": seed,
         "stop_after": stop_after,
+        "remote_code": remote_code,
     }
     cfg = resolve_config(
         out, preset=value(preset), resume=resume, overwrite=overwrite, fsdp=fsdp, options=options, settings=settings
@@ -163,11 +171,14 @@ def pretrain_cmd(
         raise UsageError("--data is required: a .txt, JSONL or dataset with the training text")
     from emo_slice.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    if trainer.rank == 0 and not json_out:
-        latest = out / "latest"
-        err_console.print(_banner(trainer, latest.read_text().strip() if resume and latest.exists() else None))
-    path = trainer.run()
+    try:
+        trainer = Trainer(cfg)
+        if trainer.rank == 0 and not json_out:
+            latest = out / "latest"
+            err_console.print(_banner(trainer, latest.read_text().strip() if resume and latest.exists() else None))
+        path = trainer.run()
+    except KeyboardInterrupt:  # say what the run folder holds, not "nothing was written"
+        fail(interrupted_message(out), 130)
     if trainer.rank != 0:
         return
     summary = run_summary(out, path, trainer.world)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import typer
+
 from emo_slice.cli import app, cli_errors, console, err_console, print_json
 from emo_slice.cli.options import (
     ComputeDType,
@@ -24,6 +26,22 @@ from emo_slice.cli.options import (
     seed_option,
     value,
 )
+
+MaxTokensInMemory = Annotated[
+    int,
+    typer.Option(
+        "--max-tokens-in-memory",
+        help="Calibration tokens whose activations are held at once: longer input runs in chunks of this many "
+        "(the layers are read once per chunk; scores are the same). Memory about 2 x this x hidden_size x 4 bytes. "
+        "--greedy needs every token at once and refuses longer input.",
+    ),
+]
+
+
+def plain_progress(label: str, done: int, total: int | None) -> None:
+    """Progress when stderr is not a terminal (a log file, CI): one plain line per update, no bar."""
+    err_console.print(f"{label}: {done}/{total if total is not None else '?'} layer passes", markup=False)
+
 
 EPILOG = """Examples:
 
@@ -50,6 +68,7 @@ def profile(
     shots: Shots = None,
     seed: Annotated[int, seed_option("the demonstrations draw (and of --method random with --greedy)")] = 0,
     max_length: MaxLength = 1024,
+    max_tokens_in_memory: MaxTokensInMemory = 262_144,
     dtype: ComputeDType = None,
     greedy: Greedy = False,
     keep: Annotated[Optional[str], keep_option("Only with --greedy.")] = None,
@@ -59,9 +78,9 @@ def profile(
     """Score every routed expert on calibration input; write a reusable profile file.
 
     Scores per layer: mean router probability (EMO's default), selection frequency, REAP, EASY-EP and
-    token counts. Runs layer by layer from the memory-mapped checkpoint (peak memory: about one layer
-    plus activations). The profile file is reusable: `extract` slices at any K and method from it
-    without running the model again."""
+    token counts. Runs layer by layer from the checkpoint (peak memory: about one layer plus the
+    activations of at most --max-tokens-in-memory tokens). The profile file is reusable: `extract` slices
+    at any K and method from it without running the model again."""
     from emo_slice.cli.display import concentration_table, progress_bars
     from emo_slice.slicing.pipeline import profile_summary, write_profile
     from emo_slice.slicing.profile import ProfileSettings
@@ -73,13 +92,15 @@ def profile(
         shots=shots,
         seed=seed,
         max_length=max_length,
+        max_tokens_in_memory=max_tokens_in_memory,
         dtype=value(dtype),
         greedy=greedy,
         keep=keep,
         method=value(method),
     )
-    with progress_bars({"profiling": "layers"}, enabled=not json_out) as bar:
-        prof, path = write_profile(model, out, settings, overwrite=overwrite, progress=bar)
+    with progress_bars({"profiling": "layer passes"}, enabled=not json_out and err_console.is_terminal) as bar:
+        progress = bar if bar is not None or json_out else plain_progress
+        prof, path = write_profile(model, out, settings, overwrite=overwrite, progress=progress)
     summary = profile_summary(prof, path)
     if json_out:
         print_json(summary)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,52 @@ def _get(record: dict, path: str, src: str, flag: str):
     return cur
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file, newlines normalised to \\n (as open() in text mode); invalid UTF-8 is a
+    DataError naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line} is not valid UTF-8 (byte 0x{data[e.start]:02x} at column {col}); re-save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def check_text(value: str, where: str) -> str:
+    """A string that UTF-8 can encode (JSON may carry lone surrogates such as \\ud800, which it cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"{where} holds {value[e.start]!r} (a lone surrogate), which is not text; fix that record"
+        ) from None
+    return value
+
+
+def token_id_bound(tok) -> int:
+    """One more than the largest token id `tok` can produce (byte tokenizers: 256)."""
+    backend = getattr(tok, "backend", None)
+    if backend is None:
+        return tok.vocab_size
+    vocab = backend.get_vocab(with_added_tokens=True)
+    return max(vocab.values(), default=-1) + 1
+
+
+def check_tokenizer_fits(tok, vocab_size: int, model: str) -> None:
+    """Refuse a tokenizer that can produce ids the model's embedding has no row for."""
+    bound = token_id_bound(tok)
+    if bound > vocab_size:
+        raise DataError(
+            f"{model}: its tokenizer ({tok.describe()}) gives token ids up to {bound - 1} but config.json's "
+            f"vocab_size is {vocab_size}, so those ids have no embedding; the tokenizer belongs to another "
+            "model: use the one this model was trained with"
+        )
+
+
 def _is_dataset_dir(p: Path) -> bool:
     return p.is_dir() and (
         (p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists() or (p / "state.json").exists()
@@ -42,16 +89,15 @@ def read_records(src: str | os.PathLike, split: str | None = None, flag: str = "
     p = Path(src).expanduser()
     if p.is_file() and p.suffix in (".jsonl", ".json", ".ndjson"):
         records = []
-        with open(p, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{p}:{i} is not valid JSON ({e.msg}); fix or remove that line") from None
-                    if not isinstance(rec, dict):
-                        raise DataError(f"{p}:{i} is not a JSON object; each line must be one")
-                    records.append(rec)
+        for i, line in enumerate(read_utf8(p).split("\n"), 1):
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{p}:{i} is not valid JSON ({e.msg}); fix or remove that line") from None
+                if not isinstance(rec, dict):
+                    raise DataError(f"{p}:{i} is not a JSON object; each line must be one")
+                records.append(rec)
         if not records:
             raise DataError(f"{p} holds no records; give a JSONL file with one JSON object per line")
         return records
@@ -113,7 +159,7 @@ def read_texts(
     if not p.exists() and (str(src).startswith((".", "/", "~")) or p.suffix in (".txt", ".jsonl", ".json")):
         raise DataError(f"{flag} {src}: no such file")
     if p.is_file() and p.suffix not in (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".arrow"):
-        text = p.read_text(encoding="utf-8", errors="replace")
+        text = read_utf8(p)
         if not text.strip():
             raise DataError(f"{p} is empty; give a file with some text")
         return [text]
@@ -125,7 +171,7 @@ def read_texts(
                 f"{src}: field {field!r} holds {type(value).__name__}, not text; choose another with --field"
             )
         if value.strip():
-            texts.append(value)
+            texts.append(check_text(value, f"{src}: field {field!r}"))
     if not texts:
         raise DataError(f"{src}: every {field!r} is empty")
     return texts
@@ -146,22 +192,44 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def parse_label(value, n_choices: int, where: str, labels: list | None = None) -> int:
-    """A gold label given as index (0-based int or digit string) or as letter (A, B, ...)."""
+    """A gold label given as index (0-based int, integral float or digit string) or as letter (A, B, ...)."""
     if labels is not None and value in labels:  # e.g. ARC's choices.label list
         return labels.index(value)
-    if isinstance(value, bool):
+    span = f"0..{n_choices - 1} or A..{LETTERS[min(n_choices, 26) - 1]}"
+    if isinstance(value, bool) or value is None or not isinstance(value, (int, float, str)):
+        raise DataError(f"{where}: label {value!r} is a {type(value).__name__}, not an index ({span})")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise DataError(f"{where}: label {value!r} is a float, not an index; write one of {span}")
         value = int(value)
     if isinstance(value, str):
         v = value.strip()
         if v.isdigit():
             value = int(v)
         elif len(v) == 1 and v.upper() in LETTERS:
-            value = LETTERS.index(v.upper())
+            n = LETTERS.index(v.upper())
+            if n >= n_choices:
+                raise DataError(
+                    f"{where}: label {value!r} is letter {n + 1} but the item has {n_choices} choices ({span})"
+                )
+            return n
         else:
-            raise DataError(f"{where}: label {value!r} is neither an index nor a letter")
-    if not isinstance(value, int) or not 0 <= value < n_choices:
-        raise DataError(f"{where}: label {value!r} is out of range for {n_choices} choices")
+            raise DataError(f"{where}: label {value!r} is neither an index nor a letter; write one of {span}")
+    if not 0 <= value < n_choices:
+        raise DataError(f"{where}: label {value!r} is out of range: the item has {n_choices} choices ({span})")
     return value
+
+
+def _choices(value, where: str) -> list[str]:
+    """At least two strings: ranking classification cannot score an item with one choice."""
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise DataError(f"{where}: choices must be a list of strings, not {json.dumps(value, default=str)[:60]}")
+    if len(value) < 2:
+        raise DataError(
+            f"{where}: has {len(value)} choice(s); ranking classification needs at least 2 "
+            "(one choice would always be 'right'); fix or drop the item"
+        )
+    return [check_text(c, f"{where}: choice") for c in value]
 
 
 def load_mc_task(
@@ -177,24 +245,27 @@ def load_mc_task(
     f = {**DEFAULT_FIELDS, **(fields or {})}
     items = []
     for i, rec in enumerate(read_records(src, split, flag)):
-        where = f"{src} item {i}"
+        item_id = rec.get(f["id"], i)
+        where = f"{src} item {item_id!r}" if f["id"] in rec else f"{src} item {i}"
         if context_template is not None:
-            try:
-                context = context_template.format(**rec)
-            except KeyError as e:
-                raise DataError(f"{where}: the context template needs field {e}, which is not there") from None
+            for name in (n for _, n, _, _ in string.Formatter().parse(context_template) if n):
+                if name not in rec:
+                    raise DataError(f"{where}: the context template needs field {name!r}, which is not there")
+                if not isinstance(rec[name], str):
+                    raise DataError(f"{where}: field {name!r} is {json.dumps(rec[name], default=str)[:40]}, not text")
+            context = context_template.format(**rec)
         else:
             context = _get(rec, f["context"], str(src), "--map context=FIELD")
-        choices = _get(rec, f["choices"], str(src), "--map choices=FIELD")
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
-            raise DataError(f"{where}: choices must be a non-empty list of strings")
+        if not isinstance(context, str):
+            shown = json.dumps(context, default=str)[:40]
+            raise DataError(f"{where}: context is {shown}, not text; fix or drop the item")
+        choices = _choices(_get(rec, f["choices"], str(src), "--map choices=FIELD"), where)
         label_labels = None
         if "." in f["choices"]:  # ARC: choices.text with choices.label holding the letters
             parent = _get(rec, f["choices"].rsplit(".", 1)[0], str(src), "--map")
             label_labels = parent.get("label") if isinstance(parent, dict) else None
         label = parse_label(_get(rec, f["label"], str(src), "--map label=FIELD"), len(choices), where, label_labels)
-        item_id = rec.get(f["id"], i) if isinstance(rec, dict) else i
-        items.append(MCItem(str(item_id), str(context), list(choices), label))
+        items.append(MCItem(str(item_id), check_text(context, f"{where}: context"), choices, label))
     if not items:
         raise DataError(f"{src} holds no items")
     return items

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from emo_slice.data.sources import MCItem
-from emo_slice.errors import DataError, UsageError
+from emo_slice.errors import CheckpointError, DataError, UsageError
 from emo_slice.eval.metrics import mc_metrics
 from emo_slice.eval.requests import Row, encode_item, lm_rows, make_batches, tree_row
 from emo_slice.eval.runner import Runner
@@ -108,6 +108,8 @@ def evaluate_mc(
             r.unit = 0
             rows.append(r)
     scored = score_rows(runner, rows, batch_size, progress)
+    names = [f"item {it.id}" for it in items]
+    check_finite(runner, scored, names + [f"{n} (unconditional)" for n in names], task)
     lls = [[sum(s) for s in scored[i]] for i in range(len(items))]
     ntoks = [[len(c) for c in e.conts] for e in encs]
     unc = [[sum(s) for s in scored[len(items) + i]] for i in range(len(items))] if uncond else None
@@ -117,6 +119,19 @@ def evaluate_mc(
     metrics["acc,none"] = metrics["acc_raw"]  # lm-evaluation-harness names
     metrics["acc_norm,none"] = metrics["acc_per_char"]
     return MCResult(metrics, preds, trunc, len(items))
+
+
+def check_finite(runner: Runner, scored: list[list[list[float]]], names: list[str], task: str) -> None:
+    """Refuse to report metrics computed from non-finite log-probabilities: a ranking of NaNs is arbitrary and
+    a NaN perplexity is no result, so a model whose weights overflowed (a diverged training run) fails
+    with one line instead of printing numbers that look real."""
+    for r, row in enumerate(scored):
+        bad = next((v for span in row for v in span if not math.isfinite(v)), None)
+        if bad is not None:
+            raise CheckpointError(
+                f"{runner.path} gives a non-finite log-probability ({bad}) on {task} {names[r]}: its weights hold "
+                "NaN or inf (a diverged training run?); no result is reported; check the model's training log"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,6 +155,7 @@ def evaluate_lm(
     L = max_length or runner.config.max_position_embeddings
     rows, cut = lm_rows(runner.tokenizer, docs, L, mode)
     scored = score_rows(runner, rows, batch_size, progress)
+    check_finite(runner, scored, [f"window {i}" for i in range(len(rows))], task)
     nll = -sum(sum(s[0]) for s in scored)
     n_tok = sum(len(r.target) for r in rows)
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
@@ -173,16 +189,17 @@ def check_result_paths(
     predictions: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Refuse, before any work, a results/predictions file inside a model folder or already there."""
+    """Refuse, before any work, a results/predictions file inside a model folder, already there (without
+    overwrite; with it, a file that is not .json / .jsonl), or in a folder that cannot be written."""
     from emo_slice.artifacts import check_output
     from emo_slice.io.checkpoint import resolve_checkpoint
 
     inputs = [resolve_checkpoint(m) for m in models if m is not None]
     if out is not None and predictions is not None and Path(out).absolute() == Path(predictions).absolute():
         raise UsageError(f"--out and --predictions are both {out}; give two different files")
-    for path, flag in ((out, "--out"), (predictions, "--predictions")):
+    for path, flag, suffixes in ((out, "--out", (".json",)), (predictions, "--predictions", (".jsonl", ".json"))):
         if path is not None:
-            check_output(path, inputs=inputs, overwrite=overwrite, flag=flag)
+            check_output(path, inputs=inputs, overwrite=overwrite, flag=flag, suffixes=suffixes)
 
 
 def _load_tasks(specs, fields: dict, fmt, split, shots, seed, limit) -> dict:
@@ -273,6 +290,20 @@ def _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype) ->
     parse_dtype(dtype)
 
 
+def _check_model(ckpt, path: str, max_length: int | None) -> None:
+    """The tokenizer's ids fit the model's vocabulary, and --max-length its context (no silent clamp)."""
+    from emo_slice.data.sources import check_tokenizer_fits
+    from emo_slice.io.tokenizer import load_tokenizer
+
+    check_tokenizer_fits(load_tokenizer(ckpt.path), ckpt.config.vocab_size, path)
+    context = ckpt.config.max_position_embeddings
+    if max_length is not None and max_length > context:
+        raise UsageError(
+            f"--max-length {max_length} is more than {path}'s context (max_position_embeddings {context}); "
+            f"choose at most {context}, or leave --max-length out to use it"
+        )
+
+
 def simple_evaluate(
     model: str,
     *,
@@ -308,8 +339,8 @@ def simple_evaluate(
 
     _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype)
     roles = {"model": model, **({"against": against} if against else {})}
-    for path in roles.values():
-        Checkpoint(path)  # a bad --against fails now, not after the first model is scored
+    for path in roles.values():  # a bad --against fails now, not after the first model is scored
+        _check_model(Checkpoint(path), path, max_length)
     fields = parse_map(field_map) if not isinstance(field_map, dict) else field_map
     task_sets = _load_tasks(tasks, fields, fmt, split, shots, seed, limit)
     texts = _load_texts(lm, text_field, split, limit)

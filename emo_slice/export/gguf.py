@@ -47,8 +47,12 @@ def qtypes(outtype: str):
     """(GGMLQuantizationType, LlamaFileType) of an --outtype."""
     g = _gguf()
     Q, F = g.GGMLQuantizationType, g.LlamaFileType
-    return {"f32": (Q.F32, F.ALL_F32), "f16": (Q.F16, F.MOSTLY_F16), "bf16": (Q.BF16, F.MOSTLY_BF16),
-            "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0)}[outtype]
+    return {
+        "f32": (Q.F32, F.ALL_F32),
+        "f16": (Q.F16, F.MOSTLY_F16),
+        "bf16": (Q.BF16, F.MOSTLY_BF16),
+        "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0),
+    }[outtype]
 
 
 def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -71,7 +75,7 @@ def tensor_plan(ckpt, outtype: str) -> list[Entry]:
     cfg = ckpt.config
     R, _ = common.routed(cfg)
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    f32 = lambda name: (lambda: ckpt.get(name, torch.float32))  # noqa: E731
+    f32 = lambda name: lambda: ckpt.get(name, torch.float32)  # noqa: E731
 
     def stacked(p: str, kind: str) -> Callable[[], torch.Tensor]:
         def make():
@@ -80,20 +84,26 @@ def tensor_plan(ckpt, outtype: str) -> list[Entry]:
             for e in range(R):
                 ckpt.read_into(f"{p}.mlp.experts.{e}.{kind}_proj.weight", out[e])
             return out
+
         return make
 
     items = [("token_embd.weight", "model.embed_tokens.weight", f32("model.embed_tokens.weight"))]
     for l in range(cfg.num_hidden_layers):
         p, b = f"model.layers.{l}", f"blk.{l}"
         q, k = f"{p}.self_attn.q_proj.weight", f"{p}.self_attn.k_proj.weight"
-        items += [(f"{b}.attn_norm.weight", f"{p}.pre_attention_layernorm.weight", None),
-                  (f"{b}.attn_q.weight", q, lambda q=q: permute_rows(ckpt.get(q, torch.float32), H)),
-                  (f"{b}.attn_k.weight", k, lambda k=k: permute_rows(ckpt.get(k, torch.float32), Hkv)),
-                  (f"{b}.attn_v.weight", f"{p}.self_attn.v_proj.weight", None),
-                  (f"{b}.attn_output.weight", f"{p}.self_attn.o_proj.weight", None),
-                  (f"{b}.ffn_norm.weight", f"{p}.pre_feedforward_layernorm.weight", None),
-                  (f"{b}.ffn_gate_inp.weight", f"{p}.mlp.gate.weight",
-                   lambda p=p: ckpt.get(f"{p}.mlp.gate.weight", torch.float32)[:R].contiguous())]
+        items += [
+            (f"{b}.attn_norm.weight", f"{p}.pre_attention_layernorm.weight", None),
+            (f"{b}.attn_q.weight", q, lambda q=q: permute_rows(ckpt.get(q, torch.float32), H)),
+            (f"{b}.attn_k.weight", k, lambda k=k: permute_rows(ckpt.get(k, torch.float32), Hkv)),
+            (f"{b}.attn_v.weight", f"{p}.self_attn.v_proj.weight", None),
+            (f"{b}.attn_output.weight", f"{p}.self_attn.o_proj.weight", None),
+            (f"{b}.ffn_norm.weight", f"{p}.pre_feedforward_layernorm.weight", None),
+            (
+                f"{b}.ffn_gate_inp.weight",
+                f"{p}.mlp.gate.weight",
+                lambda p=p: ckpt.get(f"{p}.mlp.gate.weight", torch.float32)[:R].contiguous(),
+            ),
+        ]
         for kind in ("gate", "up", "down"):
             items.append((f"{b}.ffn_{kind}_exps.weight", f"{p}.mlp.experts.0.{kind}_proj.weight", stacked(p, kind)))
         for kind in ("gate", "up", "down"):
@@ -162,8 +172,11 @@ def add_metadata(w, ckpt, vocab, outtype: str, record: dict) -> None:
     w.add_token_list(vocab.tokens)
     w.add_token_types(vocab.types)
     w.add_token_merges(vocab.merges)
-    for add, token_id in ((w.add_bos_token_id, cfg.bos_token_id), (w.add_eos_token_id, cfg.eos_token_id),
-                          (w.add_pad_token_id, cfg.pad_token_id)):
+    for add, token_id in (
+        (w.add_bos_token_id, cfg.bos_token_id),
+        (w.add_eos_token_id, cfg.eos_token_id),
+        (w.add_pad_token_id, cfg.pad_token_id),
+    ):
         if token_id is not None:
             add(token_id)
     w.add_add_bos_token(False)  # EMO has no BOS token
@@ -171,8 +184,9 @@ def add_metadata(w, ckpt, vocab, outtype: str, record: dict) -> None:
     w.add_string(EMO_KEY, json.dumps(record, sort_keys=True))
 
 
-def export_gguf(model, out: str | os.PathLike, *, outtype: str | None = None, overwrite: bool = False,
-                progress=None) -> dict:
+def export_gguf(
+    model, out: str | os.PathLike, *, outtype: str | None = None, overwrite: bool = False, progress=None
+) -> dict:
     """Write `model` as one GGUF file at `out` (atomically); returns a summary."""
     g = _gguf()
     from emo_slice.io.tokenizer import load_tokenizer
@@ -180,8 +194,10 @@ def export_gguf(model, out: str | os.PathLike, *, outtype: str | None = None, ov
     ckpt = common.open_checkpoint(model)
     common.check_exportable(ckpt, "llama.cpp's deepseek architecture")
     if common.routed(ckpt.config)[0] > MAX_EXPERTS:
-        raise UsageError(f"{ckpt.path} has {common.routed(ckpt.config)[0]} routed experts per layer; llama.cpp "
-                         f"loads at most {MAX_EXPERTS}: slice it first (emo-slice extract --keep)")
+        raise UsageError(
+            f"{ckpt.path} has {common.routed(ckpt.config)[0]} routed experts per layer; llama.cpp "
+            f"loads at most {MAX_EXPERTS}: slice it first (emo-slice extract --keep)"
+        )
     if not str(out).endswith(".gguf"):
         raise UsageError(f"--out {out} does not end in .gguf; name the file like model.gguf")
     out_path = common.check_out(ckpt, out, overwrite=overwrite, folder=False)
@@ -189,8 +205,14 @@ def export_gguf(model, out: str | os.PathLike, *, outtype: str | None = None, ov
     vocab = gguf_vocab(load_tokenizer(ckpt.path), ckpt.config.vocab_size)
     plan = tensor_plan(ckpt, outtype)
     total = sum(e.nbytes for e in plan)
-    record = {"format": "gguf", "architecture": ARCH, "outtype": outtype, "source": common.source_record(ckpt),
-              "tokenizer_pre": vocab.pre, "provenance": artifacts.provenance()}
+    record = {
+        "format": "gguf",
+        "architecture": ARCH,
+        "outtype": outtype,
+        "source": common.source_record(ckpt),
+        "tokenizer_pre": vocab.pre,
+        "provenance": artifacts.provenance(),
+    }
     with artifacts.atomic_output_file(out_path) as tmp:
         w = g.GGUFWriter(tmp, ARCH)
         try:

@@ -33,8 +33,10 @@ def remote_code_files(folder: str | os.PathLike, flag: str = "--remote-code") ->
     files = [folder / f"{ref.split('.')[0]}.py" for ref in REMOTE_CODE.values()]
     missing = [p.name for p in files if not p.is_file()]
     if missing:
-        raise UsageError(f"{flag} {folder} lacks {', '.join(missing)}; give the folder holding AllenAI's "
-                         "configuration_emo.py and modeling_emo.py")
+        raise UsageError(
+            f"{flag} {folder} lacks {', '.join(missing)}; give the folder holding AllenAI's "
+            "configuration_emo.py and modeling_emo.py"
+        )
     return files
 
 
@@ -46,9 +48,16 @@ def write_side_files(folder: Path, cfg: EmoConfig) -> None:
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
 
-def random_checkpoint(out: str | os.PathLike, preset_or_config: str | EmoConfig = "tiny", *, seed: int = 0,
-                      std: float = 0.1, dtype: str = "float32", max_shard_size: str | int = "5GB",
-                      overwrite: bool = False) -> Path:
+def random_checkpoint(
+    out: str | os.PathLike,
+    preset_or_config: str | EmoConfig = "tiny",
+    *,
+    seed: int = 0,
+    std: float = 0.1,
+    dtype: str = "float32",
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
+) -> Path:
     """Write a random EMO checkpoint one tensor at a time (memory: one tensor), atomically."""
     from emo_slice.model.presets import preset
 
@@ -59,21 +68,31 @@ def random_checkpoint(out: str | os.PathLike, preset_or_config: str | EmoConfig 
     with atomic_output_dir(out, overwrite=overwrite, flag="OUT") as tmp:
         w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice init", "seed": seed})
         for i, (name, shape) in enumerate(hf_tensor_shapes(cfg).items()):
+
             def make(shape=shape, name=name, i=i):
                 g = torch.Generator().manual_seed(seed * 1_000_003 + i)
                 t = torch.randn(shape, generator=g)
                 t = 1.0 + 0.1 * t if name.endswith("norm.weight") else t * std
                 return t.to(dt)
+
             w.add(name, make, dtype=dt, shape=shape)
         w.finish()
         write_side_files(tmp, cfg)
     return Path(out)
 
 
-def save_model(model: EmoForCausalLM, out: str | os.PathLike, *, max_shard_size: str | int = "5GB",
-               dtype: str | torch.dtype | None = None, overwrite: bool = False, tokenizer=None,
-               metadata: dict | None = None, extra_files: dict[str, str] | None = None,
-               remote_code: str | os.PathLike | None = None) -> Path:
+def save_model(
+    model: EmoForCausalLM,
+    out: str | os.PathLike,
+    *,
+    max_shard_size: str | int = "5GB",
+    dtype: str | torch.dtype | None = None,
+    overwrite: bool = False,
+    tokenizer=None,
+    metadata: dict | None = None,
+    extra_files: dict[str, str] | None = None,
+    remote_code: str | os.PathLike | None = None,
+) -> Path:
     """Write an in-memory model as an EMO checkpoint folder (HF layout), atomically.
 
     tokenizer: written with tokenizer_config.json and special_tokens_map.json. remote_code: a folder with

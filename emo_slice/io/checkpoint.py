@@ -184,8 +184,13 @@ class Checkpoint:
             inactive += sum(sorted(per_expert)[: len(per_expert) - cfg.top_k_in_layer(l)])
         total = sum(numel.values())
         active = total - inactive
-        return {"total": total, "active": active, "active_non_embedding": active - embed, "experts": experts,
-                "embedding": embed}
+        return {
+            "total": total,
+            "active": active,
+            "active_non_embedding": active - embed,
+            "experts": experts,
+            "embedding": embed,
+        }
 
     def extra_files(self) -> list[Path]:
         """Regular files of the folder that are not weights, index or config (tokenizer, remote code, ...).

@@ -92,7 +92,9 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     try:
         header = parse_json_bytes(raw)
     except ValueError as e:
-        raise CheckpointError(f"{path} has a corrupt header ({e}); it is not a safetensors file: {REDOWNLOAD}") from None
+        raise CheckpointError(
+            f"{path} has a corrupt header ({e}); it is not a safetensors file: {REDOWNLOAD}"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(
             f"{path} has a corrupt header (a JSON {type(header).__name__}, not an object): {REDOWNLOAD}"
@@ -229,8 +231,14 @@ def read_index(folder: Path, real_folder: Path | None = None) -> dict[str, str]:
         raise CheckpointError(f"{index} is corrupt ({e}): re-download it") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
-        what = "is not a JSON object" if not isinstance(data, dict) else (
-            "has no weight_map" if "weight_map" not in data else f"has a weight_map that is a {type(weight_map).__name__}"
+        what = (
+            "is not a JSON object"
+            if not isinstance(data, dict)
+            else (
+                "has no weight_map"
+                if "weight_map" not in data
+                else f"has a weight_map that is a {type(weight_map).__name__}"
+            )
         )
         raise CheckpointError(
             f"{index} is corrupt: it {what} (weight_map must map tensor names to shard files); re-download it"
@@ -280,7 +288,9 @@ class SafetensorsIndex:
                         "(or write a model.safetensors.index.json naming its shard)"
                     )
                 a, b = meta["data_offsets"]
-                self.infos[name] = TensorInfo(name, path, meta["dtype"], tuple(meta["shape"]), data_start + a, data_start + b)
+                self.infos[name] = TensorInfo(
+                    name, path, meta["dtype"], tuple(meta["shape"]), data_start + a, data_start + b
+                )
         if weight_map is not None:
             missing = [n for n in weight_map if n not in self.infos]
             if missing:

@@ -120,6 +120,7 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> Tokenizer:
 
 # ---- byte-level tokenizer.json ------------------------------------------------------------------------
 
+
 def byte_token(b: int) -> str:
     """The token text of byte b in the byte tokenizer.json: `<0x41>` for 'A' (the byte-fallback spelling)."""
     return f"<0x{b:02X}>"
@@ -128,7 +129,8 @@ def byte_token(b: int) -> str:
 def byte_tokenizer_json() -> str:
     """tokenizer.json of a BPE with vocabulary <0x00>..<0xFF> (id = byte), no merges, byte fallback:
     every character falls back to its UTF-8 bytes, so it encodes exactly as `ByteTokenizer`."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models
 
     tok = HFTokenizer(models.BPE(vocab={byte_token(b): b for b in range(256)}, merges=[], byte_fallback=True))
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
@@ -144,12 +146,17 @@ def is_byte_tokenizer_file(path: str | os.PathLike) -> bool:
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("byte_fallback"):
         return False
-    return (model.get("vocab") == {byte_token(b): b for b in range(256)} and not model.get("merges")
-            and not data.get("added_tokens") and data.get("normalizer") is None
-            and data.get("pre_tokenizer") is None)
+    return (
+        model.get("vocab") == {byte_token(b): b for b in range(256)}
+        and not model.get("merges")
+        and not data.get("added_tokens")
+        and data.get("normalizer") is None
+        and data.get("pre_tokenizer") is None
+    )
 
 
 # ---- the files the ecosystem loads ---------------------------------------------------------------------
+
 
 def special_tokens(tokenizer: Tokenizer, config) -> dict[str, str]:
     """{"eos_token": text, "pad_token": text, "bos_token": text} for the ids the model config sets."""
@@ -175,9 +182,12 @@ def write_tokenizer_files(folder: str | os.PathLike, tokenizer: Tokenizer, confi
     get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
     specials = special_tokens(tokenizer, config)
     files = {
-        "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", **specials,
-                                  "model_max_length": get("max_position_embeddings") or 4096,
-                                  "clean_up_tokenization_spaces": False},
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **specials,
+            "model_max_length": get("max_position_embeddings") or 4096,
+            "clean_up_tokenization_spaces": False,
+        },
         "special_tokens_map.json": specials,
     }
     written = []

@@ -189,8 +189,17 @@ def _refuse_unsupported(d: dict[str, Any]) -> None:
         refuse("sliding_window", "only full causal attention is implemented")
 
 
-_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "num_experts", "num_experts_per_tok", "max_position_embeddings")
+_POSITIVE_INTS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_experts",
+    "num_experts_per_tok",
+    "max_position_embeddings",
+)
 _BOOLS = ("norm_topk_prob", "tie_word_embeddings", "output_router_logits")
 
 
@@ -199,8 +208,10 @@ def _check_field_types(cfg: EmoConfig) -> None:
 
     def bad(key: str, value, want: str) -> ConfigError:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        return ConfigError(f"config.json sets {key}={shown} ({type(value).__name__}); expected {want}: "
-                           "fix config.json or re-download the checkpoint")
+        return ConfigError(
+            f"config.json sets {key}={shown} ({type(value).__name__}); expected {want}: "
+            "fix config.json or re-download the checkpoint"
+        )
 
     def is_int(v) -> bool:
         return type(v) is int  # JSON true/false are not counts
@@ -213,8 +224,11 @@ def _check_field_types(cfg: EmoConfig) -> None:
         raise bad("num_shared_experts", cfg.num_shared_experts, "a non-negative integer")
     per_layer = cfg.num_experts_per_layer
     if per_layer is not None and not (isinstance(per_layer, list) and all(is_int(e) and e >= 1 for e in per_layer)):
-        raise bad("num_experts_per_layer", per_layer,
-                  f"null or a list of {cfg.num_hidden_layers} positive integers (one expert count per layer)")
+        raise bad(
+            "num_experts_per_layer",
+            per_layer,
+            f"null or a list of {cfg.num_hidden_layers} positive integers (one expert count per layer)",
+        )
     for key in _BOOLS:
         if not isinstance(getattr(cfg, key), bool):
             raise bad(key, getattr(cfg, key), "true or false")

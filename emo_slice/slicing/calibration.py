@@ -25,7 +25,12 @@ def calibration_texts(
         if shots < 1:
             raise UsageError(f"--shots {shots}: give at least 1 demonstration (or leave --shots out to read text)")
         items, fmt = load_items(str(src), None, "auto", split)
-        demos = items if shots >= len(items) else split_fewshot(items, shots, seed)[0]
+        if shots > len(items):
+            raise UsageError(
+                f"--shots {shots} is more than the {len(items)} items of {src}; choose at most {len(items)} "
+                "(that many uses every item)"
+            )
+        demos = items if shots == len(items) else split_fewshot(items, shots, seed)[0]
         desc.update(
             kind="multiple-choice",
             format=fmt,
@@ -42,38 +47,66 @@ def calibration_texts(
     return texts, desc
 
 
-def make_rows(tok, texts: list[str], max_length: int) -> list[list[int]]:
-    """Each document's tokens, cut into rows of at most max_length."""
+def make_rows(tok, texts: list[str], max_length: int) -> list[torch.Tensor]:
+    """Each document's tokens, cut into rows of at most max_length (int32 tensors: 4 bytes a token)."""
     rows = []
     for text in texts:
         ids = tok.encode(text)
-        rows.extend(ids[i : i + max_length] for i in range(0, len(ids), max_length))
-    rows = [r for r in rows if r]
+        if ids:
+            rows.extend(torch.tensor(ids, dtype=torch.int32).split(max_length))
     if not rows:
         raise DataError("--examples gave no tokens; give a file with some text")
     return rows
 
 
-def make_batches(rows: list[list[int]], pad_id: int, special: set[int], max_batch_tokens: int = 1024):
-    """(ids_BT, valid_BT) batches of rows of similar length, right-padded; valid excludes pad and specials."""
+def batch_groups(rows: list, max_batch_tokens: int = 1024) -> list[list[int]]:
+    """Row indices per batch: rows of similar length (sorted), at most max_batch_tokens padded tokens a batch
+    (a longer row is a batch of its own)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    batches, cur = [], []
+    groups, cur = [], []
     for i in order:
         if cur and (len(cur) + 1) * len(rows[i]) > max_batch_tokens:
-            batches.append(cur)
+            groups.append(cur)
             cur = []
         cur.append(i)
     if cur:
-        batches.append(cur)
-    out = []
-    for b in batches:
-        T = max(len(rows[i]) for i in b)
-        ids_BT = torch.full((len(b), T), pad_id, dtype=torch.long)
-        valid_BT = torch.zeros(len(b), T, dtype=torch.bool)
-        for j, i in enumerate(b):
-            ids_BT[j, : len(rows[i])] = torch.tensor(rows[i])
-            valid_BT[j, : len(rows[i])] = True
-        for s in special:
-            valid_BT &= ids_BT != s
-        out.append((ids_BT, valid_BT))
-    return out
+        groups.append(cur)
+    return groups
+
+
+def pad_batch(rows: list, group: list[int], pad_id: int, special: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids_BT, valid_BT) of one group, right-padded; valid excludes pad and special tokens."""
+    T = max(len(rows[i]) for i in group)
+    ids_BT = torch.full((len(group), T), pad_id, dtype=torch.long)
+    valid_BT = torch.zeros(len(group), T, dtype=torch.bool)
+    for j, i in enumerate(group):
+        ids_BT[j, : len(rows[i])] = torch.as_tensor(rows[i])
+        valid_BT[j, : len(rows[i])] = True
+    for s in special:
+        valid_BT &= ids_BT != s
+    return ids_BT, valid_BT
+
+
+def group_tokens(rows: list, group: list[int]) -> int:
+    """Padded tokens of a batch: what its activations take."""
+    return len(group) * max(len(rows[i]) for i in group)
+
+
+def chunk_groups(rows: list, groups: list[list[int]], max_tokens: int) -> list[list[list[int]]]:
+    """Consecutive batches, at most max_tokens padded tokens a chunk (at least one batch a chunk)."""
+    chunks, cur, n = [], [], 0
+    for g in groups:
+        t = group_tokens(rows, g)
+        if cur and n + t > max_tokens:
+            chunks.append(cur)
+            cur, n = [], 0
+        cur.append(g)
+        n += t
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def make_batches(rows: list, pad_id: int, special: set[int], max_batch_tokens: int = 1024):
+    """(ids_BT, valid_BT) batches of rows of similar length, right-padded; valid excludes pad and specials."""
+    return [pad_batch(rows, g, pad_id, special) for g in batch_groups(rows, max_batch_tokens)]

@@ -46,6 +46,7 @@ ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 # Surgery
 # ---------------------------------------------------------------------------------------------
 
+
 def sliced_config(ckpt: Checkpoint, plan: SlicePlan, dtype: torch.dtype | None) -> dict:
     """The source's config.json, verbatim except the keys a slice changes (validated as an EmoConfig)."""
     d = ckpt.side_json("config.json") or ckpt.config.to_dict()
@@ -72,8 +73,10 @@ def _check_layout(ckpt: Checkpoint) -> None:
     missing = sorted(want - have)
     if missing or unknown:
         what = f"lacks {missing[0]}" if missing else f"holds {unknown[0]}, which is not part of the EMO layout"
-        raise CheckpointError(f"{ckpt.path} {what} ({len(missing)} missing, {len(unknown)} unexpected tensors); "
-                              "emo-slice only slices the released EMO layout and will not guess")
+        raise CheckpointError(
+            f"{ckpt.path} {what} ({len(missing)} missing, {len(unknown)} unexpected tensors); "
+            "emo-slice only slices the released EMO layout and will not guess"
+        )
 
 
 def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None]]:
@@ -94,9 +97,16 @@ def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, l
     return entries
 
 
-def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | os.PathLike, *,
-            dtype: str | None = None, overwrite: bool = False, max_shard_size: str | int = "5GB",
-            progress: Callable[[int, int], None] | None = None) -> dict:
+def extract(
+    model: str | os.PathLike | Checkpoint,
+    plan: SlicePlan,
+    out: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """Write the sliced checkpoint described by plan to out; return the manifest."""
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     cfg = ckpt.config
@@ -116,12 +126,15 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
     extras = copied_files(ckpt.path)
     done = 0
     with artifacts.atomic_output_dir(out, overwrite=overwrite) as tmp:
-        w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice extract",
-                                         "source_fingerprint": manifest["source"]["fingerprint"]})
+        w = ShardWriter(
+            tmp, max_bytes, {"created_by": "emo-slice extract", "source_fingerprint": manifest["source"]["fingerprint"]}
+        )
         for new_name, info, rows in entries:
             if rows is not None:
+
                 def make(info=info, rows=rows):
                     return ckpt.get(info.name)[torch.tensor(rows)].to(dt or info.torch_dtype).contiguous()
+
                 w.add(new_name, make, dtype=dt or info.torch_dtype, shape=(len(rows),) + tuple(info.shape[1:]))
             elif dt is None or dt == info.torch_dtype:
                 w.add(new_name, info)  # byte range copy
@@ -145,13 +158,42 @@ def extract(model: str | os.PathLike | Checkpoint, plan: SlicePlan, out: str | o
 # What a slice copies from its source besides weights and config.json: an allow-list. Never other weight
 # files (a stray model.safetensors beside an index, *.bin, *.pt, training_state.pt), never the source's
 # provenance.json or slice.json (the slice gets its own).
-COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-          "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "added_tokens.json", "chat_template.jinja",
-          "chat_template.json")
-COPIED_PATTERNS = ("*.tiktoken", "configuration_*.py", "modeling_*.py", "tokenization_*.py", "README*", "LICENSE*",
-                   "NOTICE*")
-NEVER_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".pkl", ".pickle", ".npz", ".h5", ".onnx",
-                ".msgpack")
+COPIED = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+COPIED_PATTERNS = (
+    "*.tiktoken",
+    "configuration_*.py",
+    "modeling_*.py",
+    "tokenization_*.py",
+    "README*",
+    "LICENSE*",
+    "NOTICE*",
+)
+NEVER_COPIED = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".gguf",
+    ".pkl",
+    ".pickle",
+    ".npz",
+    ".h5",
+    ".onnx",
+    ".msgpack",
+)
 
 
 def copied_files(folder: Path) -> list[Path]:
@@ -170,8 +212,10 @@ def copied_files(folder: Path) -> list[Path]:
             continue
         target = p.resolve()
         if not any(target == r or r in target.parents for r in roots):
-            raise CheckpointError(f"{p} is a link to {target}, outside the checkpoint folder; emo-slice never "
-                                  "reads files outside it: replace the link by the file itself")
+            raise CheckpointError(
+                f"{p} is a link to {target}, outside the checkpoint folder; emo-slice never "
+                "reads files outside it: replace the link by the file itself"
+            )
         if not target.exists() or not stat.S_ISREG(target.stat().st_mode):
             raise CheckpointError(f"{p} is not a regular file; replace it by the file itself or remove it")
         chosen.append(p)
@@ -195,15 +239,23 @@ def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest:
             row["scores"] = plan.scores[l]
         layers.append(row)
     return {
-        "format": "emo-slice-slice", "format_version": 1,
-        "keep": plan.keep, "per_layer": plan.per_layer, "method": plan.method,
+        "format": "emo-slice-slice",
+        "format_version": 1,
+        "keep": plan.keep,
+        "per_layer": plan.per_layer,
+        "method": plan.method,
         "num_experts_per_tok": new_cfg["num_experts_per_tok"],
         "kept_experts": [x["original_experts"] for x in layers],
-        "source": {"path": str(ckpt.path.resolve()), "fingerprint": ckpt.fingerprint(),
-                   "router_digest": router_digest(ckpt), "num_experts": cfg.num_experts,
-                   "num_experts_per_layer": cfg.num_experts_per_layer,
-                   "num_experts_per_tok": cfg.num_experts_per_tok, "num_shared_experts": cfg.num_shared_experts,
-                   "slice_of": source_manifest.get("source") if isinstance(source_manifest, dict) else None},
+        "source": {
+            "path": str(ckpt.path.resolve()),
+            "fingerprint": ckpt.fingerprint(),
+            "router_digest": router_digest(ckpt),
+            "num_experts": cfg.num_experts,
+            "num_experts_per_layer": cfg.num_experts_per_layer,
+            "num_experts_per_tok": cfg.num_experts_per_tok,
+            "num_shared_experts": cfg.num_shared_experts,
+            "slice_of": source_manifest.get("source") if isinstance(source_manifest, dict) else None,
+        },
         "profile": plan.profile,
         "warnings": plan.warnings,
         "layers": layers,

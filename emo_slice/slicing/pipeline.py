@@ -141,17 +141,33 @@ def make_slice(
     copied_files(ckpt.path)  # refuses a link out of the folder before any work
     settings = None
     if examples is not None:
-        settings = ProfileSettings(examples=examples, field=field, split=split, shots=shots, seed=seed,
-                                   max_length=max_length, dtype=dtype, greedy=greedy,
-                                   keep=keep if greedy else None, method=method)
+        settings = ProfileSettings(
+            examples=examples,
+            field=field,
+            split=split,
+            shots=shots,
+            seed=seed,
+            max_length=max_length,
+            dtype=dtype,
+            greedy=greedy,
+            keep=keep if greedy else None,
+            method=method,
+        )
     with output_lock(out):  # held from here to the end: a second writer of the same folder refuses
         prof = _scores(ckpt, keep, profile_path, settings, experts, per_layer, seed, progress)
         plan = plan_slice(ckpt, keep, experts=experts, profile=prof, method=method, per_layer=per_layer, seed=seed)
         for message in plan.warnings + ([PER_LAYER_NOTE] if per_layer else []):
             if warn is not None:
                 warn(message)
-        return extract(ckpt, plan, out, dtype=save_dtype, overwrite=overwrite, max_shard_size=max_shard_size,
-                       progress=_phase(progress, WRITING))
+        return extract(
+            ckpt,
+            plan,
+            out,
+            dtype=save_dtype,
+            overwrite=overwrite,
+            max_shard_size=max_shard_size,
+            progress=_phase(progress, WRITING),
+        )
 
 
 def _scores(ckpt, keep, profile_path, settings, experts, per_layer: bool, seed: int, progress) -> dict | None:

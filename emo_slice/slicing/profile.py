@@ -1,9 +1,11 @@
 """Profiling: how much each routed expert is used on calibration input, scored every way users ask for.
 
-The model runs through `LayerwiseModel` (one decoder layer's weights in memory at a time; every batch
-goes through layer l before layer l+1 is read). The statistics come from the forward itself, through
-its per-layer trace hook: the routing, the residual stream, the layer output and each chosen expert's
-output norm are what the layer computed, so no expert runs twice. Per layer and routed expert e
+The model runs through `LayerwiseModel` (one decoder layer's weights in memory at a time), on chunks of
+the calibration rows of at most `max_tokens_in_memory` tokens (every batch of a chunk goes through layer l
+before layer l+1 is read; then the next chunk), so a long input is never held in memory whole. The
+statistics come from the forward itself, through its per-layer trace hook: the routing, the residual
+stream, the layer output and each chosen expert's output norm are what the layer computed, so no
+expert runs twice. Per layer and routed expert e
 (shared experts are always kept and never scored):
 
   mean-prob  mean over tokens of softmax(router logits over routed experts)[e]       (EMO's default)
@@ -33,7 +35,14 @@ from emo_slice.artifacts import provenance
 from emo_slice.errors import UsageError
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.model.context import LayerTrace
-from emo_slice.slicing.calibration import calibration_texts, make_batches, make_rows
+from emo_slice.slicing.calibration import (
+    batch_groups,
+    calibration_texts,
+    chunk_groups,
+    group_tokens,
+    make_rows,
+    pad_batch,
+)
 from emo_slice.slicing.profile_file import PROFILE_FORMAT, PROFILE_VERSION, router_digest
 from emo_slice.slicing.select import METHODS, choose_experts, parse_keep, slice_layer
 
@@ -77,9 +86,12 @@ class LayerStats:
         }
 
 
+DEFAULT_MAX_TOKENS_IN_MEMORY = 262_144
+
+
 @dataclass
 class ProfileSettings:
-    """How to profile: calibration input, batching, compute dtype, and greedy slicing."""
+    """How to profile: calibration input, batching, memory bound, compute dtype, and greedy slicing."""
 
     examples: str
     field: str = "text"
@@ -88,6 +100,7 @@ class ProfileSettings:
     seed: int = 0
     max_length: int = 1024
     max_batch_tokens: int = 1024
+    max_tokens_in_memory: int = DEFAULT_MAX_TOKENS_IN_MEMORY  # activations held at once (padded tokens)
     dtype: str | None = None
     greedy: bool = False
     keep: str | None = None  # greedy only: K (count or share)
@@ -99,6 +112,8 @@ def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:
         raise UsageError(f"--method {settings.method!r} is unknown; choose one of {', '.join(METHODS)}")
     if settings.max_length < 1:
         raise UsageError(f"--max-length {settings.max_length} must be at least 1")
+    if settings.max_tokens_in_memory < 1:
+        raise UsageError(f"--max-tokens-in-memory {settings.max_tokens_in_memory} must be at least 1")
     if not settings.greedy:
         return None
     if settings.keep is None:
@@ -109,55 +124,98 @@ def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:
     return parse_keep(settings.keep, E_min, cfg.num_shared_experts)
 
 
-def profile_model(
-    model: str | os.PathLike | Checkpoint, settings: ProfileSettings, progress: Callable[[int, int], None] | None = None
-) -> dict:
-    """Run the calibration input through the model layer by layer; return the profile (a dict)."""
-    from emo_slice.io.loading import LayerwiseModel
+def _calibration(ckpt: Checkpoint, settings: ProfileSettings):
+    """(rows, batch groups, pad id, special ids, inputs description): everything read and checked before
+    the model runs."""
+    from emo_slice.data.sources import check_tokenizer_fits
     from emo_slice.io.tokenizer import load_tokenizer
 
-    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
     cfg = ckpt.config
-    n_shared, L = cfg.num_shared_experts, cfg.num_hidden_layers
-    n_keep = _greedy_keep(settings, cfg)
     tok = load_tokenizer(ckpt.path)
+    check_tokenizer_fits(tok, cfg.vocab_size, str(ckpt.path))
     texts, inputs = calibration_texts(settings.examples, settings.field, settings.split, settings.shots, settings.seed)
     max_len = min(settings.max_length, cfg.max_position_embeddings)
     rows = make_rows(tok, texts, max_len)
+    del texts
     special = {
         i
         for i in (cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id, tok.eos_token_id, tok.pad_token_id)
         if i is not None
     }
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    batches = make_batches(rows, pad, special, settings.max_batch_tokens)
+    groups = batch_groups(rows, settings.max_batch_tokens)
     inputs.update(tokenizer=tok.describe(), rows=len(rows), tokens_total=sum(len(r) for r in rows), max_length=max_len)
+    return rows, groups, pad, special, inputs
 
+
+def _check_greedy_fits(settings: ProfileSettings, chunks: list, padded: int, hidden: int) -> None:
+    """Greedy slices layer l from the statistics of every token before layer l+1 runs, so all activations are
+    held at once: refuse (one line) rather than exceed the memory bound."""
+    if settings.greedy and len(chunks) > 1:
+        need = 2 * padded * hidden * 4
+        raise UsageError(
+            f"--greedy holds every calibration token's activations at once ({padded:,} tokens, about "
+            f"{need / 2**30:.1f} GiB), more than --max-tokens-in-memory {settings.max_tokens_in_memory:,}; "
+            "give fewer or shorter --examples, or raise --max-tokens-in-memory"
+        )
+
+
+def profile_model(
+    model: str | os.PathLike | Checkpoint, settings: ProfileSettings, progress: Callable[[int, int], None] | None = None
+) -> dict:
+    """Run the calibration input through the model layer by layer; return the profile (a dict).
+
+    Memory: the rows run in chunks of at most settings.max_tokens_in_memory padded tokens; each chunk goes
+    through every layer before the next chunk starts, so activations of one chunk are held at a time, and
+    the layers are read from the checkpoint once per chunk (the price of the bound: more reading, for a
+    large model and many chunks). The statistics are sums over batches, added in the same order for every
+    layer, so they equal one pass exactly. --greedy needs every token at once (see _check_greedy_fits).
+    progress(done, total) counts layer passes: chunks x layers.
+    """
+    from emo_slice.io.loading import LayerwiseModel
+
+    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
+    cfg = ckpt.config
+    n_shared, L = cfg.num_shared_experts, cfg.num_hidden_layers
+    n_keep = _greedy_keep(settings, cfg)
+    rows, groups, pad, special, inputs = _calibration(ckpt, settings)
+    chunks = chunk_groups(rows, groups, settings.max_tokens_in_memory)
+    _check_greedy_fits(settings, chunks, sum(group_tokens(rows, g) for g in groups), cfg.hidden_size)
+    inputs.update(chunks=len(chunks))
     stats = [LayerStats(cfg.experts_in_layer(l) - n_shared) for l in range(L)]
     greedy_kept: list[list[int]] = []
-
-    def trace(b: int, t: LayerTrace) -> None:
-        stats[t.layer].add(t, batches[b][1].reshape(-1))
-
-    def after_layer(l: int, layer):
-        if progress is not None:
-            progress(l + 1, L)
-        if n_keep is None:
-            return None
-        kept = choose_experts(
-            stats[l].scores().get(settings.method),
-            stats[l].n_routed,
-            n_shared,
-            n_keep,
-            settings.method,
-            settings.seed,
-            l,
-        )
-        greedy_kept.append(kept)
-        return slice_layer(layer, kept) if l + 1 < L else None  # later layers see the sliced layer's output
-
     lw = LayerwiseModel(ckpt, parse_dtype(settings.dtype))
-    lw.hidden_states([ids for ids, _ in batches], trace=trace, expert_norms=True, after_layer=after_layer)
+    for c, chunk in enumerate(chunks):
+        batches = [pad_batch(rows, g, pad, special) for g in chunk]
+
+        def trace(b: int, t: LayerTrace, batches=batches) -> None:
+            stats[t.layer].add(t, batches[b][1].reshape(-1))
+
+        def after_layer(l: int, layer, c=c):
+            if progress is not None:
+                progress(c * L + l + 1, len(chunks) * L)
+            if n_keep is None:
+                return None
+            kept = choose_experts(
+                stats[l].scores().get(settings.method),
+                stats[l].n_routed,
+                n_shared,
+                n_keep,
+                settings.method,
+                settings.seed,
+                l,
+            )
+            greedy_kept.append(kept)
+            return slice_layer(layer, kept) if l + 1 < L else None  # later layers see the sliced layer's output
+
+        lw.hidden_states([ids for ids, _ in batches], trace=trace, expert_norms=True, after_layer=after_layer)
+        del batches
+    return _profile_dict(ckpt, settings, stats, inputs, lw.dtype, n_keep, greedy_kept)
+
+
+def _profile_dict(ckpt: Checkpoint, settings: ProfileSettings, stats, inputs, dtype, n_keep, greedy_kept) -> dict:
+    cfg = ckpt.config
+    n_shared, L = cfg.num_shared_experts, cfg.num_hidden_layers
     layers_out = [
         {
             "layer": l,
@@ -183,7 +241,7 @@ def profile_model(
             "num_experts_per_tok": cfg.num_experts_per_tok,
         },
         "inputs": inputs,
-        "settings": {**asdict(settings), "dtype": str(lw.dtype).replace("torch.", "")},
+        "settings": {**asdict(settings), "dtype": str(dtype).replace("torch.", "")},
         "greedy": {"keep": n_keep, "method": settings.method, "seed": settings.seed, "kept": greedy_kept}
         if settings.greedy
         else None,

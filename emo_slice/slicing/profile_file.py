@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ PROFILE_FORMAT = "emo-slice-profile"
 
 
 PROFILE_VERSION = 1
+SCORE_KEYS = ("mean-prob", "frequency", "reap", "easy-ep", "count")
 
 
 def save_profile(profile: dict, out: str | os.PathLike) -> Path:
@@ -22,9 +24,12 @@ def save_profile(profile: dict, out: str | os.PathLike) -> Path:
 
 
 def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
+    """A profile file, its structure checked (every layer's scores lists of numbers, one per routed expert)."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give the profile file (JSON) that `emo-slice profile` wrote")
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(
             f"{flag} {path}: no such file; make one with `emo-slice profile MODEL --examples SRC --out {path}`"
@@ -33,11 +38,44 @@ def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
         raise DataError(f"{flag} {path} is not a profile (not JSON); make one with `emo-slice profile`") from None
     if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
         raise DataError(f"{flag} {path} is not an emo-slice profile; make one with `emo-slice profile`")
-    if d.get("format_version", 0) > PROFILE_VERSION:
-        raise DataError(
-            f"{flag} {path} was written by a newer emo-slice (format {d['format_version']}); upgrade emo-slice"
-        )
+    version = d.get("format_version", 0)
+    if not isinstance(version, int) or version > PROFILE_VERSION:
+        raise DataError(f"{flag} {path} was written by a newer emo-slice (format {version!r}); upgrade emo-slice")
+    why = _malformed(d)
+    if why:
+        raise DataError(f"{flag} {path} is damaged ({why}); make it again with `emo-slice profile`")
     return d
+
+
+def _numbers(xs, n: int) -> bool:
+    return (
+        isinstance(xs, list)
+        and len(xs) == n
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
+    )
+
+
+def _malformed(d: dict) -> str | None:
+    """What is wrong with a profile's structure, or None."""
+    model, layers = d.get("model"), d.get("layers")
+    if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str):
+        return "no model fingerprint"
+    if not isinstance(layers, list) or not layers:
+        return "no layers"
+    for l, layer in enumerate(layers):
+        if not isinstance(layer, dict) or layer.get("layer") != l or not isinstance(layer.get("scores"), dict):
+            return f"layer {l} is not a layer record"
+        n = layer.get("routed")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"layer {l} has no routed-expert count"
+        if not isinstance(layer.get("tokens"), int):
+            return f"layer {l} has no token count"
+        for method in SCORE_KEYS:
+            if not _numbers(layer["scores"].get(method), n):
+                return f"layer {l} {method} scores are not {n} finite numbers"
+    if not isinstance(d.get("tokens", 0), int) or not isinstance(d.get("greedy") or {}, dict):
+        return "bad token count or greedy record"
+    return None
 
 
 def router_digest(ckpt: Checkpoint) -> str:
@@ -63,6 +101,14 @@ def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profil
         raise UsageError(
             f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
             f"{model.get('router_digest')}) than {ckpt.path}; profile this model first"
+        )
+    cfg = ckpt.config
+    shape = [cfg.experts_in_layer(l) - cfg.num_shared_experts for l in range(cfg.num_hidden_layers)]
+    if [layer["routed"] for layer in profile["layers"]] != shape:
+        raise DataError(
+            f"{flag} scores {len(profile['layers'])} layers of {[x['routed'] for x in profile['layers']][:4]}... "
+            f"routed experts, but {ckpt.path} has {len(shape)} layers of {shape[:4]}...; the file was edited: "
+            "profile this model again"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -24,14 +25,20 @@ def parse_keep(text: str | int, n_experts: int, n_shared: int, flag: str = "--ke
     try:
         if s.endswith("%"):
             share = float(s[:-1]) / 100
-            if not 0 < share <= 1:
+            if not math.isfinite(share):
                 raise ValueError
-            return slice_k(n_experts, n_shared, share)
-        k = int(s)
+        else:
+            k = int(s)
     except ValueError:
         raise UsageError(
             f"{flag} {text!r} is neither a count nor a share; write e.g. {flag} 16 or {flag} 25%"
         ) from None
+    if s.endswith("%"):
+        if share > 1:
+            raise UsageError(f"{flag} {s} is more than 100% of the experts; choose a share up to 100%, e.g. 25%")
+        if share <= 0:
+            raise UsageError(f"{flag} {s} keeps no expert; choose a share above 0%, e.g. 25%")
+        return slice_k(n_experts, n_shared, share)
     if k > n_experts:
         raise UsageError(
             f"{flag} {k} is more than the {n_experts} experts per layer; "

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, fields
 from dataclasses import field as dc_field
 
-from emo_slice.model.config import EmoConfig
 from emo_slice.errors import UsageError
+from emo_slice.model.config import EmoConfig
 
 
 @dataclass
@@ -38,6 +39,9 @@ class TrainConfig:
     """'auto' (bytes if the vocab is 256, else train a byte-level BPE), 'bytes', 'train', or a model folder / tokenizer.json."""
     vocab_size: int | None = None
     """Vocabulary of a trained tokenizer (default: the preset's vocab_size)."""
+    remote_code: str | None = None
+    """Folder with configuration_emo.py and modeling_emo.py, copied into every checkpoint and named by its auto_map
+    (default: none; config.json then names no remote code)."""
 
     # model -------------------------------------------------------------------------------------
     preset: str = "small"
@@ -139,8 +143,9 @@ class TrainConfig:
         p_min = self.pool_min if self.pool_min is not None else max(k, round(8 * R / 127))
         p_max = self.pool_max if self.pool_max is not None else R + 1
         if p_min < k:
-            raise UsageError(f"--set pool_min={p_min} is below the {k} routed experts each token takes; "
-                             f"choose pool_min >= {k}")
+            raise UsageError(
+                f"--set pool_min={p_min} is below the {k} routed experts each token takes; choose pool_min >= {k}"
+            )
         if p_max < p_min:
             raise UsageError(f"--set pool_max={p_max} is below pool_min={p_min}; choose pool_max >= pool_min")
         return p_min, p_max
@@ -163,27 +168,157 @@ class TrainConfig:
             raise UsageError(f"--router {self.router!r} is unknown; choose emo or standard")
         if self.dtype not in ("float32", "bfloat16"):
             raise UsageError(f"--dtype {self.dtype!r} is not supported; choose float32 or bfloat16")
-        for name in ("seq_len", "batch_size", "steps"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--set {name}={getattr(self, name)} must be at least 1")
-        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise UsageError("--set warmup_steps must be >= 0 and min_lr_ratio within [0, 1]")
+        check_fields(self)  # types and ranges of every field: nothing silently clamped or ignored
+        if self.remote_code is not None:
+            from emo_slice.io.build import remote_code_files
+
+            remote_code_files(self.remote_code)  # refuses a folder without both files before any training
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
+# the command-line flag of a field (others are set with --set NAME=VALUE)
+FLAGS = {
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "micro_batch_size": "--micro-batch-size",
+    "seq_len": "--seq-len",
+    "lr": "--lr",
+    "vocab_size": "--vocab-size",
+    "save_every": "--save-every",
+    "eval_every": "--eval-every",
+    "stop_after": "--stop-after",
+    "seed": "--seed",
+}
+# field -> the values it may take, as an interval: "[1," at least 1, "(0," more than 0, ",1)" below 1, ",1]" at most 1
+RANGES = {
+    **dict.fromkeys(
+        (
+            "seq_len",
+            "batch_size",
+            "steps",
+            "micro_batch_size",
+            "stop_after",
+            "eval_batches",
+            "log_every",
+            "keep_last",
+            "vocab_size",
+            "pool_min",
+            "pool_max",
+        ),
+        "[1,",
+    ),
+    **dict.fromkeys(
+        (
+            "save_every",
+            "eval_every",
+            "warmup_steps",
+            "eval_pool",
+            "weight_decay",
+            "grad_clip",
+            "lb_weight",
+            "z_weight",
+            "lm_z_weight",
+        ),
+        "[0,",
+    ),
+    **dict.fromkeys(("lr", "adam_eps", "init_std"), "(0,"),
+    **dict.fromkeys(("beta1", "beta2", "valid_share"), "[0,1)"),
+    "min_lr_ratio": "[0,1]",
+}
+
+
+def _setting(name: str, v) -> str:
+    """How the user set a field: its flag (with the --set name, which sets it too), or --set."""
+    return f"{FLAGS[name]} {v} (setting {name})" if name in FLAGS else f"--set {name}={v}"
+
+
+def _type_ok(v, typ) -> bool:
+    args = typing.get_args(typ)
+    if args:  # X | None
+        return any(_type_ok(v, a) for a in args)
+    if typ is type(None):
+        return v is None
+    if typ is bool:
+        return isinstance(v, bool)
+    if typ is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if typ is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, typ if isinstance(typ, type) else object)
+
+
+def _range_error(v, interval: str) -> str | None:
+    lo, hi = interval[1:-1].split(",") if interval[-1] in ")]" else (interval[1:-1], "")
+    lo_f = float(lo)
+    if v < lo_f or (v == lo_f and interval[0] == "("):
+        return f"must be {'at least' if interval[0] == '[' else 'more than'} {lo}"
+    if hi and (v > float(hi) or (v == float(hi) and interval[-1] == ")")):
+        return f"must be {'at most' if interval[-1] == ']' else 'below'} {hi}"
+    return None
+
+
+def check_fields(cfg: "TrainConfig") -> None:
+    """Every field of its type and in its range (UsageError naming the flag, or --set, that sets it)."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        v, typ = getattr(cfg, f.name), hints[f.name]
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UsageError(f"{_setting(f.name, v)} must be a finite number")
+        if not _type_ok(v, typ):
+            want = " or ".join(getattr(a, "__name__", str(a)) for a in (typing.get_args(typ) or [typ]))
+            raise UsageError(f"{_setting(f.name, repr(v))}: expected {want.replace('NoneType', 'none')}")
+        why = _range_error(v, RANGES[f.name]) if f.name in RANGES and v is not None else None
+        if why:
+            raise UsageError(f"{_setting(f.name, v)} {why}")
+
+
 TRAIN_PRESETS: dict[str, dict] = {
     # tests: byte tokenizer, a few dozen steps in seconds
-    "tiny": dict(preset="tiny", tokenizer="bytes", seq_len=64, batch_size=8, steps=40, lr=3e-3, warmup_steps=4,
-                 eval_every=20, eval_batches=2, save_every=20),
+    "tiny": dict(
+        preset="tiny",
+        tokenizer="bytes",
+        seq_len=64,
+        batch_size=8,
+        steps=40,
+        lr=3e-3,
+        warmup_steps=4,
+        eval_every=20,
+        eval_batches=2,
+        save_every=20,
+    ),
     # a CPU demo of a few minutes: BPE vocab 4096, 32 routed experts
-    "small": dict(preset="small", seq_len=128, batch_size=16, steps=300, lr=3e-3, warmup_steps=30,
-                  eval_every=100, eval_batches=4, save_every=100),
+    "small": dict(
+        preset="small",
+        seq_len=128,
+        batch_size=16,
+        steps=300,
+        lr=3e-3,
+        warmup_steps=30,
+        eval_every=100,
+        eval_batches=4,
+        save_every=100,
+    ),
     # AllenAI's release run (1B active / 14B total): GPU clusters only
-    "emo-1b14b": dict(preset="emo-1b14b", tokenizer="auto", seq_len=4096, batch_size=1024, micro_batch_size=4,
-                      steps=238_419, lr=4e-3, warmup_steps=2000, dtype="bfloat16", fsdp=True,
-                      eval_every=1000, eval_batches=16, save_every=1000, eval_pool=32, pool_min=8, pool_max=128),
+    "emo-1b14b": dict(
+        preset="emo-1b14b",
+        tokenizer="auto",
+        seq_len=4096,
+        batch_size=1024,
+        micro_batch_size=4,
+        steps=238_419,
+        lr=4e-3,
+        warmup_steps=2000,
+        dtype="bfloat16",
+        fsdp=True,
+        eval_every=1000,
+        eval_batches=16,
+        save_every=1000,
+        eval_pool=32,
+        pool_min=8,
+        pool_max=128,
+    ),
 }
 
 
@@ -238,6 +373,8 @@ def apply_overrides(cfg: TrainConfig, overrides: dict | list[str]) -> TrainConfi
         elif k == "model" and isinstance(v, dict):
             cfg.model = {**cfg.model, **v}
         else:
-            raise UsageError(f"--set {k}: unknown setting; choose a TrainConfig field ({', '.join(sorted(train_fields))}) "
-                             "or an EmoConfig key such as hidden_size")
+            raise UsageError(
+                f"--set {k}: unknown setting; choose a TrainConfig field ({', '.join(sorted(train_fields))}) "
+                "or an EmoConfig key such as hidden_size"
+            )
     return cfg

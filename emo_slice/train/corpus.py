@@ -62,7 +62,14 @@ def resolve_tokenizer(spec: str, texts: list[str], vocab_size: int) -> Tokenizer
     if p.is_file() and p.name.endswith(".json"):
         from tokenizers import Tokenizer as HFTokenizer
 
-        backend = HFTokenizer.from_file(str(p))
+        try:
+            backend = HFTokenizer.from_file(str(p))
+        except Exception as e:  # the tokenizers library raises plain Exception for any bad file
+            why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+            raise UsageError(
+                f"--tokenizer {spec} cannot be read by the tokenizers library ({why}); give a tokenizer.json "
+                "saved by `tokenizers`, a model folder with one, or 'bytes' / 'train'"
+            ) from None
         tok = Tokenizer(backend, None, None, str(p))
     elif p.is_dir():
         tok = load_tokenizer(p)
@@ -88,6 +95,31 @@ def resolve_tokenizer(spec: str, texts: list[str], vocab_size: int) -> Tokenizer
 
 def _is_valid_doc(i: int, share: float) -> bool:
     return share > 0 and (zlib.crc32(str(i).encode()) % 10_000) < share * 10_000
+
+
+def split_validation(docs: list[str], share: float, src: str) -> tuple[list[str], list[str]]:
+    """(training, validation) documents: a seeded `share` of the documents held out, never also trained on.
+
+    When no document falls in the share (small corpora) the last document is held out; a single document
+    (a .txt file) is cut at a character: its last `share` (at least 1 character) validates."""
+    if share <= 0:
+        raise UsageError("--set valid_share=0 holds out nothing to evaluate on; give --valid-data FILE")
+    train = [d for i, d in enumerate(docs) if not _is_valid_doc(i, share)]
+    valid = [d for i, d in enumerate(docs) if _is_valid_doc(i, share)]
+    if not train:
+        raise DataError(f"--data {src}: every document went to validation; lower --set valid_share")
+    if valid:
+        return train, valid
+    if len(docs) > 1:
+        return docs[:-1], docs[-1:]
+    text = docs[0]
+    cut = len(text) - max(1, round(len(text) * share))
+    if not text[:cut].strip() or not text[cut:].strip():
+        raise DataError(
+            f"--data {src} is one short document: too little to hold out {share:.0%} for "
+            "validation; give --valid-data FILE or more text"
+        )
+    return [text[:cut]], [text[cut:]]
 
 
 def write_tokens(docs: list[str], tok: Tokenizer, path: Path, chunk: int = 256) -> int:
@@ -120,22 +152,20 @@ def prepare_corpus(cfg, folder: Path, vocab_size: int) -> tuple[Tokenizer, dict]
         "valid_share": cfg.valid_share,
         "tokenizer": cfg.tokenizer,
         "vocab_size": vocab_size,
+        "holdout": 2,  # how validation is held out (split_validation); 1 also validated on a training document
     }
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key and (folder / "train.bin").exists():
-            return _load_saved_tokenizer(folder, meta), meta
+    saved = _read_meta(meta_path)
+    if saved is not None and saved.get("key") == key and (folder / "train.bin").exists():
+        try:
+            return _load_saved_tokenizer(folder, saved), saved
+        except Exception:  # a damaged cache (meta keys, tokenizer.json) is rebuilt, not trusted
+            pass
     docs = read_texts(cfg.data, cfg.field, cfg.split or "train", "--data")
     if cfg.valid_data:
         valid = read_texts(cfg.valid_data, cfg.field, cfg.split, "--valid-data")
         train = docs
     else:
-        train = [d for i, d in enumerate(docs) if not _is_valid_doc(i, cfg.valid_share)]
-        valid = [d for i, d in enumerate(docs) if _is_valid_doc(i, cfg.valid_share)]
-        if not train:
-            raise DataError(f"--data {cfg.data}: every document went to validation; lower --set valid_share")
-        if not valid:  # tiny corpora: hold out the last document's copy for evaluation
-            valid = docs[-1:]
+        train, valid = split_validation(docs, cfg.valid_share, str(cfg.data))
     tok = resolve_tokenizer(cfg.tokenizer, train, vocab_size)
     n_train = write_tokens(train, tok, folder / "train.bin")
     n_valid = write_tokens(valid, tok, folder / "valid.bin")
@@ -159,6 +189,15 @@ def prepare_corpus(cfg, folder: Path, vocab_size: int) -> tuple[Tokenizer, dict]
     return tok, meta
 
 
+def _read_meta(path: Path) -> dict | None:
+    """The token files' meta.json, or None when absent or unreadable (the files are then rebuilt)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _load_saved_tokenizer(folder: Path, meta: dict) -> Tokenizer:
     if meta["tokenizer_kind"] == "byte-level":
         return ByteTokenizer(meta["eos_token_id"], meta["pad_token_id"])
@@ -178,7 +217,7 @@ class TokenWindows:
         if self.n_windows < 1:
             raise DataError(
                 f"{path} holds {len(self.tokens)} tokens, fewer than one window of --seq-len {seq_len}+1; "
-                "give more text or a shorter --set seq_len"
+                "give more text (or a larger --valid-data), or a shorter --seq-len"
             )
         self.seed, self.shuffle = seed, shuffle
         self._perm_epoch, self._perm = -1, None

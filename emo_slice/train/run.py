@@ -109,7 +109,9 @@ def interrupted_message(out: str | os.PathLike) -> str:
     if name and (out / name).is_dir():
         return f"interrupted; the last checkpoint is {out / name}; continue with --resume"
     if (out / CONFIG_FILE).is_file():
-        return f"interrupted before the first checkpoint; {out} holds only the run's set-up; start again with --overwrite"
+        return (
+            f"interrupted before the first checkpoint; {out} holds only the run's set-up; start again with --overwrite"
+        )
     return "interrupted; nothing was written"
 
 

@@ -17,17 +17,21 @@ are its first T, targets its last T).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from emo_slice.data.sources import token_id_bound
 from emo_slice.errors import UsageError
 from emo_slice.model.modeling import EmoForCausalLM, init_weights
 from emo_slice.model.routing import attention_documents, routing_segments
 from emo_slice.train.checkpointing import (
     STATE_FILE,
+    discard_run,
     latest_checkpoint,
     load_checkpoint,
     prepare_run_folder,
@@ -82,11 +86,23 @@ class Trainer:
             )
         self.mb, self.accum = mb, cfg.batch_size // (mb * self.world)
         self.out = Path(cfg.out).expanduser().absolute()
-        if self.rank == 0:
-            prepare_run_folder(cfg, self.out)
+        self._found = prepare_run_folder(cfg, self.out) if self.rank == 0 else None
         barrier()
-        self._prepare_data()
-        self._build()
+        self.resume_from = latest_checkpoint(self.out) if cfg.resume else None
+        with self._discard_on_error():
+            self._prepare_data()
+            self._build()
+
+    @contextlib.contextmanager
+    def _discard_on_error(self):
+        """A fresh run that fails (bad data or tokenizer, divergence) before its first checkpoint leaves nothing
+        behind, so a rerun starts cleanly. Ctrl-C keeps the set-up (the CLI says how to go on)."""
+        try:
+            yield
+        except Exception:
+            if self.rank == 0:
+                discard_run(self.out, self._found)
+            raise
 
     # -- setup ------------------------------------------------------------------------------------
     def _prepare_data(self) -> None:
@@ -99,13 +115,14 @@ class Trainer:
         if self.rank != 0:
             self.tok, self.meta = prepare_corpus(cfg, self.out / "data", vocab)
         model_vocab = cfg.model.get("vocab_size", vocab)
-        if self.tok.vocab_size > model_vocab:
+        need = token_id_bound(self.tok)  # one more than the largest id the tokenizer gives
+        if need > model_vocab:
             if "vocab_size" in cfg.model:
                 raise UsageError(
-                    f"the tokenizer has {self.tok.vocab_size} tokens but --set vocab_size={model_vocab}; "
-                    f"choose vocab_size >= {self.tok.vocab_size}"
+                    f"the tokenizer gives token ids up to {need - 1} but --set vocab_size={model_vocab}; "
+                    f"choose vocab_size >= {need}"
                 )
-            model_vocab = -(-self.tok.vocab_size // 64) * 64
+            model_vocab = -(-need // 64) * 64
         self.mcfg = cfg.model_config(model_vocab, self.tok.eos_token_id, self.tok.pad_token_id)
         self.train_data = TokenWindows(self.out / "data" / "train.bin", cfg.seq_len, cfg.seed)
         self.valid_data = TokenWindows(self.out / "data" / "valid.bin", cfg.seq_len, cfg.seed, shuffle=False)
@@ -184,10 +201,12 @@ class Trainer:
             sums += torch.tensor(losses, dtype=torch.float64)
             counts_LR = c_LR if counts_LR is None else counts_LR + c_LR
         grad_norm = clip_gradients(self.model, cfg.grad_clip)
+        ce, lb, z, lmz = mean_over_ranks((sums / self.accum).tolist(), self.device)
+        total = ce + cfg.lm_z_weight * lmz + cfg.lb_weight * lb + cfg.z_weight * z
+        self._check_finite(step + 1, ce, total, grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        ce, lb, z, lmz = mean_over_ranks((sums / self.accum).tolist(), self.device)
         seg_N = routing_segments(inp_BT, self.mcfg.eos_token_id).reshape(-1)  # the last micro-batch's
         imbalance = load_imbalance(all_reduce_counts(counts_LR))
         dt = time.perf_counter() - t0
@@ -208,6 +227,35 @@ class Trainer:
             "imbalance": [round(v, 4) for v in imbalance],
             "doc_entropy": [round(document_entropy(r, seg_N), 4) for r in routings],
         }
+
+    def _check_finite(self, step: int, loss: float, total: float, grad_norm: float) -> None:
+        """Stop a diverged run before its optimizer step writes NaN into the weights (every rank sees the same
+        reduced values, so every rank stops)."""
+        if all(math.isfinite(v) for v in (loss, total, grad_norm)):
+            return
+        raise UsageError(
+            f"training diverged at step {step}: loss {loss:.4g}, total loss {total:.4g}, gradient norm "
+            f"{grad_norm:.4g} (not finite); nothing of this step was saved; lower --lr (now {self.cfg.lr:g}) "
+            "or raise --set warmup_steps" + self._last_good()
+        )
+
+    def _last_good(self) -> str:
+        latest = self.out / "latest"
+        if not latest.is_file():
+            return ""
+        return f"; the last good checkpoint is {self.out / latest.read_text().strip()} (continue it with --resume)"
+
+    def _check_weights(self) -> None:
+        """Refuse to save weights that are not finite (a collective: every rank checks its shard)."""
+        bad = torch.zeros(1, device=self.device)
+        for p in self.raw.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            bad += (~torch.isfinite(local)).any().float()
+        if float(sum_over_ranks(bad)) > 0:
+            raise UsageError(
+                f"training diverged by step {self.step}: the weights hold NaN or inf, so nothing was saved; "
+                f"lower --lr (now {self.cfg.lr:g})" + self._last_good()
+            )
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,6 +283,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------------------
     def save(self, name: str) -> Path:
         """Write out/<name> (HF EMO layout + training state) atomically and point out/latest at it."""
+        self._check_weights()
         return save_checkpoint(
             self.out,
             name,
@@ -251,7 +300,7 @@ class Trainer:
 
     def load_latest(self) -> None:
         """Continue from the checkpoint out/latest names (weights, optimizer, RNG, step)."""
-        self.step = load_checkpoint(latest_checkpoint(self.out), self.model, self.optimizer)
+        self.step = load_checkpoint(self.resume_from or latest_checkpoint(self.out), self.model, self.optimizer)
 
     # -- the loop -----------------------------------------------------------------------------------
     def _log(self, rec: dict) -> None:
@@ -270,7 +319,7 @@ class Trainer:
         task = progress.add_task("pretrain", total=cfg.steps, completed=self.step, loss=float("nan"), tps=0.0)
         last = None
         try:
-            with progress:
+            with progress, self._discard_on_error():
                 while self.step < stop:
                     rec = self.train_step()
                     if self.step % cfg.log_every == 0 or self.step == stop:
