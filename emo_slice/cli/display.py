@@ -36,9 +36,10 @@ class _Count(ProgressColumn):
 def progress_bars(units: dict[str, str] | None = None, enabled: bool = True) -> Iterator[ProgressFn | None]:
     """Yield a `progress(label, done, total)` callback drawing one transient bar per label on stderr.
 
-    units: label -> unit ('layers', 'bytes'); other labels count items. enabled=False yields None.
+    units: label -> unit ('layers', 'bytes'); other labels count items. enabled=False, or stderr not a
+    terminal (a live bar would only leave blank lines in a log), yields None.
     """
-    if not enabled:
+    if not enabled or not err_console.is_terminal:
         yield None
         return
     units = units or {}
