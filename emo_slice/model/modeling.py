@@ -91,33 +91,13 @@ def _grouped_mm_ok(x_MD: torch.Tensor, w: torch.Tensor) -> bool:
     return (w.shape[-1] * es) % 16 == 0 and (w.shape[-2] * es) % 16 == 0
 
 
-def _bmm_ok(counts_E: torch.Tensor, M: int) -> tuple[bool, int]:
-    """Padded batched matmuls pay for E * max(count) rows instead of M: worth it while that is < 2 M."""
-    C = int(counts_E.max()) if counts_E.numel() else 0  # host sync: the padded size is a shape
-    return C * counts_E.numel() <= 2 * max(M, 1), C
-
-
-def _experts_bmm(x_MD, e_M, counts_E, C, w_gate_EFD, w_up_EFD, w_down_EDF):
-    """Each expert's rows padded to C, one batched matmul per projection over all experts (CPU fast path)."""
-    E, D = counts_E.numel(), x_MD.shape[1]
-    pos_M = torch.arange(x_MD.shape[0], device=x_MD.device) - (counts_E.cumsum(0) - counts_E)[e_M]
-    x_ECD = x_MD.new_zeros(E, C, D).index_put((e_M, pos_M), x_MD)
-    g_ECF = torch.bmm(x_ECD, w_gate_EFD.transpose(1, 2))
-    u_ECF = torch.bmm(x_ECD, w_up_EFD.transpose(1, 2))
-    y_ECD = torch.bmm(F.silu(g_ECF) * u_ECF, w_down_EDF.transpose(1, 2))
-    return y_ECD[e_M, pos_M]
-
-
 def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto", norms: bool = False):
     """sum_j w_j * down(silu(gate(x)) * up(x)) over each token's chosen experts: out_ND.
 
-    Token-expert pairs are sorted by expert once; then the experts run as one grouped matmul per
-    projection (torch._grouped_mm: "grouped", the GPU path), as batched matmuls over the experts' rows
-    padded to the largest group ("bmm", the CPU path: a few large matmuls instead of one small one per
-    expert), or as a loop over the contiguous per-expert slices ("loop"). "auto" picks grouped on GPUs,
-    bmm on the CPU while padding costs less than 2x, else grouped or loop. With norms=True also returns
-    norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the statistic
-    REAP and EASY-EP need, taken from this very computation.
+    Token-expert pairs are sorted by expert once; then either one grouped matmul per projection
+    (torch._grouped_mm) or a loop over the contiguous per-expert slices ("loop"). With norms=True also
+    returns norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the
+    statistic REAP and EASY-EP need, taken from this very computation.
     """
     N, K = experts_NK.shape
     E = w_gate_EFD.shape[0]
@@ -127,18 +107,12 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
     counts_E = torch.bincount(flat_M, minlength=E)
     x_MD = x_ND[tok_M]
     if impl == "auto":
-        if x_ND.device.type == "cpu" and _bmm_ok(counts_E, x_MD.shape[0])[0]:
-            impl = "bmm"
-        else:
-            impl = "grouped" if _grouped_mm_ok(x_MD, w_gate_EFD) else "loop"
+        impl = "grouped" if _grouped_mm_ok(x_MD, w_gate_EFD) else "loop"
     if impl == "grouped":
         offs_E = counts_E.cumsum(0).to(torch.int32)
         g_MF = torch._grouped_mm(x_MD, w_gate_EFD.transpose(-2, -1), offs=offs_E)
         u_MF = torch._grouped_mm(x_MD, w_up_EFD.transpose(-2, -1), offs=offs_E)
         y_MD = torch._grouped_mm(F.silu(g_MF) * u_MF, w_down_EDF.transpose(-2, -1), offs=offs_E)
-    elif impl == "bmm":
-        C = _bmm_ok(counts_E, x_MD.shape[0])[1]
-        y_MD = _experts_bmm(x_MD, flat_M[order_M], counts_E, C, w_gate_EFD, w_up_EFD, w_down_EDF)
     elif impl == "loop":
         parts, start = [], 0
         for e, c in enumerate(counts_E.tolist()):  # host sync: the loop needs the counts
@@ -277,7 +251,7 @@ class EmoForCausalLM(nn.Module):
         return {"logits": logits, "routing": routings} if return_routing else logits
 
     def set_expert_impl(self, impl: str) -> None:
-        """'auto' (bmm on the CPU, grouped matmul on GPUs), 'bmm', 'grouped' or 'loop'."""
+        """'auto' (grouped matmul where possible), 'grouped' or 'loop'."""
         for layer in self.model.layers:
             layer.mlp.impl = impl
 
