@@ -68,3 +68,20 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from emo_slice.io.build import random_checkpoint
 
     return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
+
+
+def random_model(seed: int = 0, std: float = 0.2, **config):
+    """A small random EmoForCausalLM in eval mode (8 routed + 1 shared experts, GQA); config keys override."""
+    from emo_slice.model.config import EmoConfig
+    from emo_slice.model.modeling import EmoForCausalLM, init_weights
+
+    base = dict(
+        hidden_size=32,
+        intermediate_size=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=9,
+        num_experts_per_tok=3,
+        vocab_size=64,
+    )
+    return init_weights(EmoForCausalLM(EmoConfig(**{**base, **config})), std=std, seed=seed).eval()

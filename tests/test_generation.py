@@ -1,25 +1,13 @@
 """Generation with the KV cache equals generation by full forwards; batching with left padding changes nothing."""
 
 import torch
+from conftest import random_model
 
 import emo_slice
-from emo_slice.model.config import EmoConfig
-from emo_slice.model.modeling import EmoForCausalLM, init_weights
 
 
 def _model(seed=0):
-    cfg = EmoConfig(
-        hidden_size=32,
-        intermediate_size=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_experts=9,
-        num_experts_per_tok=3,
-        vocab_size=64,
-        eos_token_id=0,
-        pad_token_id=1,
-    )
-    return init_weights(EmoForCausalLM(cfg), std=0.3, seed=seed).eval()
+    return random_model(seed, std=0.3, eos_token_id=0, pad_token_id=1)
 
 
 @torch.no_grad()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import random_model
 from safetensors.torch import load_file
 
 import emo_slice
@@ -154,21 +155,7 @@ def test_pool_restricts_routing_and_no_pool_is_reference():
 
 
 def _random_model(seed=3, **kw):
-    cfg = EmoConfig(
-        **{
-            **dict(
-                hidden_size=32,
-                intermediate_size=16,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                num_experts=9,
-                num_experts_per_tok=3,
-                vocab_size=64,
-            ),
-            **kw,
-        }
-    )
-    return init_weights(EmoForCausalLM(cfg), std=0.2, seed=seed).eval()
+    return random_model(seed, **kw)
 
 
 @torch.no_grad()
@@ -262,16 +249,7 @@ def test_expert_implementations_have_the_same_gradients():
 
 
 def test_tied_embeddings_load_tied_whole_and_layer_by_layer(tmp_path):
-    cfg = EmoConfig(
-        hidden_size=32,
-        intermediate_size=16,
-        num_attention_heads=4,
-        num_experts=9,
-        num_experts_per_tok=3,
-        vocab_size=64,
-        tie_word_embeddings=True,
-    )
-    model = init_weights(EmoForCausalLM(cfg), std=0.2, seed=7).eval()
+    model = random_model(7, num_key_value_heads=4, tie_word_embeddings=True)
     emo_slice.save_model(model, tmp_path / "tied")
     loaded = emo_slice.load_model(tmp_path / "tied")
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
