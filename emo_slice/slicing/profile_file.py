@@ -96,7 +96,10 @@ def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profil
     """Refuse a profile made on another model (fingerprint or router weights differ)."""
     model = profile.get("model", {})
     theirs, mine = model.get("fingerprint"), ckpt.fingerprint()
-    same = theirs == mine and model.get("router_digest", router_digest(ckpt)) == router_digest(ckpt)
+    same = theirs == mine
+    if same:  # the router bytes are read once, only when the cheap fingerprint already agrees
+        digest = router_digest(ckpt)
+        same = model.get("router_digest", digest) == digest
     if not same:
         raise UsageError(
             f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "
