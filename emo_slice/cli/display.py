@@ -11,7 +11,6 @@ import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from rich import box
 from rich.filesize import decimal
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -177,49 +176,143 @@ def _task_title(tname: str, info: dict, metrics: dict) -> str:
     return f"{tname}: {info['documents']} documents, {metrics['tokens']} tokens, {info['mode']}"
 
 
-def _task_table(data: dict, tname: str, names: list[str]) -> Table:
+def _shown_metrics(metrics: dict) -> list[str]:
     from emo_slice.eval.metrics import HIGHER_IS_BETTER
 
-    metrics, against = data["results"][tname], len(names) > 1
-    t = Table(
-        title=_task_title(tname, data["tasks"][tname], metrics),
-        caption="↓ lower is better; kept: share of the --against score kept" if against else None,
-    )
-    t.add_column("metric")
-    for col in names + ["difference", "kept"] if against else names:
+    return [m for m in HIGHER_IS_BETTER if m in metrics]
+
+
+def _metric_label(m: str) -> str:
+    from emo_slice.eval.metrics import HIGHER_IS_BETTER
+
+    return m + ("" if HIGHER_IS_BETTER[m] else " ↓")
+
+
+def _metric_cells(data: dict, tname: str, m: str, against: bool) -> list[str]:
+    """One metric of one result: the model's value; with --against both, the difference and the share kept."""
+    if not against:
+        return [_fmt(m, data["results"][tname][m])]
+    c = data["comparison"][tname][m]
+    diff = f"{c['diff'] * 100:+.1f} pts" if m.startswith("acc") else f"{c['diff']:+.4g}"
+    kept = f"{c['kept']:.1%}" if c["kept"] is not None else "-"
+    return [_fmt(m, c["model"]), _fmt(m, c["against"]), diff, kept]
+
+
+def _value_columns(t: Table, names: list[str]) -> None:
+    for col in names + ["difference", "kept"] if len(names) > 1 else names:
         t.add_column(col, justify="right")
-    for m, hib in HIGHER_IS_BETTER.items():
-        if m not in metrics:
-            continue
-        label = m + ("" if hib else " ↓")
-        if not against:
-            t.add_row(label, _fmt(m, metrics[m]))
-            continue
-        c = data["comparison"][tname][m]
-        diff = f"{c['diff'] * 100:+.1f} pts" if m.startswith("acc") else f"{c['diff']:+.4g}"
-        kept = f"{c['kept']:.1%}" if c["kept"] is not None else "-"
-        t.add_row(label, _fmt(m, c["model"]), _fmt(m, c["against"]), diff, kept)
+
+
+AGAINST_CAPTION = "↓ lower is better; kept: share of the --against score kept"
+
+
+def _task_table(data: dict, tname: str, names: list[str]) -> Table:
+    metrics, against = data["results"][tname], len(names) > 1
+    t = Table(title=_task_title(tname, data["tasks"][tname], metrics), caption=AGAINST_CAPTION if against else None)
+    t.add_column("metric")
+    _value_columns(t, names)
+    for m in _shown_metrics(metrics):
+        t.add_row(_metric_label(m), *_metric_cells(data, tname, m, against))
     return t
 
 
-def eval_tables(data: dict) -> list[Table]:
-    """One table per task (both models side by side with --against), then the models."""
-    roles = list(data["models"])
-    names = [model_label(data["models"][r]["path"]) for r in roles]
-    if len(names) == 2 and names[0] == names[1]:
-        names = [f"{names[0]} (model)", f"{names[1]} (against)"]
-    tables = [_task_table(data, tname, names) for tname in data["results"]]
+def group_rows(data: dict) -> dict[str, list[tuple[str, int, bool]]]:
+    """Each aggregated group inside no other (mmlu, or mmlu_stem alone) -> its rows as (result name, depth,
+    is a group), lm-eval's order: the group, then each group inside it (alphabetical) followed by its
+    subtasks, then the subtasks in no inner group."""
+    groups = {n: i["group"] for n, i in data["tasks"].items() if "group" in i and n in data["results"]}
+    inside = {g: [h for h in groups if h != g and set(groups[h]) < set(groups[g])] for g in groups}
+    out = {}
+    for top in (g for g in groups if not any(g in inner for inner in inside.values())):
+        rows, covered = [(top, 0, True)], set()
+        for g in sorted(inside[top]):
+            rows += [(g, 1, True)] + [(m, 2, False) for m in groups[g] if m in data["results"]]
+            covered |= set(groups[g])
+        rows += [(m, 1, False) for m in groups[top] if m not in covered and m in data["results"]]
+        out[top] = rows
+    return out
+
+
+def _group_table(data: dict, top: str, rows: list, names: list[str], per_subtask: bool) -> Table:
+    """One table for a group: its aggregate and its inner groups' (and, with per_subtask, every subtask's
+    rows, indented under their group), each metric side by side as in a task's table."""
+    against = len(names) > 1
+    n_sub = sum(not is_group for _, _, is_group in rows)
+    how = "subtasks below their groups" if per_subtask else f"--per-subtask to show its {n_sub} subtasks"
+    caption = f"groups: item-weighted means of their subtasks ({how})"
+    t = Table(
+        title=_task_title(top, data["tasks"][top], data["results"][top]),
+        caption=caption + ("\n" + AGAINST_CAPTION if against else ""),
+    )
+    t.add_column("task")
+    t.add_column("metric")
+    _value_columns(t, names)
+    for name, depth, is_group in rows:
+        if not (is_group or per_subtask):
+            continue
+        shown = _shown_metrics(data["results"][name])
+        label = Text("  " * (depth - 1) + " - " + name if depth else name)
+        for i, m in enumerate(shown):
+            cells = _metric_cells(data, name, m, against)
+            t.add_row(label if i == 0 else "", _metric_label(m), *cells, end_section=i == len(shown) - 1)
+    return t
+
+
+def _models_table(data: dict, names: list[str]) -> Table:
     t = Table(title="Models")
     t.add_column("")
     for n in names:
         t.add_column(n, justify="right")
-    ms = [data["models"][r] for r in roles]
+    ms = [data["models"][r] for r in data["models"]]
     t.add_row("parameters loaded", *[f"{m['parameters']:,}" for m in ms])
     t.add_row("bytes of weights", *[f"{m['weight_bytes']:,}" for m in ms])
     t.add_row("tokens/s", *[f"{m['tokens_per_s']:,.0f}" if m["tokens_per_s"] else "-" for m in ms])
     t.add_row("device", *[f"{m.get('device', 'cpu')} ({m.get('placement', '-')}), {m['dtype']}" for m in ms])
     t.add_row("fingerprint", *[m["fingerprint"] for m in ms])
-    return tables + [t]
+    return t
+
+
+def model_names(data: dict) -> list[str]:
+    """The column title of each model (model, against), told apart when their folders have the same name."""
+    names = [model_label(m["path"]) for m in data["models"].values()]
+    if len(names) == 2 and names[0] == names[1]:
+        names = [f"{names[0]} (model)", f"{names[1]} (against)"]
+    return names
+
+
+def eval_tables(data: dict, per_subtask: bool = False) -> list[Table]:
+    """One table per task (both models side by side with --against), one per group with its inner groups
+    (and with per_subtask its subtasks: lm-eval's layout) where its first subtask would be, each generative
+    task's table, then the models. The results keep every subtask whatever is shown."""
+    names = model_names(data)
+    gen = [n for n in data["results"] if n in data["settings"].get("gen_tasks", [])]
+    families = group_rows(data)
+    owner = {name: top for top, rows in families.items() for name, _, _ in rows}
+    tables, shown = [], set()
+    for tname in (n for n in data["results"] if n not in gen):
+        top = owner.get(tname)
+        if top is None:
+            tables.append(_task_table(data, tname, names))
+        elif top not in shown:
+            shown.add(top)
+            tables.append(_group_table(data, top, families[top], names, per_subtask))
+    if gen:
+        from emo_slice.eval.generative import gen_table
+
+        tables += [gen_table(data, n, names) for n in gen]
+    return tables + [_models_table(data, names)]
+
+
+def eval_output(data: dict, per_subtask: bool = False, out=None) -> list:
+    """What `emo-slice eval` prints: the tables (`eval_tables`), a byte-level tokenizer's note, where the
+    results were written."""
+    lines: list = eval_tables(data, per_subtask)
+    tok = data["models"]["model"]["tokenizer"]
+    if tok.startswith("byte-level"):
+        lines.append(f"tokenizer: {tok}")
+    if out:
+        lines.append(f"results written to {out}")
+    return lines
 
 
 def generation_table(result: dict, names: dict[str, str]) -> Table:
@@ -233,105 +326,4 @@ def generation_table(result: dict, names: dict[str, str]) -> Table:
         t.add_column(names.get(label) or label)
     for i, p in enumerate(result["prompts"]):
         t.add_row(Text(p), *[Text(result["completions"][label][i]) for label in labels])
-    return t
-
-
-# ---- sweep ---------------------------------------------------------------------------------------------
-
-
-def _cell(metric: str, v, kept) -> str:
-    return _fmt(metric, v) + (f"\n({kept:.1%})" if kept is not None else "")
-
-
-def _mean(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
-def _sweep_columns(t: Table, sweeps: list[dict], shown: dict, n_ctrl: int) -> None:
-    from emo_slice.eval.metrics import HIGHER_IS_BETTER
-
-    for col in ("K", "bytes", "of full"):
-        t.add_column(col, justify="right")
-    for sw in sweeps:
-        for task, ms in shown.items():
-            for m in ms:
-                arrow = "" if HIGHER_IS_BETTER.get(m, True) else " ↓"
-                where = "" if len(shown) == 1 else f"{task} "
-                name = m.replace("_per_", "/")
-                t.add_column(f"{sw['label']}\n{where}{name}{arrow}", justify="right")
-                if n_ctrl:
-                    t.add_column(f"{sw['label']}\nrandom", justify="right")
-        t.add_column(f"{sw['label']}\ntok/s", justify="right")
-
-
-def _tok_s(v) -> str:
-    return f"{v:,.0f}" if v else "-"
-
-
-def sweep_table(data: dict, metrics: list[str] | None = None) -> Table:
-    """One row per K (and the full model): bytes, share of the full model's bytes, then for every model each
-    shown metric with the share of the full score kept, the share the random controls keep, and tokens/s."""
-    from emo_slice.slicing.sweep import headline_metrics
-
-    sweeps = data["sweeps"]
-    first = sweeps[0]
-    shown = {k: v for k, v in headline_metrics(first["full"]["results"], metrics or None).items() if v}
-    n_ctrl = first["controls"]["n"]
-    only = f" on {next(iter(shown))}" if len(shown) == 1 else ""
-    t = Table(
-        box=box.SIMPLE_HEAD,
-        title=f"Sweep{only}: experts chosen by {first['method']}, against the full model on the same items",
-        caption="(x%): share of the full model's score kept; ↓ lower is better"
-        + (f"; random: share kept by random experts (mean of {n_ctrl})" if n_ctrl else ""),
-    )
-    _sweep_columns(t, sweeps, shown, n_ctrl)
-    for k in first["keeps"]:
-        rows = [[r for r in sw["rows"] if r["keep"] == k] for sw in sweeps]
-        mine0 = next(r for r in rows[0] if r["kind"] == "profile")
-        cells = [f"{k}\n({k / first['num_experts']:.0%})", human(mine0["bytes"]), f"{mine0['share_of_bytes']:.1%}"]
-        for sw_rows in rows:
-            mine = next(r for r in sw_rows if r["kind"] == "profile")
-            ctrl = [r for r in sw_rows if r["kind"] == "random"]
-            for task, ms in shown.items():
-                for m in ms:
-                    cells.append(_cell(m, mine["results"][task].get(m), mine["kept"][task].get(m)))
-                    if n_ctrl:
-                        kept = _mean([r["kept"][task].get(m) for r in ctrl])
-                        cells.append("-" if kept is None else f"{kept:.1%}")
-            cells.append(_tok_s(mine["tokens_per_s"]))
-        t.add_row(*cells, end_section=True)
-    cells = [f"{first['num_experts']}\n(all)", human(first["full"]["bytes"]), "100%"]
-    for sw in sweeps:
-        for task, ms in shown.items():
-            for m in ms:
-                cells += [_fmt(m, sw["full"]["results"][task].get(m))] + (["-"] if n_ctrl else [])
-        cells.append(_tok_s(sw["full"]["tokens_per_s"]))
-    t.add_row(*cells)
-    return t
-
-
-def auto_keep_table(record: dict) -> Table:
-    """What `extract --keep auto` tried: each K with what it kept, and the K chosen."""
-    by_mass = record["rule"] == "target-mass"
-    goal = f"{record['target_mass']:.1%} of the routing mass" if by_mass else f"{record['target']:.1%} of the score"
-    t = Table(
-        title=f"--keep auto: smallest K keeping {goal} ({record['search']}); chose K = {record['chosen']}",
-        caption=None if by_mass else record["assumption"],
-    )
-    t.add_column("K", justify="right")
-    t.add_column("routing mass held (worst layer)" if by_mass else "share of the full score kept", justify="right")
-    if not by_mass:
-        t.add_column("of the full bytes", justify="right")
-    t.add_column("meets the target", justify="right")
-    for r in record["tried"]:
-        if by_mass:
-            t.add_row(
-                str(r["keep"]),
-                f"{r['mass_held_min']:.1%} (layer {r['worst_layer']})",
-                "yes" if r["mass_held_min"] >= record["target_mass"] else "no",
-            )
-        else:
-            kept = "-" if r["kept"] is None else f"{r['kept']:.1%}"
-            t.add_row(str(r["keep"]), kept, f"{r['share_of_bytes']:.1%}", "yes" if r["meets_target"] else "no")
     return t

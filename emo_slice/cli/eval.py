@@ -27,7 +27,7 @@ from emo_slice.cli.options import (
 
 EPILOG = """Examples:
 
-  emo-slice eval ./slice --against ./full --task mmlu --shots 5      (57 subjects and lm-eval's groups)
+  emo-slice eval ./slice --against ./full --task mmlu --shots 5      (lm-eval's groups; --per-subtask: 57 subjects)
 
   emo-slice eval ./slice --against ./full --task arc_easy=./data/arc_easy --task mmlu_pro
 
@@ -110,6 +110,13 @@ PoolOpt = Annotated[
 ]
 
 
+PerSubtask = _opt(
+    "--per-subtask",
+    bool,
+    "Groups (mmlu, ...): also show each subtask's rows, under its group (the results file has them always).",
+)
+
+
 @app.command("eval", epilog=EPILOG)
 @cli_errors
 def eval_cmd(
@@ -135,6 +142,7 @@ def eval_cmd(
     pool: PoolOpt = None,
     gen_task: GenTasks = [],
     max_new_tokens: MaxNewTokens = None,
+    per_subtask: PerSubtask = False,
     json_out: Json = False,
     out: ResultsOut = None,
     predictions: Predictions = None,
@@ -146,48 +154,23 @@ def eval_cmd(
     (acc,none and acc_norm,none, its numbers) and with OLMES's normalisations (acc_raw, acc_per_token,
     acc_per_char, acc_per_byte, acc_uncond, bits per byte of the gold), text by perplexity and bits per byte,
     generative tasks (gsm8k, --gen-task) by exact match of a greedy continuation. With
-    --against, a second model is scored on the very same items and both are shown side by side."""
-    from emo_slice.artifacts import locked
-    from emo_slice.cli.display import progress_bars
-    from emo_slice.eval.generative import eval_tables_with_gen
-    from emo_slice.eval.harness import check_result_paths, save_results, simple_evaluate, without_samples
+    --against, a second model is scored on the very same items and both are shown side by side. A group
+    (mmlu) is shown as one table of its group scores; --per-subtask adds its subtasks."""
+    from emo_slice.cli.display import eval_output, progress_bars
+    from emo_slice.eval.harness import evaluate_and_save, without_samples
 
-    check_result_paths([model, against], out=out, predictions=predictions, overwrite=overwrite)
-    with locked((out, "--out"), (predictions, "--predictions")), progress_bars() as bar:
-        data = simple_evaluate(
-            model,
-            against=against,
-            tasks=task,
-            lm=lm,
-            field_map=field_map,
-            fmt=value(fmt),
-            split=split,
-            text_field=text_field,
-            lm_mode=value(lm_mode),
-            encoding=value(encoding),
-            shots=shots,
-            seed=seed,
-            limit=limit,
-            batch_size=batch_size,
-            max_length=max_length,
-            uncond=uncond,
-            layerwise=layerwise,
-            dtype=value(dtype),
-            device=device,
-            pool=pool or None,
-            gen_tasks=gen_task,
-            max_new_tokens=max_new_tokens,
-            log_samples=predictions is not None,
-            progress=bar,
+    opts = dict(tasks=task, lm=lm, field_map=field_map, fmt=value(fmt), split=split, text_field=text_field)
+    opts |= dict(lm_mode=value(lm_mode), encoding=value(encoding), shots=shots, seed=seed, limit=limit)
+    opts |= dict(batch_size=batch_size, max_length=max_length, uncond=uncond, layerwise=layerwise)
+    opts |= dict(
+        dtype=value(dtype), device=device, pool=pool or None, gen_tasks=gen_task, max_new_tokens=max_new_tokens
+    )
+    with progress_bars() as bar:
+        data = evaluate_and_save(
+            model, against=against, out=out, predictions=predictions, overwrite=overwrite, progress=bar, **opts
         )
-        save_results(data, out=out, predictions=predictions)
     if json_out:
         print_json(without_samples(data))
         return
-    for table in eval_tables_with_gen(data):
-        console.print(table)
-    tok = data["models"]["model"]["tokenizer"]
-    if tok.startswith("byte-level"):
-        console.print(f"tokenizer: {tok}")
-    if out:
-        console.print(f"results written to {out}")
+    for line in eval_output(data, per_subtask, out):
+        console.print(line)

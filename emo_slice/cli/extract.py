@@ -19,8 +19,10 @@ from emo_slice.cli.options import (
     Overwrite,
     Shots,
     Split,
+    calibration,
     keep_option,
     method_option,
+    opt,
     out_option,
     save_dtype_option,
     seed_option,
@@ -47,60 +49,61 @@ EPILOG = """Examples:
 """
 
 
-def _opt(flag: str, typ, help: str, **kw):
-    return Annotated[typ, typer.Option(flag, help=help, show_default=kw.pop("show_default", False), **kw)]
-
-
-Profiles = _opt("--profile", List[Path], "Profile file from `emo-slice profile`; once per domain to compose a slice.")
-ExamplesList = _opt(
+Profiles = opt("--profile", List[Path], "Profile file from `emo-slice profile`; once per domain to compose a slice.")
+ExamplesList = opt(
     "--examples",
     List[str],
     "Calibration input (as `profile --examples`), profiled now; once per domain to compose a slice.",
 )
-Compose = _opt(
+Compose = opt(
     "--compose",
     Optional[str],
     "With several domains: union (round robin over the domains' rankings; the default) or sum (of each domain's "
     "scores divided by their layer total).",
 )
-Target = _opt("--target", Optional[float], "With --keep auto: smallest K keeping this share of the full score.")
-TargetMass = _opt(
+Target = opt("--target", Optional[float], "With --keep auto: smallest K keeping this share of the full score.")
+TargetMass = opt(
     "--target-mass", Optional[float], "With --keep auto: smallest K holding this share of the routing mass per layer."
 )
-Tasks = _opt("--task", List[str], "With --target: task scored (calibration items held out). Repeatable.")
-Texts = _opt("--lm", List[str], "With --target: text scored by bits per byte. Repeatable.")
-Metric = _opt("--metric", List[str], "With --target: the metric kept (default acc_per_char / bits_per_byte).")
-Limit = _opt("--limit", Optional[int], "With --target: score only the first N held-out items of each task.")
+Tasks = opt("--task", List[str], "With --target: task scored (calibration items held out). Repeatable.")
+Texts = opt("--lm", List[str], "With --target: text scored by bits per byte. Repeatable.")
+Metric = opt("--metric", List[str], "With --target: the metric kept (default acc_per_char / bits_per_byte).")
+Limit = opt("--limit", Optional[int], "With --target: score only the first N held-out items of each task.")
+SourceArg = Annotated[
+    str, typer.Argument(help="Checkpoint folder or Hub id to slice (never modified).", show_default=False)
+]
+OutFolder = Annotated[Path, out_option("Folder for the sliced checkpoint (absent or empty, and outside the source).")]
+Keep = Annotated[Optional[str], keep_option()]
+Experts = opt(
+    "--experts",
+    Optional[str],
+    "Routed experts to keep by hand: '1,3,4,6' in every layer, or one list per layer separated by ';'.",
+)
+MethodOpt = Annotated[Method, method_option()]
+PerLayer = opt(
+    "--per-layer",
+    bool,
+    "Rank experts across layers (different K per layer, written as num_experts_per_layer): EMO's own model code only.",
+    show_default=True,
+)
+SaveDType = Annotated[Optional[DType], save_dtype_option("unchanged, bytes copied verbatim")]
+Seed = Annotated[int, seed_option("--method random and of the demonstrations draw")]
+JsonManifest = opt("--json", bool, "Print the manifest (slice.json) as JSON.", show_default=True)
+BARS = {"profiling": "layers", "writing slice": "bytes", "slices scored": "slices"}
 
 
 @app.command(epilog=EPILOG)
 @cli_errors
 def extract(
-    model: Annotated[
-        str, typer.Argument(help="Checkpoint folder or Hub id to slice (never modified).", show_default=False)
-    ],
-    out: Annotated[Path, out_option("Folder for the sliced checkpoint (absent or empty, and outside the source).")],
-    keep: Annotated[Optional[str], keep_option()] = None,
+    model: SourceArg,
+    out: OutFolder,
+    keep: Keep = None,
     profile_path: Profiles = [],
     examples: ExamplesList = [],
-    experts: Annotated[
-        Optional[str],
-        typer.Option(
-            "--experts",
-            help="Routed experts to keep by hand: '1,3,4,6' in every layer, or one list per layer separated by ';'.",
-            show_default=False,
-        ),
-    ] = None,
-    method: Annotated[Method, method_option()] = Method.mean_prob,
-    per_layer: Annotated[
-        bool,
-        typer.Option(
-            "--per-layer",
-            help="Rank experts across layers (different K per "
-            "layer, written as num_experts_per_layer): EMO's own model code only.",
-        ),
-    ] = False,
-    save_dtype: Annotated[Optional[DType], save_dtype_option("unchanged, bytes copied verbatim")] = None,
+    experts: Experts = None,
+    method: MethodOpt = Method.mean_prob,
+    per_layer: PerLayer = False,
+    save_dtype: SaveDType = None,
     max_shard_size: MaxShardSize = "5GB",
     overwrite: Overwrite = False,
     field: Field = "text",
@@ -109,7 +112,7 @@ def extract(
     max_length: MaxLength = None,
     dtype: ComputeDType = None,
     greedy: Greedy = False,
-    seed: Annotated[int, seed_option("--method random and of the demonstrations draw")] = 0,
+    seed: Seed = 0,
     compose: Compose = None,
     target: Target = None,
     target_mass: TargetMass = None,
@@ -117,7 +120,7 @@ def extract(
     lm: Texts = [],
     metric: Metric = [],
     limit: Limit = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest (slice.json) as JSON.")] = False,
+    json_out: JsonManifest = False,
 ):
     """Write a checkpoint holding K experts per layer, chosen by a profile, examples, ids or at random.
 
@@ -132,41 +135,23 @@ def extract(
     from emo_slice.cli.display import progress_bars
     from emo_slice.slicing.pipeline import make_slice
 
-    with progress_bars(
-        {"profiling": "layers", "writing slice": "bytes", "slices scored": "slices"}, enabled=not json_out
-    ) as bar:
+    calib = calibration(examples, field, split, shots, seed, max_length, dtype)
+    choice = dict(keep=keep, profile_path=profile_path, experts=experts, method=value(method), greedy=greedy)
+    auto = dict(compose=compose, target=target, target_mass=target_mass, tasks=task, lm=lm, metric=metric or None)
+    write = dict(per_layer=per_layer, save_dtype=value(save_dtype), max_shard_size=max_shard_size, overwrite=overwrite)
+    eval_opts = {"limit": limit, "split": split}
+    with progress_bars(BARS, enabled=not json_out) as bar:
         manifest = make_slice(
-            model,
-            out,
-            keep=keep,
-            profile_path=profile_path,
-            examples=examples,
-            experts=experts,
-            method=value(method),
-            compose=compose,
-            target=target,
-            target_mass=target_mass,
-            tasks=task,
-            lm=lm,
-            metric=metric or None,
-            eval_opts={"limit": limit, "split": split},
-            per_layer=per_layer,
-            greedy=greedy,
-            seed=seed,
-            save_dtype=value(save_dtype),
-            max_shard_size=max_shard_size,
-            overwrite=overwrite,
-            field=field,
-            split=split,
-            shots=shots,
-            max_length=max_length,
-            dtype=value(dtype),
-            progress=bar,
-            warn=warning_line,
+            model, out, **choice, **calib, **auto, **write, eval_opts=eval_opts, progress=bar, warn=warning_line
         )
     if json_out:
         print_json(manifest)
         return
+    _print_manifest(manifest, out)
+
+
+def _print_manifest(manifest: dict, out: Path) -> None:
+    """The choice (auto K, composition), K and the experts kept (the first 4 layers when they differ)."""
     _print_choice(manifest.get("profile") or {})
     kept = manifest["kept_experts"]
     console.print(
@@ -185,7 +170,7 @@ def extract(
 
 def _print_choice(record: dict) -> None:
     """What --keep auto tried, and which domain contributed what to a composed slice."""
-    from emo_slice.cli.display import auto_keep_table
+    from emo_slice.cli.sweep_display import auto_keep_table
 
     auto, comp = record.get("auto_keep"), record.get("composition")
     if auto:

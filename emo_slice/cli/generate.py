@@ -61,15 +61,10 @@ def generate_cmd(
     prompts with the same settings, shown side by side."""
     from emo_slice.model.generation import complete, read_prompts
 
-    texts = read_prompts(prompt, prompts)
     paths = {"model": model, **({"against": against} if against else {})}
-    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        from emo_slice.errors import UsageError
-
-        raise UsageError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
     result = complete(
         paths,
-        texts,
+        read_prompts(prompt, prompts),
         max_new_tokens=max_new_tokens,
         greedy=greedy,
         temperature=temperature,

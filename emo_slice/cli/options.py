@@ -98,6 +98,12 @@ def value(choice):
     return choice.value if isinstance(choice, Enum) else choice
 
 
+def opt(flag: str, typ, help: str, **kw):
+    """`Annotated[typ, typer.Option(flag, help=help)]` for an option one command declares (no default shown unless
+    show_default=True)."""
+    return Annotated[typ, typer.Option(flag, help=help, show_default=kw.pop("show_default", False), **kw)]
+
+
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
@@ -202,6 +208,14 @@ Greedy = Annotated[
         "already sliced to --keep by --method.",
     ),
 ]
+
+
+def calibration(examples, field: str, split, shots, seed: int, max_length, dtype) -> dict:
+    """The calibration options (--examples, --field, --split, --shots, --seed, --max-length, --dtype) as the
+    keyword arguments of ProfileSettings and make_slice (the dtype as its value)."""
+    return dict(
+        examples=examples, field=field, split=split, shots=shots, seed=seed, max_length=max_length, dtype=value(dtype)
+    )
 
 
 def _lead(when: str) -> str:

@@ -100,30 +100,6 @@ Settings = Annotated[
 ]
 
 
-def _banner(trainer, resume_from: str | None) -> str:
-    cfg, m, meta = trainer.cfg, trainer.mcfg, trainer.meta
-    return (
-        f"[bold]pretrain[/] {cfg.router} router, "
-        + (f"from {cfg.init_from}" if cfg.init_from else f"preset {cfg.preset}")
-        + f": {m.num_hidden_layers} layers, "
-        f"{m.num_experts} experts (top {m.num_experts_per_tok}), d_model {m.hidden_size}, vocab {m.vocab_size}; "
-        f"tokenizer {meta['tokenizer']}; {meta['train_tokens']:,} training tokens; pool {trainer.pool or 'none'}; "
-        f"{trainer.world} rank(s) on {trainer.device}, micro-batch {trainer.mb} x {trainer.accum} accumulation"
-        + (f"; resuming from {resume_from}" if resume_from else "")
-        + _mfu_note(trainer)
-    )
-
-
-def _mfu_note(trainer) -> str:
-    """What MFU in the progress bar and log.jsonl is measured against (nothing on a CPU without a peak)."""
-    fpt = f"{trainer.flops_per_token / 1e9:.3g} GFLOP/token"
-    if trainer.peak_tflops:
-        return f"; MFU: {fpt} against {trainer.peak_tflops:g} TFLOP/s per device"
-    if trainer.device.type == "cuda":
-        return f"; MFU: {fpt}, this GPU's peak is unknown (give it with --set peak_tflops=N)"
-    return ""
-
-
 @app.command("pretrain", epilog=EPILOG)
 @cli_errors
 def pretrain_cmd(
@@ -161,50 +137,20 @@ def pretrain_cmd(
     and layer), global load balancing over all ranks, router and LM z-losses, AdamW with warmup and
     cosine decay. Writes Hugging Face EMO checkpoints that profile, extract and eval read. Runs data
     parallel under torchrun (DDP, or --fsdp)."""
-    from emo_slice.errors import UsageError
-    from emo_slice.train.run import check_config, interrupted_message, resolve_config, run_summary, summary_line
+    given = locals()  # the training options are named as their TrainConfig fields
+    from emo_slice.train import run
 
-    options = {
-        "data": data,
-        "router": value(router),
-        "steps": steps,
-        "batch_size": batch_size,
-        "micro_batch_size": micro_batch_size,
-        "seq_len": seq_len,
-        "lr": lr,
-        "tokenizer": tokenizer,
-        "vocab_size": vocab_size,
-        "field": field,
-        "split": split,
-        "valid_data": valid_data,
-        "dtype": value(dtype),
-        "save_every": save_every,
-        "eval_every": eval_every,
-        "seed": seed,
-        "stop_after": stop_after,
-        "remote_code": remote_code,
-        "init_from": init_from,
-    }
-    cfg = resolve_config(
+    options = {k: value(given[k]) for k in run.OPTION_FIELDS}
+    cfg = run.resolve_config(
         out, preset=value(preset), resume=resume, overwrite=overwrite, fsdp=fsdp, options=options, settings=settings
     )
-    check_config(cfg)
+    run.check_config(cfg)
     if show_config:
         print_json(cfg.to_dict())
         return
-    if not cfg.data:
-        raise UsageError("--data is required: a .txt, JSONL or dataset with the training text")
-    from emo_slice.train.trainer import Trainer
-
     try:
-        trainer = Trainer(cfg)
-        if trainer.rank == 0 and not json_out:
-            latest = out / "latest"
-            err_console.print(_banner(trainer, latest.read_text().strip() if resume and latest.exists() else None))
-        path = trainer.run()
+        summary = run.pretrain(cfg, announce=None if json_out else err_console.print)
     except KeyboardInterrupt:  # say what the run folder holds, not "nothing was written"
-        fail(interrupted_message(out), 130)
-    if trainer.rank != 0:
-        return
-    summary = run_summary(out, path, trainer.world)
-    print_json(summary) if json_out else err_console.print(summary_line(summary), markup=False)
+        fail(run.interrupted_message(out), 130)
+    if summary is not None:
+        print_json(summary) if json_out else err_console.print(run.summary_line(summary), markup=False)

@@ -22,6 +22,7 @@ from emo_slice.cli.options import (
     Overwrite,
     Shots,
     Split,
+    calibration,
     keep_option,
     method_option,
     out_option,
@@ -39,6 +40,15 @@ MaxTokensInMemory = Annotated[
         "--greedy needs every token at once and refuses longer input.",
     ),
 ]
+
+
+OutFile = Annotated[
+    Optional[Path], out_option("Profile file to write (JSON). Default: MODELNAME.profile.json in the current folder.")
+]
+Seed = Annotated[int, seed_option("the demonstrations draw (and of --method random with --greedy)")]
+Keep = Annotated[Optional[str], keep_option("Only with --greedy.")]
+MethodOpt = Annotated[Method, method_option("Only with --greedy: how earlier layers are sliced.")]
+Pool = Annotated[Optional[int], pool_option("Each calibration document (row) gets its own pool.")]
 
 
 def plain_progress(label: str, done: int, total: int | None) -> None:
@@ -61,24 +71,21 @@ EPILOG = """Examples:
 def profile(
     model: ModelArg,
     examples: Examples,
-    out: Annotated[
-        Optional[Path],
-        out_option("Profile file to write (JSON). Default: MODELNAME.profile.json in the current folder."),
-    ] = None,
+    out: OutFile = None,
     overwrite: Overwrite = False,
     field: Field = "text",
     split: Split = None,
     shots: Shots = None,
-    seed: Annotated[int, seed_option("the demonstrations draw (and of --method random with --greedy)")] = 0,
+    seed: Seed = 0,
     max_length: MaxLength = None,
     max_tokens_in_memory: MaxTokensInMemory = 262_144,
     dtype: DeviceComputeDType = None,
     device: Device = "auto",
     layerwise: Layerwise = False,
     greedy: Greedy = False,
-    keep: Annotated[Optional[str], keep_option("Only with --greedy.")] = None,
-    method: Annotated[Method, method_option("Only with --greedy: how earlier layers are sliced.")] = Method.mean_prob,
-    pool: Annotated[Optional[int], pool_option("Each calibration document (row) gets its own pool.")] = None,
+    keep: Keep = None,
+    method: MethodOpt = Method.mean_prob,
+    pool: Pool = None,
     json_out: Json = False,
 ):
     """Score every routed expert on calibration input; write a reusable profile file.
@@ -88,28 +95,15 @@ def profile(
     with --layerwise) layer by layer from the checkpoint (peak memory: about two layers plus the
     activations of at most --max-tokens-in-memory tokens). The profile file is reusable: `extract` slices
     at any K and method from it without running the model again."""
-    from emo_slice.cli.display import concentration_table, progress_bars
+    from emo_slice.cli.display import progress_bars
     from emo_slice.model.generation import resolve_device
     from emo_slice.slicing.pipeline import profile_summary, write_profile
     from emo_slice.slicing.profile import ProfileSettings
 
     resolve_device(device)  # a bad --device: one line before anything is read
-    settings = ProfileSettings(
-        examples=examples,
-        field=field,
-        split=split,
-        shots=shots,
-        seed=seed,
-        max_length=max_length,
-        max_tokens_in_memory=max_tokens_in_memory,
-        dtype=value(dtype),
-        device=device,
-        layerwise=layerwise,
-        greedy=greedy,
-        keep=keep,
-        method=value(method),
-        pool=pool or None,
-    )
+    calib = calibration(examples, field, split, shots, seed, max_length, dtype)
+    run = dict(max_tokens_in_memory=max_tokens_in_memory, device=device, layerwise=layerwise, pool=pool or None)
+    settings = ProfileSettings(**calib, **run, greedy=greedy, keep=keep, method=value(method))
     with progress_bars({"profiling": "layer passes"}, enabled=not json_out and err_console.is_terminal) as bar:
         progress = bar if bar is not None or json_out else plain_progress
         prof, path = write_profile(model, out, settings, overwrite=overwrite, progress=progress)
@@ -117,6 +111,13 @@ def profile(
     if json_out:
         print_json(summary)
         return
+    _print_summary(summary, path, model)
+
+
+def _print_summary(summary: dict, path: Path, model: str) -> None:
+    """Where it ran, the concentration table, the file written and the next command."""
+    from emo_slice.cli.display import concentration_table
+
     err_console.print(f"tokenizer: {summary['tokenizer']}")
     err_console.print(f"ran on {summary['device']} ({summary['placement']}), {summary['dtype']}")
     console.print(concentration_table(summary))

@@ -18,7 +18,9 @@ from emo_slice.cli.options import (
     Overwrite,
     Shots,
     Split,
+    calibration,
     method_option,
+    opt,
     out_option,
     pool_option,
     seed_option,
@@ -35,33 +37,34 @@ EPILOG = """Examples:
 """
 
 
-def _opt(flag: str, typ, help: str, **kw):
-    return Annotated[typ, typer.Option(flag, help=help, show_default=kw.pop("show_default", False), **kw)]
-
-
 Models = Annotated[
     List[str],
     typer.Argument(
         help="Checkpoint folder(s) or Hub id(s); several: the same sweep for each, side by side.", show_default=False
     ),
 ]
-Keeps = _opt("--keep", str, "Experts kept per layer at each step, counts or shares: 8,16,32,64 or 12.5%,25%,50%.")
-Profile = _opt("--profile", Optional[Path], "A profile file of the (one) model instead of --examples.")
-Controls = _opt("--controls", int, "Random-expert slices per K (seeds --seed, --seed+1, ...).", show_default=True)
-KeepSlices = _opt("--keep-slices", Optional[Path], "Keep the slices in this folder (default: a temporary one).")
-Plot = _opt("--plot", Optional[Path], "PNG of score vs memory (default: --out with .png; needs emo-slice[plot]).")
-Metric = _opt("--metric", List[str], "Metric(s) the table and picture show (default: acc_per_char / bits_per_byte).")
-Tasks = _opt("--task", List[str], "Multiple-choice task scored at every K (as in `eval`). Repeatable.")
-Texts = _opt("--lm", List[str], "Text scored by bits per byte at every K (as in `eval --lm`). Repeatable.")
-EvalShots = _opt("--eval-shots", int, "Demonstrations before each scored item (as `eval --shots`).", show_default=True)
-Limit = _opt("--limit", Optional[int], "Score only the first N items of each task.")
-BatchSize = _opt("--batch-size", int, "Items (rows) per forward pass.", show_default=True)
-Layerwise = _opt(
+Keeps = opt("--keep", str, "Experts kept per layer at each step, counts or shares: 8,16,32,64 or 12.5%,25%,50%.")
+Profile = opt("--profile", Optional[Path], "A profile file of the (one) model instead of --examples.")
+Controls = opt("--controls", int, "Random-expert slices per K (seeds --seed, --seed+1, ...).", show_default=True)
+KeepSlices = opt("--keep-slices", Optional[Path], "Keep the slices in this folder (default: a temporary one).")
+Plot = opt("--plot", Optional[Path], "PNG of score vs memory (default: --out with .png; needs emo-slice[plot]).")
+Metric = opt("--metric", List[str], "Metric(s) the table and picture show (default: acc_per_char / bits_per_byte).")
+Tasks = opt("--task", List[str], "Multiple-choice task scored at every K (as in `eval`). Repeatable.")
+Texts = opt("--lm", List[str], "Text scored by bits per byte at every K (as in `eval --lm`). Repeatable.")
+EvalShots = opt("--eval-shots", int, "Demonstrations before each scored item (as `eval --shots`).", show_default=True)
+Limit = opt("--limit", Optional[int], "Score only the first N items of each task.")
+BatchSize = opt("--batch-size", int, "Items (rows) per forward pass.", show_default=True)
+Layerwise = opt(
     "--layerwise/--no-layerwise",
     Optional[bool],
     "Hold one layer in memory at a time (default: only when the model does not fit on the device, as `eval`).",
 )
-Device = _opt("--device", Optional[str], "Where the evaluations run (cpu, cuda, cuda:N; as `eval --device`).")
+Device = opt("--device", Optional[str], "Where the evaluations run (cpu, cuda, cuda:N; as `eval --device`).")
+MethodOpt = Annotated[Method, method_option("How the swept slices are chosen (random: see --controls).")]
+Seed = Annotated[int, seed_option("the random controls and of the demonstrations draw")]
+Pool = Annotated[Optional[int], pool_option("Used by the profile and every evaluation.")]
+OutFile = Annotated[Optional[Path], out_option("Write the results here (JSON).")]
+BARS = {"profiling": "layer passes", "slices scored": "slices"}
 
 
 @app.command(epilog=EPILOG)
@@ -73,11 +76,9 @@ def sweep(
     profile_path: Profile = None,
     task: Tasks = [],
     lm: Texts = [],
-    method: Annotated[Method, method_option("How the swept slices are chosen (random: see --controls).")] = (
-        Method.mean_prob
-    ),
+    method: MethodOpt = Method.mean_prob,
     controls: Controls = 1,
-    seed: Annotated[int, seed_option("the random controls and of the demonstrations draw")] = 0,
+    seed: Seed = 0,
     field: Field = "text",
     split: Split = None,
     shots: Shots = None,
@@ -87,11 +88,11 @@ def sweep(
     batch_size: BatchSize = 16,
     layerwise: Layerwise = None,
     device: Device = None,
-    pool: Annotated[Optional[int], pool_option("Used by the profile and every evaluation.")] = None,
+    pool: Pool = None,
     dtype: ComputeDType = None,
     metric: Metric = [],
     keep_slices: KeepSlices = None,
-    out: Annotated[Optional[Path], out_option("Write the results here (JSON).")] = None,
+    out: OutFile = None,
     plot: Plot = None,
     overwrite: Overwrite = False,
     json_out: Json = False,
@@ -102,57 +103,40 @@ def sweep(
     (temporary unless --keep-slices) and scores it on the very same items; calibration items of a
     --task are held out of its scoring. Prints one table (K, bytes, share of the full model's bytes,
     each metric and the share of the full score kept, tokens/s), writes --out (JSON) and a PNG."""
-    from emo_slice.artifacts import check_output, locked
-    from emo_slice.cli.display import progress_bars, sweep_table
-    from emo_slice.slicing.profile import ProfileSettings
-    from emo_slice.slicing.sweep import PLOT_HINT, sweep_models, write_plot
+    from emo_slice.artifacts import locked
+    from emo_slice.cli.display import progress_bars
+    from emo_slice.slicing.sweep import sweep_models
 
     png = plot if plot is not None else (out.with_suffix(".png") if out is not None else None)
-    _check_outputs(models, out, png, keep_slices, overwrite, profile_path, check_output)
-    settings = None
-    if examples is not None:
-        extra = {k: v for k, v in (("device", device), ("layerwise", layerwise), ("pool", pool)) if v is not None}
-        settings = ProfileSettings(
-            examples=examples,
-            field=field,
-            split=split,
-            shots=shots,
-            seed=seed,
-            max_length=max_length,
-            dtype=value(dtype),
-            **extra,
-        )
-    eval_opts = dict(
-        shots=eval_shots,
-        seed=seed,
-        limit=limit,
-        batch_size=batch_size,
-        split=split,
-        layerwise=layerwise,
-        dtype=value(dtype),
-        device=device,
-        pool=pool,
-    )
+    _check_outputs(models, out, png, keep_slices, overwrite, profile_path)
+    calib = calibration(examples, field, split, shots, seed, max_length, dtype)
+    settings = _settings(calib, device=device, layerwise=layerwise, pool=pool)
+    eval_opts = dict(shots=eval_shots, seed=seed, limit=limit, batch_size=batch_size, split=split, layerwise=layerwise)
+    eval_opts |= dict(dtype=value(dtype), device=device, pool=pool)
+    choice = dict(profile_path=profile_path, settings=settings, method=value(method), controls=controls, seed=seed)
+    run = dict(keep_slices=keep_slices, overwrite=overwrite, eval_opts=eval_opts)
     with (
         locked((out, "--out"), (png, "--plot"), (keep_slices, "--keep-slices")),
-        progress_bars({"profiling": "layer passes", "slices scored": "slices"}, enabled=not json_out) as bar,
+        progress_bars(BARS, enabled=not json_out) as bar,
     ):
-        data = sweep_models(
-            models,
-            keeps=keep,
-            tasks=task,
-            lm=lm,
-            profile_path=profile_path,
-            settings=settings,
-            method=value(method),
-            controls=controls,
-            seed=seed,
-            keep_slices=keep_slices,
-            overwrite=overwrite,
-            eval_opts=eval_opts,
-            progress=bar,
-        )
-        _write(data, out, png, metric, write_plot, PLOT_HINT)
+        data = sweep_models(models, keeps=keep, tasks=task, lm=lm, **choice, **run, progress=bar)
+        _write(data, out, png, metric)
+    _print(data, metric, out, png, json_out)
+
+
+def _settings(calib: dict, **where):
+    """ProfileSettings of --examples (None without): the calibration options, and --device, --layerwise and --pool
+    where given (else ProfileSettings' defaults)."""
+    from emo_slice.slicing.profile import ProfileSettings
+
+    if calib["examples"] is None:
+        return None
+    return ProfileSettings(**calib, **{k: v for k, v in where.items() if v is not None})
+
+
+def _print(data: dict, metric, out, png, json_out: bool) -> None:
+    from emo_slice.cli.sweep_display import sweep_table
+
     if json_out:
         print_json(data)
         return
@@ -162,7 +146,8 @@ def sweep(
             console.print(f"wrote {path}")
 
 
-def _check_outputs(models, out, png, keep_slices, overwrite, profile_path, check_output) -> None:
+def _check_outputs(models, out, png, keep_slices, overwrite, profile_path) -> None:
+    from emo_slice.artifacts import check_output
     from emo_slice.errors import UsageError
     from emo_slice.io.checkpoint import resolve_checkpoint
 
@@ -179,12 +164,13 @@ def _check_outputs(models, out, png, keep_slices, overwrite, profile_path, check
         check_output(keep_slices, inputs=inputs, overwrite=overwrite, flag="--keep-slices", folder=True)
 
 
-def _write(data: dict, out, png, metric, write_plot, hint: str) -> None:
+def _write(data: dict, out, png, metric) -> None:
     import json
 
     from emo_slice.artifacts import atomic_write_text
+    from emo_slice.slicing.sweep import PLOT_HINT, write_plot
 
     if out is not None:
         atomic_write_text(out, json.dumps(data, indent=1, default=str) + "\n")
     if png is not None and not write_plot(data, png, metric or None):
-        warning_line(hint)
+        warning_line(PLOT_HINT)

@@ -114,6 +114,9 @@ class _StopWatch:
         return self.model.parameters()
 
     def __call__(self, ids_BT: torch.Tensor, **kw) -> torch.Tensor:
+        """Logits [B, 1, V] at the last position (all `generate()` reads), stopped rows forced to EOS."""
+        from emo_slice.model.generation import last_logits
+
         eos = self.tok.eos_token_id
         if self.steps:  # ids_BT holds the token each row picked last step
             for b, t in enumerate(ids_BT[:, 0].tolist()):
@@ -122,17 +125,17 @@ class _StopWatch:
                     text = self.tok.decode(self.new[b])  # special tokens kept, as lm-eval's stop check sees them
                     self.ended[b] = t == eos or any(s and s in text for s in self.stops[b])
         self.steps += 1
-        logits_BTV = self.model(ids_BT, **kw)
-        if not bool(torch.isfinite(logits_BTV[:, -1]).all()):
+        logits_B1V = last_logits(self.model, ids_BT, **kw)  # the prompt pass too: no [B, T, V] logits
+        if not bool(torch.isfinite(logits_B1V).all()):
             raise CheckpointError(
                 f"{self.path} gives non-finite logits while generating: its weights hold NaN or inf (a diverged "
                 "training run?); no result is reported; check the model's training log"
             )
         rows = [b for b, e in enumerate(self.ended) if e]
         if rows and eos is not None:
-            logits_BTV[rows, -1] = float("-inf")
-            logits_BTV[rows, -1, eos] = 0.0
-        return logits_BTV
+            logits_B1V[rows, -1] = float("-inf")
+            logits_B1V[rows, -1, eos] = 0.0
+        return logits_B1V
 
 
 def generate_until(
@@ -305,19 +308,6 @@ def gen_table(data: dict, tname: str, names: list[str]):
         kept = f"{c['kept']:.1%}" if c["kept"] is not None else "-"
         t.add_row(m, f"{c['model']:.1%}", f"{c['against']:.1%}", f"{c['diff'] * 100:+.1f} pts", kept)
     return t
-
-
-def eval_tables_with_gen(data: dict) -> list:
-    """`emo_slice.cli.display.eval_tables` for the other tasks, each generative task's table, then the models."""
-    from emo_slice.cli.display import eval_tables, model_label
-
-    gen = [n for n in data["results"] if n in data["settings"].get("gen_tasks", [])]
-    view = {**data, "results": {k: v for k, v in data["results"].items() if k not in gen}}
-    tables = eval_tables(view)
-    names = [model_label(m["path"]) for m in data["models"].values()]
-    if len(names) == 2 and names[0] == names[1]:
-        names = [f"{names[0]} (model)", f"{names[1]} (against)"]
-    return tables[:-1] + [gen_table(data, n, names) for n in gen] + tables[-1:]
 
 
 # ---------------------------------------------------------------------------------------------

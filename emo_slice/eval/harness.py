@@ -16,8 +16,9 @@ row per choice.
 
 Metrics per task (higher is better unless said; `emo_slice.eval.metrics`): lm-evaluation-harness's
 acc,none and acc_norm,none (log-likelihood / len(choice) in characters, without delimiter) with
-acc_stderr,none and acc_norm_stderr,none, its numbers; OLMES's acc_raw (summed log-likelihood),
-acc_per_token, acc_per_char, acc_per_byte (log-likelihood divided by the scored continuation's tokens /
+acc_stderr,none and acc_norm_stderr,none, its numbers (no acc_norm for a task with per-choice contexts,
+as lm-eval's winogrande); OLMES's acc_raw (summed log-likelihood), acc_per_token, acc_per_char,
+acc_per_byte (log-likelihood divided by the scored continuation's tokens /
 characters / UTF-8 bytes; the scored continuation is the moved whitespace + delimiter + choice),
 acc_uncond (log-likelihood minus that of the choice after a bare "Answer:" prompt; on request),
 bits_per_byte_gold (lower is better: sum over items of -log2 p(gold) / sum of the gold's bytes).
@@ -35,12 +36,13 @@ Shape letters: the legend in `emo_slice/__init__.py`.
 
 from __future__ import annotations
 
-import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from emo_slice.errors import UsageError
+from emo_slice.eval.results import check_result_paths, save_results, without_samples  # noqa: F401
 from emo_slice.eval.runner import Runner
 from emo_slice.eval.scoring import MCResult, check_finite, evaluate_lm, evaluate_mc, score_rows  # noqa: F401
 
@@ -55,26 +57,6 @@ SCORING = {
     "separate": "ranking classification; context and continuation tokenised separately; per-request left "
     "truncation; one row per item (context once, then every choice) where no request is cut",
 }
-
-
-def check_result_paths(
-    models: Sequence[str | None],
-    *,
-    out: str | os.PathLike | None = None,
-    predictions: str | os.PathLike | None = None,
-    overwrite: bool = False,
-) -> None:
-    """Refuse, before any work, a results/predictions file inside a model folder, already there (without
-    overwrite; with it, a file that is not .json / .jsonl), or in a folder that cannot be written."""
-    from emo_slice.artifacts import check_output
-    from emo_slice.io.checkpoint import resolve_checkpoint
-
-    inputs = [resolve_checkpoint(m) for m in models if m is not None]
-    if out is not None and predictions is not None and Path(out).absolute() == Path(predictions).absolute():
-        raise UsageError(f"--out and --predictions are both {out}; give two different files")
-    for path, flag, suffixes in ((out, "--out", (".json",)), (predictions, "--predictions", (".jsonl", ".json"))):
-        if path is not None:
-            check_output(path, inputs=inputs, overwrite=overwrite, flag=flag, suffixes=suffixes)
 
 
 def _load_tasks(specs, fields: dict, fmt, split, shots, seed, limit) -> dict:
@@ -139,6 +121,8 @@ def _score_model(
 ) -> dict:
     """Metrics of one model on every task and text (names suffixed by the runner's pool); per-item predictions
     appended to samples."""
+    from emo_slice.eval.metrics import task_metrics
+
     sfx = pool_suffix(runner.pool)
     res = {}
     for name, t in tasks.items():
@@ -154,9 +138,10 @@ def _score_model(
             task=name + sfx,
             progress=_advance(progress, f"{role} {name}{sfx}", len(t.items)),
         )
-        res[name + sfx] = r.metrics
+        metrics, preds = task_metrics(r.metrics, r.predictions, t.items)
+        res[name + sfx] = metrics
         if samples is not None:
-            samples += [{"model": role, "task": name + sfx, **p} for p in r.predictions]
+            samples += [{"model": role, "task": name + sfx, **p} for p in preds]
     for name, (_, docs) in texts.items():
         res[name + sfx] = evaluate_lm(
             runner,
@@ -255,79 +240,123 @@ def simple_evaluate(
     elsewhere. Each model runs whole on the device when it fits, else streamed layer by layer (as with
     layerwise); models[role]["placement"] says which.
     """
-    from emo_slice.artifacts import provenance
-    from emo_slice.data.benchmarks import aggregate_groups, describe_groups
+    s = dict(fmt=fmt, split=split, lm_mode=lm_mode, shots=shots, seed=seed, limit=limit, batch_size=batch_size)
+    s |= dict(max_length=max_length, uncond=uncond, layerwise=layerwise, dtype=dtype, device=device, pool=pool)
+    s |= dict(max_new_tokens=max_new_tokens, encoding=encoding, per_choice_rows=per_choice_rows)
+    roles = {"model": model, **({"against": against} if against else {})}
+    run = _prepare(roles, tasks, lm, field_map, gen_tasks, text_field, s)
+    results, models, samples = _score_models(roles, run, s, log_samples, progress)
+    return _results_dict(results, models, samples, run, s)
+
+
+@dataclass
+class _Run:
+    """What simple_evaluate has read and checked before scoring: the device, pools, field map and every task."""
+
+    dev: object  # torch.device
+    pools: list
+    fields: dict
+    task_sets: dict
+    texts: dict
+    gen_sets: dict
+
+
+def _prepare(roles: dict, tasks, lm, field_map, gen_tasks, text_field, s: dict) -> _Run:
+    """Every setting and both checkpoints checked, then every task read, before any model is scored."""
     from emo_slice.data.tasks import parse_map
     from emo_slice.eval import generative as gen
     from emo_slice.eval.encoding import check_encoding
-    from emo_slice.eval.metrics import compare
-    from emo_slice.eval.runner import check_pool
     from emo_slice.io.checkpoint import Checkpoint
-
-    tasks, gen_specs = gen.split_specs(tasks, gen_tasks, layerwise=layerwise, pool=pool, max_new_tokens=max_new_tokens)
-    _check_settings([*tasks, *gen_specs, *gen_tasks], lm, batch_size, max_length, limit, lm_mode, dtype)
-    check_encoding(encoding)
     from emo_slice.model.generation import resolve_device
 
-    dev = resolve_device(device)  # a bad --device is refused before any task is read
-    roles = {"model": model, **({"against": against} if against else {})}
+    pool, max_length, limit, max_new_tokens = s["pool"], s["max_length"], s["limit"], s["max_new_tokens"]
+    tasks, gen_specs = gen.split_specs(
+        tasks, gen_tasks, layerwise=s["layerwise"], pool=pool, max_new_tokens=max_new_tokens
+    )
+    _check_settings([*tasks, *gen_specs, *gen_tasks], lm, s["batch_size"], max_length, limit, s["lm_mode"], s["dtype"])
+    check_encoding(s["encoding"])
+    dev = resolve_device(s["device"])  # a bad --device is refused before any task is read
     pools = _pools(pool)
     for path in roles.values():  # a bad --against fails now, not after the first model is scored
         _check_model(Checkpoint(path), path, max_length, pools)
     fields = parse_map(field_map) if not isinstance(field_map, dict) else field_map
-    task_sets = _load_tasks(tasks, fields, fmt, split, shots, seed, limit)
-    texts = _load_texts(lm, text_field, split, limit)
+    task_sets = _load_tasks(tasks, fields, s["fmt"], s["split"], s["shots"], s["seed"], limit)
+    texts = _load_texts(lm, text_field, s["split"], limit)
     gen_sets = gen.load_checked(
-        gen_specs, gen_tasks, limit, set(task_sets), roles, max_length, max_new_tokens, dtype, dev
+        gen_specs, gen_tasks, limit, set(task_sets), roles, max_length, max_new_tokens, s["dtype"], dev
     )
-    opts = dict(max_length=max_length, batch_size=batch_size, uncond=uncond, lm_mode=lm_mode)
-    opts |= dict(encoding=encoding, per_choice_rows=per_choice_rows)
+    return _Run(dev, pools, fields, task_sets, texts, gen_sets)
+
+
+def _score_models(roles: dict, run: _Run, s: dict, log_samples: bool, progress: Progress | None):
+    """(results by role, models by role, samples or None): each model loaded once and scored with every pool,
+    its groups aggregated (mmlu, mmlu_stem, ...: lm-eval's way), then its generative tasks."""
+    from emo_slice.data.benchmarks import aggregate_groups
+    from emo_slice.eval import generative as gen
+    from emo_slice.eval.runner import check_pool
+
+    opts = {k: s[k] for k in ("max_length", "batch_size", "uncond", "lm_mode", "encoding", "per_choice_rows")}
+    gopts = {k: s[k] for k in ("max_new_tokens", "max_length", "batch_size")}
     results, models, samples = {}, {}, ([] if log_samples else None)
     for role, path in roles.items():
-        runner = Runner(path, dtype, layerwise, device=dev)
+        runner = Runner(path, s["dtype"], s["layerwise"], device=run.dev)
         results[role] = {}
-        for p in pools:  # the model is loaded once and scored with each pool in turn
+        for p in run.pools:  # the model is loaded once and scored with each pool in turn
             runner.pool = check_pool(p, runner.config)
-            results[role].update(_score_model(runner, role, task_sets, texts, opts, samples, progress))
-        results[role].update(aggregate_groups(results[role], task_sets))  # mmlu, mmlu_stem, ... (lm-eval's way)
-        gopts = dict(max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size)
-        results[role].update(gen.score_gen_tasks(runner, role, gen_sets, gopts, samples, progress))
-        models[role] = runner.describe() | {"pool": [p or 0 for p in pools] if pool is not None else None}
+            results[role].update(_score_model(runner, role, run.task_sets, run.texts, opts, samples, progress))
+        results[role].update(aggregate_groups(results[role], run.task_sets))
+        results[role].update(gen.score_gen_tasks(runner, role, run.gen_sets, gopts, samples, progress))
+        models[role] = runner.describe() | {"pool": _pool_setting(s["pool"], run.pools)}
         del runner
+    return results, models, samples
+
+
+def _pool_setting(pool, pools: list) -> list[int] | None:
+    return [p or 0 for p in pools] if pool is not None else None
+
+
+def _settings(s: dict, run: _Run) -> dict:
+    """The results file's `settings`: every option the scores depend on."""
+    from emo_slice.eval import generative as gen
+
+    keys = ("shots", "seed", "limit", "batch_size", "max_length", "uncond", "layerwise", "dtype")
+    return {k: s[k] for k in keys} | {
+        "device": str(run.dev),
+        "pool": _pool_setting(s["pool"], run.pools),
+        "map": run.fields,
+        "format": s["fmt"],
+        "split": s["split"],
+        "lm_mode": s["lm_mode"],
+        "encoding": s["encoding"],
+        "per_choice_rows": s["per_choice_rows"] or any(run.pools),  # a pool always scores one row per choice
+        "scoring": SCORING[s["encoding"]],
+        "gen_tasks": list(run.gen_sets),
+        "max_new_tokens": s["max_new_tokens"],
+        "generation": gen.GENERATION if run.gen_sets else None,
+    }
+
+
+def _results_dict(results: dict, models: dict, samples: list | None, run: _Run, s: dict) -> dict:
+    """The results dict simple_evaluate returns (lm-evaluation-harness shape)."""
+    from emo_slice.artifacts import provenance
+    from emo_slice.data.benchmarks import aggregate_groups, describe_groups
+    from emo_slice.eval import generative as gen
+    from emo_slice.eval.metrics import compare
+
+    groups = describe_groups(aggregate_groups(results["model"], run.task_sets), s["shots"])
     data = {
         "results": results["model"],
         "models": models,
-        "tasks": _describe(task_sets, texts, lm_mode, pools)
-        | describe_groups(aggregate_groups(results["model"], task_sets), shots)
-        | {n: t.describe() for n, t in gen_sets.items()},
-        "settings": {
-            "shots": shots,
-            "seed": seed,
-            "limit": limit,
-            "batch_size": batch_size,
-            "max_length": max_length,
-            "uncond": uncond,
-            "layerwise": layerwise,
-            "dtype": dtype,
-            "device": str(dev),
-            "pool": [p or 0 for p in pools] if pool is not None else None,
-            "map": fields,
-            "format": fmt,
-            "split": split,
-            "lm_mode": lm_mode,
-            "encoding": encoding,
-            "per_choice_rows": per_choice_rows or any(pools),  # a pool always scores one row per choice
-            "scoring": SCORING[encoding],
-            "gen_tasks": list(gen_sets),
-            "max_new_tokens": max_new_tokens,
-            "generation": gen.GENERATION if gen_sets else None,
-        },
+        "tasks": _describe(run.task_sets, run.texts, s["lm_mode"], run.pools)
+        | groups
+        | {n: t.describe() for n, t in run.gen_sets.items()},
+        "settings": _settings(s, run),
         "provenance": provenance(command="emo-slice eval"),
     }
-    if against:
+    if "against" in results:
         data["against_results"] = results["against"]
         data["comparison"] = {
-            n: (gen.compare_gen if n in gen_sets else compare)(results["model"][n], results["against"][n])
+            n: (gen.compare_gen if n in run.gen_sets else compare)(results["model"][n], results["against"][n])
             for n in results["model"]
         }
     if samples is not None:
@@ -335,23 +364,21 @@ def simple_evaluate(
     return data
 
 
-def without_samples(data: dict) -> dict:
-    """The results dict as saved and printed: everything but the per-item samples."""
-    return {k: v for k, v in data.items() if k != "samples"}
+def evaluate_and_save(
+    model: str,
+    *,
+    against: str | None = None,
+    out: str | os.PathLike | None = None,
+    predictions: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **kw,
+) -> dict:
+    """simple_evaluate (its other options as keywords; log_samples when there is a predictions file) with its
+    files: the paths checked before any work, held locked while scoring, the results and samples written."""
+    from emo_slice.artifacts import locked
 
-
-def save_results(
-    data: dict, out: str | os.PathLike | None = None, predictions: str | os.PathLike | None = None
-) -> list[Path]:
-    """Write the results (JSON) to out and the per-item samples (JSONL) to predictions, each atomically."""
-    from emo_slice.artifacts import atomic_write_text
-
-    written = []
-    if out is not None:
-        written.append(atomic_write_text(out, json.dumps(without_samples(data), indent=2, default=str) + "\n"))
-    if predictions is not None:
-        if "samples" not in data:
-            raise UsageError("no per-item predictions to write: evaluate with log_samples=True")
-        lines = "".join(json.dumps(s) + "\n" for s in data["samples"])
-        written.append(atomic_write_text(predictions, lines))
-    return written
+    check_result_paths([model, against], out=out, predictions=predictions, overwrite=overwrite)
+    with locked((out, "--out"), (predictions, "--predictions")):
+        data = simple_evaluate(model, against=against, log_samples=predictions is not None, **kw)
+        save_results(data, out=out, predictions=predictions)
+    return data

@@ -5,7 +5,8 @@ lm_eval/api/metrics.py `mean`, `mean_stderr`):
 - `acc,none`: argmax of the summed log-likelihoods (first index on ties, as numpy.argmax);
 - `acc_norm,none`: argmax of log-likelihood / len(choice) in characters, the choice as the task gives it
   (without target delimiter or moved whitespace); for items with per-choice contexts (Winogrande) lm-eval
-  divides by the length of each choice's context (its doc_to_choice), and so does this;
+  divides by the length of each choice's context (its doc_to_choice), and so does this; a task of such
+  items (Winogrande) does not report it (`task_metrics`), as lm-eval's winogrande reports acc only;
 - `acc_stderr,none`, `acc_norm_stderr,none`: sample standard deviation / sqrt(n) ("N/A" for one item).
 
 OLMES's names keep their own definitions: acc_raw (summed log-likelihood; = acc,none), acc_per_token
@@ -115,6 +116,17 @@ def mc_metrics(
             metrics[m + "_stderr"] = math.sqrt(metrics[m] * (1 - metrics[m]) / (n - 1)) if n > 1 else 0.0
     metrics["bits_per_byte_gold"] = gold_nll / math.log(2) / gold_bytes if gold_bytes else float("nan")
     return metrics, preds
+
+
+def task_metrics(metrics: dict, preds: list[dict], items: list[MCItem]) -> tuple[dict, list[dict]]:
+    """The metrics (and per-item predictions) a task reports: all of mc_metrics', but acc_norm (and its stderr)
+    for a task with per-choice contexts (`MCItem.contexts`: Winogrande)."""
+    if not any(it.contexts for it in items):
+        return metrics, preds
+    # lm-eval's winogrande reports acc only: its acc_norm would divide by len(context), demonstrations included
+    drop = {"acc_norm,none", "acc_norm_stderr,none"}
+    kept = {k: v for k, v in metrics.items() if k not in drop}
+    return kept, [p | {"pred": {k: v for k, v in p["pred"].items() if k not in drop}} for p in preds]
 
 
 def compare(model: dict, against: dict) -> dict:

@@ -1,8 +1,9 @@
 """Text generation with the KV cache: greedy or sampled (temperature, top-p), batched with left padding.
 
 `generate(model, input_ids, max_new_tokens)` runs the prompt once, then one token per step through the
-same `EmoForCausalLM.forward` with a `KVCache`: each step attends to the cached keys and values instead
-of recomputing the prefix. Rows are left-padded to a common length; the padding mask and per-row
+same `EmoForCausalLM.hidden_states` with a `KVCache`: each step attends to the cached keys and values
+instead of recomputing the prefix. Only the last position goes through the output head (`last_logits`):
+the prompt pass makes [B, 1, V] logits, never [B, T, V]. Rows are left-padded to a common length; the padding mask and per-row
 positions keep every row's computation equal to running it alone. Greedy decoding with the cache picks
 the same tokens as greedy decoding by a full forward at every step (tests check it).
 
@@ -23,6 +24,7 @@ import contextlib
 import torch
 
 from emo_slice.model.context import KVCache
+from emo_slice.model.modeling import EmoForCausalLM
 
 
 def left_pad(rows: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +62,9 @@ def prompt_pools(model, rows: list[list[int]], pool: int) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     per_row = []
     for r in rows:
-        out = model(torch.tensor([r], device=device), pool_size=pool, return_routing=True)
-        per_row.append([torch.isfinite(rt.masked_logits_NR[-1]) for rt in out["routing"]])
+        routings: list = []  # the routing is all that is needed: no output head, no logits
+        model.hidden_states(torch.tensor([r], device=device), routings, pool_size=pool)
+        per_row.append([torch.isfinite(rt.masked_logits_NR[-1]) for rt in routings])
     return [torch.stack([row[layer] for row in per_row]) for layer in range(len(per_row[0]))]
 
 
@@ -86,6 +89,15 @@ def restricted_routing(model, pools_L_BR: list[torch.Tensor]):
     finally:
         for h in handles:
             h.remove()
+
+
+def last_logits(model, input_ids_BT: torch.Tensor, **inputs) -> torch.Tensor:
+    """Logits [B, 1, V] at the last position only: an `EmoForCausalLM`'s output head runs on one position
+    per row, so a prompt pass never makes [B, T, V] logits (at vocab 100k, gigabytes for a batch of long
+    prompts). Any other model-like (a wrapper) is called whole and its last position kept."""
+    if isinstance(model, EmoForCausalLM):
+        return model.head(model.hidden_states(input_ids_BT, **inputs)[:, -1:])
+    return model(input_ids_BT, **inputs)[:, -1:]
 
 
 def _rows_of(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -138,19 +150,21 @@ def _decode(model, input_ids, attention_mask, max_new_tokens: int, eos_token_id,
     mask_BS = attention_mask.to(device).long()
     pos_BT = (mask_BS.cumsum(-1) - 1).clamp_min(0)
     cache = KVCache()
-    logits_BTV = model(input_ids.to(device), attention_mask=mask_BS, position_ids_BT=pos_BT, cache=cache)
+    logits_B1V = last_logits(model, input_ids.to(device), attention_mask=mask_BS, position_ids_BT=pos_BT, cache=cache)
     out = [input_ids.to(device)]
     done_B = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     next_pos_B = pos_BT[:, -1] + 1
     for step in range(max_new_tokens):
-        tok_B = _pick(logits_BTV[:, -1], do_sample, temperature, top_p, generator)
+        tok_B = _pick(logits_B1V[:, -1], do_sample, temperature, top_p, generator)
         tok_B = torch.where(done_B, torch.full_like(tok_B, pad), tok_B)
         out.append(tok_B[:, None])
         done_B |= torch.isin(tok_B, eos)
         if step + 1 == max_new_tokens or bool(done_B.all()):  # host sync: stop when every row is done
             break
         mask_BS = torch.cat([mask_BS, torch.ones_like(mask_BS[:, :1])], dim=1)
-        logits_BTV = model(tok_B[:, None], attention_mask=mask_BS, position_ids_BT=next_pos_B[:, None], cache=cache)
+        logits_B1V = last_logits(
+            model, tok_B[:, None], attention_mask=mask_BS, position_ids_BT=next_pos_B[:, None], cache=cache
+        )
         next_pos_B = next_pos_B + 1
     return torch.cat(out, dim=1)
 
@@ -198,11 +212,14 @@ def complete(
 
     Each model is loaded, run and released in turn; the same prompts, seed and settings for all. Compute
     dtype: `dtype`, else bfloat16 on a GPU and float32 on the CPU. pool: EMO's document pool, chosen from
-    each prompt (0 or None: none)."""
+    each prompt (0 or None: none). Settings out of range: UsageError, before any loading."""
     from emo_slice.artifacts import provenance
+    from emo_slice.errors import UsageError
     from emo_slice.eval.runner import check_pool
     from emo_slice.io.checkpoint import Checkpoint
 
+    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
+        raise UsageError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
     dev = resolve_device(device)
     for path in paths.values():  # a pool too small for either model is refused before any loading
         check_pool(pool, Checkpoint(path).config)

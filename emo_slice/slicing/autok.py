@@ -99,21 +99,12 @@ def choose(ckpt, planner, profiles, target, target_mass, tasks=(), lm=(), metric
     import tempfile
     from pathlib import Path
 
-    from emo_slice.slicing.sweep import evaluate, headline_metrics, held_out_tasks, score_slice
+    from emo_slice.slicing.sweep import headline_metrics, score_full, score_slice
 
     check_target(target, "--target")
-    opts = dict(eval_opts or {})
+    calibrations = [p.get("inputs") for p in profiles]
     with tempfile.TemporaryDirectory(prefix="emo-slice-auto-") as tmp:
-        specs, split, over = held_out_tasks(
-            list(tasks),
-            [p.get("inputs") for p in profiles],
-            Path(tmp) / "tasks",
-            opts.get("field_map"),
-            opts.get("fmt", "auto"),
-            opts.get("split"),
-        )
-        opts.update(over, tasks=specs, lm=list(lm))
-        full = evaluate(ckpt.path, **opts)
+        full, split, opts = score_full(ckpt, tasks, lm, calibrations, eval_opts, Path(tmp) / "tasks")
         shown = headline_metrics(full["results"], metric)
         if not any(shown.values()):
             raise UsageError(f"--metric {', '.join(metric or [])}: no task has it; choose one the tasks report")
@@ -132,6 +123,6 @@ def choose(ckpt, planner, profiles, target, target_mass, tasks=(), lm=(), metric
         tasks=names,
         lm=list(lm),
         held_out=split,
-        calibration=[p.get("inputs") for p in profiles],
+        calibration=calibrations,
     )
     return k, record

@@ -105,10 +105,8 @@ def _as_list(x) -> list:
     return [x] if isinstance(x, (str, os.PathLike)) else list(x)
 
 
-def _check_compose_auto(
-    n_domains: int, compose, keep, target, target_mass, tasks, lm, experts, method, greedy, per_layer: bool = False
-):
-    """Several domains need a rule (union by default); --keep auto needs exactly one target, and scores."""
+def _check_compose(n_domains: int, compose, method, greedy, per_layer: bool = False) -> None:
+    """Several domains need a rule (union by default), and one-pass profiles."""
     from emo_slice.slicing.compose import RULES, check_composable
 
     if compose is not None and compose not in RULES:
@@ -119,6 +117,10 @@ def _check_compose_auto(
         raise UsageError("--greedy slices for one input; compose one-pass profiles instead")
     if n_domains > 1:
         check_composable([], method, compose or "union", per_layer)
+
+
+def _check_auto(keep, target, target_mass, tasks, lm, experts, method, greedy) -> bool:
+    """Whether K is chosen automatically (--keep auto); it needs exactly one target, and scores."""
     auto = keep is not None and str(keep).strip().lower() == "auto"
     if not auto:
         if target is not None or target_mass is not None:
@@ -138,6 +140,21 @@ def _check_compose_auto(
             "--method random or --greedy)"
         )
     return True
+
+
+def _check_output(model, out, save_dtype, dtype, max_shard_size, overwrite: bool):
+    """The dtypes, the shard size and the output folder, checked before any work; returns the Checkpoint."""
+    from emo_slice.artifacts import check_output, parse_size
+    from emo_slice.io.checkpoint import Checkpoint, parse_dtype
+    from emo_slice.slicing.extract import copied_files
+
+    parse_dtype(save_dtype, "--save-dtype")
+    parse_dtype(dtype, "--dtype")
+    parse_size(max_shard_size)
+    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
+    check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
+    copied_files(ckpt.path)  # refuses a link out of the folder before any work
+    return ckpt
 
 
 def make_slice(
@@ -180,73 +197,58 @@ def make_slice(
     examples the first task's `shots` (default 5) items calibrate) or `target_mass` (routing mass, free).
     save_dtype: stored dtype of the slice (None: unchanged, bytes copied verbatim).
     """
-    from emo_slice.artifacts import check_output, output_lock, parse_size
-    from emo_slice.io.checkpoint import Checkpoint, parse_dtype
-    from emo_slice.slicing.extract import copied_files, extract
-    from emo_slice.slicing.profile import ProfileSettings
+    from emo_slice.artifacts import output_lock
 
     profiles, examples = _as_list(profile_path), _as_list(examples)
     if str(keep).strip().lower() == "auto" and target is not None and not (profiles or examples or experts) and tasks:
         examples, shots = [tasks[0]], shots or 5  # calibrate on the task; those items are held out of the scoring
     _check_choice(profiles or None, examples or None, experts, method, greedy, dtype)
-    auto = _check_compose_auto(
-        len(profiles) + len(examples),
-        compose,
-        keep,
-        target,
-        target_mass,
-        tasks,
-        lm,
-        experts,
-        method,
-        greedy,
-        per_layer,
-    )
-    parse_dtype(save_dtype, "--save-dtype")
-    parse_dtype(dtype, "--dtype")
-    parse_size(max_shard_size)
-    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
-    check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
-    copied_files(ckpt.path)  # refuses a link out of the folder before any work
-    settings = [
-        ProfileSettings(
-            examples=src,
-            field=field,
-            split=split,
-            shots=shots,
-            seed=seed,
-            max_length=max_length,
-            dtype=dtype,
-            greedy=greedy,
-            keep=keep if greedy else None,
-            method=method,
-        )
-        for src in examples
-    ]
+    _check_compose(len(profiles) + len(examples), compose, method, greedy, per_layer)
+    auto = _check_auto(keep, target, target_mass, tasks, lm, experts, method, greedy)
+    ckpt = _check_output(model, out, save_dtype, dtype, max_shard_size, overwrite)
+    calib = dict(field=field, split=split, shots=shots, seed=seed, max_length=max_length, dtype=dtype, greedy=greedy)
+    settings = _profile_settings(examples, calib, keep, method)
     with output_lock(out):  # held from here to the end: a second writer of the same folder refuses
         profs = _scores(ckpt, keep, not auto, profiles, settings, experts, per_layer, seed, progress)
-        planner = _planner(
-            ckpt, profs, [str(p) for p in profiles] + examples, experts, method, per_layer, seed, compose or "union"
-        )
-        if auto:
-            from emo_slice.slicing import autok
+        sources = [str(p) for p in profiles] + examples
+        planner = _planner(ckpt, profs, sources, experts, method, per_layer, seed, compose or "union")
+        targets = (target, target_mass, tasks, lm, metric, eval_opts) if auto else None
+        plan = _plan(ckpt, planner, profs, keep, targets)
+        return _write(ckpt, plan, out, per_layer, warn, save_dtype, overwrite, max_shard_size, progress)
 
-            keep, record = autok.choose(ckpt, planner, profs, target, target_mass, tasks, lm, metric, eval_opts)
-        plan = planner(keep)
-        if auto:
-            plan.profile = {**(plan.profile or {}), "auto_keep": record}
-        for message in plan.warnings + ([PER_LAYER_NOTE] if per_layer else []):
-            if warn is not None:
-                warn(message)
-        return extract(
-            ckpt,
-            plan,
-            out,
-            dtype=save_dtype,
-            overwrite=overwrite,
-            max_shard_size=max_shard_size,
-            progress=_phase(progress, WRITING),
-        )
+
+def _profile_settings(examples: list, calib: dict, keep, method: str) -> list:
+    """One ProfileSettings per --examples source (a greedy one slices earlier layers to keep by method)."""
+    from emo_slice.slicing.profile import ProfileSettings
+
+    greedy_keep = keep if calib["greedy"] else None
+    return [ProfileSettings(examples=src, **calib, keep=greedy_keep, method=method) for src in examples]
+
+
+def _plan(ckpt, planner, profs: list[dict], keep, targets: tuple | None):
+    """planner(keep); with targets (--keep auto: target, target_mass, tasks, lm, metric, eval_opts) K is chosen
+    first (slicing/autok.py) and what was tried is recorded in the plan's profile as auto_keep."""
+    if targets is None:
+        return planner(keep)
+    from emo_slice.slicing import autok
+
+    keep, record = autok.choose(ckpt, planner, profs, *targets)
+    plan = planner(keep)
+    plan.profile = {**(plan.profile or {}), "auto_keep": record}
+    return plan
+
+
+def _write(ckpt, plan, out, per_layer: bool, warn, save_dtype, overwrite: bool, max_shard_size, progress) -> dict:
+    """Pass on the plan's warnings (and the --per-layer note), then write the slice; returns its manifest."""
+    from emo_slice.slicing.extract import extract
+
+    for message in plan.warnings + ([PER_LAYER_NOTE] if per_layer else []):
+        if warn is not None:
+            warn(message)
+    writing = _phase(progress, WRITING)
+    return extract(
+        ckpt, plan, out, dtype=save_dtype, overwrite=overwrite, max_shard_size=max_shard_size, progress=writing
+    )
 
 
 def _planner(ckpt, profs: list[dict], sources: list[str], experts, method, per_layer, seed, rule):

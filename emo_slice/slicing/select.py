@@ -147,65 +147,13 @@ def plan_slice(
 ) -> SlicePlan:
     """Turn --keep plus (--experts | a profile | --method random) into kept experts per layer."""
     cfg = ckpt.config
-    L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
-    E_min = min(cfg.experts_in_layer(l) for l in range(L))
-    k = cfg.num_experts_per_tok
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if experts is not None:
-        routed = parse_expert_list(experts, cfg)
-        sizes = {len(r) + n_shared for r in routed}
-        if len(sizes) > 1 and not per_layer:
-            raise UsageError(
-                "--experts keeps a different number of experts per layer; pass --per-layer to allow "
-                "that (only EMO's own model code loads such a checkpoint) or list the same count"
-            )
-        if keep is not None and not per_layer:
-            n_keep = parse_keep(keep, E_min, n_shared)
-            if n_keep != len(routed[0]) + n_shared:
-                raise UsageError(
-                    f"--keep {keep} is {n_keep} experts but --experts lists {len(routed[0])} routed + {n_shared} "
-                    f"shared = {len(routed[0]) + n_shared}; drop --keep or make them agree"
-                )
-        kept = [
-            r + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, r in enumerate(routed)
-        ]
-        sizes_l = [len(x) for x in kept]
-        plan = SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[0], per_layer)
+        plan = _plan_by_hand(cfg, keep, experts, per_layer)
     else:
-        if keep is None:
-            raise UsageError("--keep K is required (experts per layer counting the shared ones, or a share like 25%)")
-        n_keep = parse_keep(keep, E_min, n_shared)
-        scores = None
-        if method != "random":
-            if profile is None:
-                raise UsageError(f"--method {method} needs scores: give --profile FILE or --examples SRC")
-            scores = [layer["scores"][method] for layer in profile["layers"]]
-            g = profile.get("greedy")
-            if g and per_layer:
-                raise UsageError(
-                    "--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
-                    "for its own per-layer slice; use a one-pass profile for --per-layer"
-                )
-            if g and (g.get("keep") != n_keep or g.get("method") != method):
-                raise UsageError(
-                    f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
-                    f"its scores only hold for that slice; extract with those or re-run profile "
-                    f"--greedy --keep {n_keep} --method {method}"
-                )
-        if per_layer:
-            kept = _global_ranking(cfg, n_keep, scores, method, seed)
-            plan = SlicePlan(kept, method, [len(x) for x in kept], True, scores)
-        else:
-            kept = [
-                choose_experts(
-                    scores[l] if scores else None, cfg.experts_in_layer(l) - n_shared, n_shared, n_keep, method, seed, l
-                )
-                for l in range(L)
-            ]
-            plan = SlicePlan(kept, method, n_keep, False, scores)
-        if profile is not None:
-            plan.profile = {key: profile.get(key) for key in ("model", "inputs", "settings", "greedy", "provenance")}
+        plan = _plan_ranked(cfg, keep, profile, method, per_layer, seed)
+    k = cfg.num_experts_per_tok
     smallest = min(len(x) for x in plan.kept)
     if smallest <= k:
         plan.warnings.append(
@@ -213,6 +161,76 @@ def plan_slice(
             f"(num_experts_per_tok becomes {min(k, smallest)}); the slice acts as a dense model"
         )
     return plan
+
+
+def _smallest_layer(cfg: EmoConfig) -> int:
+    """Experts in the smallest layer: what --keep is checked against."""
+    return min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
+
+
+def _plan_by_hand(cfg: EmoConfig, keep, experts: str, per_layer: bool) -> SlicePlan:
+    """--experts: the listed routed ids plus the shared ones in every layer; --keep, if given, must agree."""
+    n_shared = cfg.num_shared_experts
+    routed = parse_expert_list(experts, cfg)
+    sizes = {len(r) + n_shared for r in routed}
+    if len(sizes) > 1 and not per_layer:
+        raise UsageError(
+            "--experts keeps a different number of experts per layer; pass --per-layer to allow "
+            "that (only EMO's own model code loads such a checkpoint) or list the same count"
+        )
+    if keep is not None and not per_layer:
+        n_keep = parse_keep(keep, _smallest_layer(cfg), n_shared)
+        if n_keep != len(routed[0]) + n_shared:
+            raise UsageError(
+                f"--keep {keep} is {n_keep} experts but --experts lists {len(routed[0])} routed + {n_shared} "
+                f"shared = {len(routed[0]) + n_shared}; drop --keep or make them agree"
+            )
+    kept = [r + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, r in enumerate(routed)]
+    sizes_l = [len(x) for x in kept]
+    return SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[0], per_layer)
+
+
+def _plan_ranked(cfg: EmoConfig, keep, profile: dict | None, method: str, per_layer: bool, seed: int) -> SlicePlan:
+    """The best --keep experts per layer by the profile's scores for method (or at random), or across layers."""
+    if keep is None:
+        raise UsageError("--keep K is required (experts per layer counting the shared ones, or a share like 25%)")
+    L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
+    n_keep = parse_keep(keep, _smallest_layer(cfg), n_shared)
+    scores = None if method == "random" else _profile_scores(profile, method, n_keep, per_layer)
+    if per_layer:
+        kept = _global_ranking(cfg, n_keep, scores, method, seed)
+        plan = SlicePlan(kept, method, [len(x) for x in kept], True, scores)
+    else:
+        kept = [
+            choose_experts(
+                scores[l] if scores else None, cfg.experts_in_layer(l) - n_shared, n_shared, n_keep, method, seed, l
+            )
+            for l in range(L)
+        ]
+        plan = SlicePlan(kept, method, n_keep, False, scores)
+    if profile is not None:
+        plan.profile = {key: profile.get(key) for key in ("model", "inputs", "settings", "greedy", "provenance")}
+    return plan
+
+
+def _profile_scores(profile: dict | None, method: str, n_keep: int, per_layer: bool) -> list[list[float]]:
+    """Per layer, the method's score of every routed expert; a --greedy profile only for its own K and method."""
+    if profile is None:
+        raise UsageError(f"--method {method} needs scores: give --profile FILE or --examples SRC")
+    scores = [layer["scores"][method] for layer in profile["layers"]]
+    g = profile.get("greedy")
+    if g and per_layer:
+        raise UsageError(
+            "--per-layer ranks experts across layers, but a --greedy profile's scores hold only "
+            "for its own per-layer slice; use a one-pass profile for --per-layer"
+        )
+    if g and (g.get("keep") != n_keep or g.get("method") != method):
+        raise UsageError(
+            f"--profile was made with --greedy --keep {g.get('keep')} --method {g.get('method')}: "
+            f"its scores only hold for that slice; extract with those or re-run profile "
+            f"--greedy --keep {n_keep} --method {method}"
+        )
+    return scores
 
 
 def _global_ranking(cfg: EmoConfig, n_keep: int, scores, method: str, seed: int) -> list[list[int]]:

@@ -129,6 +129,17 @@ def held_out_tasks(
     return out_specs, records, {"field_map": None, "fmt": "auto"}
 
 
+def score_full(ckpt, tasks, lm, calibrations: list, eval_opts: dict | None, folder: Path) -> tuple[dict, list, dict]:
+    """Hold the calibration items out of `tasks` (copies under folder), then score the full model once. Returns its
+    results, the held-out records (held_out_tasks) and the evaluation options every slice is scored with."""
+    opts = dict(eval_opts or {})
+    specs, split, over = held_out_tasks(
+        list(tasks), calibrations, folder, opts.get("field_map"), opts.get("fmt", "auto"), opts.get("split")
+    )
+    opts.update(over, tasks=specs, lm=list(lm))
+    return evaluate(ckpt.path, **opts), split, opts
+
+
 # ---- one slice, scored against the full model -------------------------------------------------------
 
 
@@ -224,7 +235,6 @@ def run_sweep(
     """Sweep one model over `keeps` (see the module docstring); returns its results dict."""
     from emo_slice.artifacts import provenance
     from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.slicing.select import plan_slice
 
     ckpt = Checkpoint(model)
     ks = parse_keeps(keeps, ckpt)
@@ -233,30 +243,13 @@ def run_sweep(
     if not tasks and not lm:
         raise UsageError("nothing to score: give at least one --task FILE or --lm FILE")
     prof = _profile(ckpt, profile_path, settings, method, progress)
-    opts = dict(eval_opts or {})
     arms = _arms(ks, controls, seed)
-    rows = []
     with tempfile.TemporaryDirectory(prefix="emo-slice-sweep-") as tmp:
-        specs, split, over = held_out_tasks(
-            list(tasks),
-            [prof["inputs"]],
-            Path(tmp) / "tasks",
-            opts.get("field_map"),
-            opts.get("fmt", "auto"),
-            opts.get("split"),
-        )
-        opts.update(over, tasks=specs, lm=list(lm))
-        full = evaluate(ckpt.path, **opts)
+        full, split, opts = score_full(ckpt, tasks, lm, [prof["inputs"]], eval_opts, Path(tmp) / "tasks")
         root = Path(keep_slices) if keep_slices is not None else Path(tmp)
-        for i, (k, kind, s) in enumerate(arms):
-            if progress is not None:
-                progress("slices scored", i, len(arms))
-            plan = plan_slice(ckpt, k, profile=prof, method=method if kind == "profile" else "random", seed=s or 0)
-            name = f"{label_of(model)}-{k}" + (f"-random{s}" if kind == "random" else "")
-            row = score_slice(ckpt, plan, root / name, full, opts, keep_slices is not None, overwrite)
-            rows.append({"kind": kind, "seed": s, **row})
-        if progress is not None:
-            progress("slices scored", len(arms), len(arms))
+        rows = _score_arms(
+            ckpt, model, prof, method, arms, root, full, opts, keep_slices is not None, overwrite, progress
+        )
     _original_specs(full["tasks"], list(tasks))
     return {
         "model": str(ckpt.path),
@@ -272,17 +265,43 @@ def run_sweep(
             "tokens": prof.get("tokens"),
         },
         "held_out": split,
-        "tasks": full["tasks"],
-        "settings": full["settings"],
-        "full": {
-            "bytes": full["models"]["model"]["weight_bytes"],
-            "results": full["results"],
-            "tokens_per_s": full["models"]["model"]["tokens_per_s"],
-            "model": full["models"]["model"],
-        },
+        **_full_record(full),
         "rows": rows,
         "provenance": provenance(command="emo-slice sweep"),
     }
+
+
+def _full_record(full: dict) -> dict:
+    """The full model's part of a sweep's results: tasks, settings and its scores."""
+    desc = full["models"]["model"]
+    return {
+        "tasks": full["tasks"],
+        "settings": full["settings"],
+        "full": {
+            "bytes": desc["weight_bytes"],
+            "results": full["results"],
+            "tokens_per_s": desc["tokens_per_s"],
+            "model": desc,
+        },
+    }
+
+
+def _score_arms(ckpt, model, prof, method, arms, root: Path, full, opts, keep: bool, overwrite, progress) -> list[dict]:
+    """One row per arm (K, kind, seed): the slice the profile (or the seeded random control) chooses, written
+    under root and scored against the full model."""
+    from emo_slice.slicing.select import plan_slice
+
+    rows = []
+    for i, (k, kind, s) in enumerate(arms):
+        if progress is not None:
+            progress("slices scored", i, len(arms))
+        plan = plan_slice(ckpt, k, profile=prof, method=method if kind == "profile" else "random", seed=s or 0)
+        name = f"{label_of(model)}-{k}" + (f"-random{s}" if kind == "random" else "")
+        row = score_slice(ckpt, plan, root / name, full, opts, keep, overwrite)
+        rows.append({"kind": kind, "seed": s, **row})
+    if progress is not None:
+        progress("slices scored", len(arms), len(arms))
+    return rows
 
 
 def sweep_models(models, **kwargs) -> dict:

@@ -5,6 +5,7 @@ before anything is written, and the summary of what it did (what `emo-slice pret
   resume the run's own train_config.json; then the explicit options; then the `--set key=value` list.
 - `check_config(cfg)`: every check the Trainer makes before touching the disk (fields, architecture,
   pools, micro-batch split), so `--show-config` never prints a configuration that would not run.
+- `pretrain(cfg, announce)`: the run itself (Trainer), its banner announced on rank 0, its summary returned.
 - `run_summary(out, checkpoint)`: last step, loss and evaluation, from the run's log.jsonl.
 - `interrupted_message(out)`: what Ctrl-C leaves: the last checkpoint and --resume, or nothing saved yet.
 """
@@ -14,12 +15,34 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from emo_slice.errors import DataError, UsageError
 from emo_slice.train.config import TrainConfig, apply_overrides, check_fields, train_preset
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
+OPTION_FIELDS = (  # the fields `emo-slice pretrain` sets with flags of their own (the rest: --set key=value)
+    "data",
+    "router",
+    "steps",
+    "batch_size",
+    "micro_batch_size",
+    "seq_len",
+    "lr",
+    "tokenizer",
+    "vocab_size",
+    "field",
+    "split",
+    "valid_data",
+    "dtype",
+    "save_every",
+    "eval_every",
+    "seed",
+    "stop_after",
+    "remote_code",
+    "init_from",
+)
 
 
 def resolve_config(
@@ -87,6 +110,47 @@ def check_config(cfg: TrainConfig, world_size: int | None = None) -> None:
             f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {world} rank(s); "
             f"choose a --micro-batch-size that divides {max(1, cfg.batch_size // world)}"
         )
+
+
+def pretrain(cfg: TrainConfig, announce: Callable[[str], None] | None = None) -> dict | None:
+    """Run a configuration (`resolve_config`, checked by `check_config`): its `run_summary` on rank 0, None on
+    the other ranks. announce: called on rank 0, before the first step, with one line (rich markup) saying
+    what runs. Ctrl-C propagates; `interrupted_message` says what the run folder then holds."""
+    if not cfg.data:
+        raise UsageError("--data is required: a .txt, JSONL or dataset with the training text")
+    from emo_slice.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    if trainer.rank == 0 and announce is not None:
+        latest = Path(cfg.out) / "latest"
+        announce(banner(trainer, latest.read_text().strip() if cfg.resume and latest.exists() else None))
+    path = trainer.run()
+    return run_summary(cfg.out, path, trainer.world) if trainer.rank == 0 else None
+
+
+def banner(trainer, resume_from: str | None) -> str:
+    """What a run trains (architecture, data, pool, ranks, micro-batches), in one line with rich markup."""
+    cfg, m, meta = trainer.cfg, trainer.mcfg, trainer.meta
+    return (
+        f"[bold]pretrain[/] {cfg.router} router, "
+        + (f"from {cfg.init_from}" if cfg.init_from else f"preset {cfg.preset}")
+        + f": {m.num_hidden_layers} layers, "
+        f"{m.num_experts} experts (top {m.num_experts_per_tok}), d_model {m.hidden_size}, vocab {m.vocab_size}; "
+        f"tokenizer {meta['tokenizer']}; {meta['train_tokens']:,} training tokens; pool {trainer.pool or 'none'}; "
+        f"{trainer.world} rank(s) on {trainer.device}, micro-batch {trainer.mb} x {trainer.accum} accumulation"
+        + (f"; resuming from {resume_from}" if resume_from else "")
+        + _mfu_note(trainer)
+    )
+
+
+def _mfu_note(trainer) -> str:
+    """What MFU in the progress bar and log.jsonl is measured against (nothing on a CPU without a peak)."""
+    fpt = f"{trainer.flops_per_token / 1e9:.3g} GFLOP/token"
+    if trainer.peak_tflops:
+        return f"; MFU: {fpt} against {trainer.peak_tflops:g} TFLOP/s per device"
+    if trainer.device.type == "cuda":
+        return f"; MFU: {fpt}, this GPU's peak is unknown (give it with --set peak_tflops=N)"
+    return ""
 
 
 def run_summary(out: str | os.PathLike, checkpoint: str | os.PathLike, world_size: int = 1) -> dict:
