@@ -68,13 +68,18 @@ def mean_over_ranks(values: list[float], device) -> list[float]:
     return (t / dist.get_world_size()).tolist()
 
 
+def fsdp_active(fsdp: bool) -> bool:
+    """Whether wrap_model shards with FSDP2: fsdp asked for, under a process group."""
+    return fsdp and dist.is_initialized()
+
+
 def wrap_model(
     model: torch.nn.Module, *, fsdp: bool, device: torch.device, param_dtype: torch.dtype | None = None
 ) -> torch.nn.Module:
     """The module to train: FSDP2 `fully_shard` per decoder layer and the whole model (in place, with
     fsdp=True under a process group), DDP over several ranks, else `model` itself. param_dtype (FSDP2 only):
     compute in that dtype, gathered once per forward from the fp32 shards, gradients reduced in fp32."""
-    if fsdp and dist.is_initialized():
+    if fsdp_active(fsdp):  # `model` may be on the meta device (meta_init.build_sharded allocates it after)
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None

@@ -5,11 +5,13 @@ The architecture is the checkpoint's config.json (a slice keeps its expert count
 `--preset` and architecture `--set` keys are refused; the tokenizer defaults to the checkpoint's. Pools
 (pool_min/pool_max/eval_pool defaults) scale to the checkpoint's routed experts as for any config. The
 model's context (max_position_embeddings) is the checkpoint's, raised to --seq-len if that is longer.
+Under FSDP2 (`init_shards_from`) each rank reads one tensor at a time and keeps only its shard of it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -53,10 +55,32 @@ def init_tokenizer_spec(cfg) -> str:
 
 
 def init_weights_from(cfg, mcfg: EmoConfig) -> torch.nn.Module:
-    """The checkpoint's weights in float32 (training keeps fp32 master weights), config `mcfg`. Every rank
-    reads the whole model (as every rank builds the whole model for a fresh run) before FSDP2 shards it."""
+    """The checkpoint's weights in float32 (training keeps fp32 master weights), config `mcfg`: the whole model,
+    for one process or DDP (FSDP2 runs use `init_shards_from`)."""
     from emo_slice.io.loading import load_model
 
     model = load_model(Path(init_checkpoint(cfg).path), dtype=torch.float32)  # one copy of the weights
     model.config = mcfg  # the layers are the checkpoint's; only the model-level config (ids, context) is read
     return model
+
+
+def init_shards_from(cfg, mcfg: EmoConfig) -> Callable[[torch.nn.Module], None]:
+    """A fill for meta_init.build_sharded: the checkpoint's weights, read one parameter at a time (a stacked
+    expert parameter from its per-expert tensors) as float32 into a CPU tensor whose shard this rank keeps.
+    The model ends in eval mode, as `init_weights_from` leaves it."""
+    from emo_slice.model.hf_names import stacked_to_hf
+    from emo_slice.train.meta_init import fill_full_tensors
+
+    ckpt = init_checkpoint(cfg)  # opened and checked: every tensor config.json implies, with its shape
+
+    def write(name: str, full: torch.Tensor) -> None:
+        for hf_name, part in stacked_to_hf({name: full}, mcfg):  # views of `full`: read straight into them
+            ckpt.read_into(hf_name, part)
+
+    fill = fill_full_tensors(write)
+
+    def fill_eval(model: torch.nn.Module) -> None:
+        fill(model)
+        model.eval()
+
+    return fill_eval

@@ -4,7 +4,8 @@
 model, train with AdamW (optim.py: warmup + cosine to 10 % of peak, clipping), gradient accumulation and
 optional bf16 autocast, evaluate with a fixed pool and without one, checkpoint atomically
 (checkpointing.py) so `resume=True` continues exactly. Under `torchrun` it runs data parallel
-(distributed.py: DDP, or FSDP2 `fully_shard` with fsdp=True; nccl on GPUs, gloo on CPU).
+(distributed.py: DDP, or FSDP2 `fully_shard` with fsdp=True; nccl on GPUs, gloo on CPU). Under FSDP2 the
+model is built on the meta device and each rank allocates and fills only its shards (meta_init.py).
 
 Batch layout: optimizer step s covers the global samples [s * batch_size, (s + 1) * batch_size); the
 micro-batch m on rank r takes the B = micro_batch_size samples starting at
@@ -18,6 +19,7 @@ are its first T, targets its last T).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -46,8 +48,16 @@ from emo_slice.train.corpus import (
     prepare_corpus,
     wait_for_corpus,
 )
-from emo_slice.train.distributed import barrier, init_distributed, shutdown, sum_over_ranks, wrap_model
-from emo_slice.train.init_from import init_tokenizer_spec, init_weights_from
+from emo_slice.train.distributed import (
+    barrier,
+    fsdp_active,
+    init_distributed,
+    shutdown,
+    sum_over_ranks,
+    wrap_model,
+)
+from emo_slice.train.init_from import init_shards_from, init_tokenizer_spec, init_weights_from
+from emo_slice.train.meta_init import build_sharded, fill_random
 from emo_slice.train.mfu import device_peak_tflops, flops_per_token, mfu
 from emo_slice.train.optim import build_optimizer, lr_at
 from emo_slice.train.pools import pool_draw
@@ -134,15 +144,22 @@ class Trainer:
         self.doc_attn = cfg.uses_doc_attention()
 
     def _build(self) -> None:
-        torch.manual_seed(self.cfg.seed)
-        if self.cfg.init_from and not self.cfg.resume:  # its weights; a fresh optimizer and schedule
-            self.raw = init_weights_from(self.cfg, self.mcfg).to(self.device)
-        else:
-            self.raw = init_weights(EmoForCausalLM(self.mcfg), self.cfg.init_std, self.cfg.seed).to(self.device)
-        bf16_shards = self.cfg.dtype == "bfloat16" and self.cfg.mixed_precision == "step"
-        self.model = wrap_model(  # FSDP2: bf16 compute, fp32 reduce (precision.py)
-            self.raw, fsdp=self.cfg.fsdp, device=self.device, param_dtype=torch.bfloat16 if bf16_shards else None
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        from_ckpt = cfg.init_from and not cfg.resume  # its weights; a fresh optimizer and schedule
+        bf16_shards = cfg.dtype == "bfloat16" and cfg.mixed_precision == "step"
+        wrap = functools.partial(  # FSDP2: bf16 compute, fp32 reduce (precision.py)
+            wrap_model, fsdp=cfg.fsdp, device=self.device, param_dtype=torch.bfloat16 if bf16_shards else None
         )
+        if fsdp_active(cfg.fsdp):  # built on the meta device, sharded, then each rank fills only its shards
+            fill = init_shards_from(cfg, self.mcfg) if from_ckpt else fill_random(cfg.init_std, cfg.seed)
+            self.raw = self.model = build_sharded(self.mcfg, wrap, self.device, fill)
+        else:
+            if from_ckpt:
+                self.raw = init_weights_from(cfg, self.mcfg).to(self.device)
+            else:
+                self.raw = init_weights(EmoForCausalLM(self.mcfg), cfg.init_std, cfg.seed).to(self.device)
+            self.model = wrap(self.raw)
         self.optimizer = build_optimizer(self.raw, self.cfg)  # after wrapping: FSDP2 parameters are DTensors
         self.runner = StepRunner(self.cfg, self.raw, self.model, self.optimizer, self.device, self.pool, self.world)
         self.flops_per_token = flops_per_token(self.mcfg, self.cfg.seq_len)
