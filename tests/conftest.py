@@ -112,3 +112,41 @@ def train_log(out) -> list[dict]:
 
     recs = [json.loads(ln) for ln in (Path(out) / "log.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_s")} for r in recs]
+
+
+FRUIT_AND_CARS = "apple banana cherry grape melon engine wheel brake motor gear".split()
+
+
+def word_corpus(path, n_docs: int, seed: int = 0) -> Path:
+    """A JSONL corpus of n_docs documents of 8-30 random words (FRUIT_AND_CARS) at `path`."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n_docs):
+            f.write(
+                json.dumps({"text": " ".join(rng.choice(FRUIT_AND_CARS) for _ in range(rng.randint(8, 30)))}) + "\n"
+            )
+    return Path(path)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a test's process group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_gloo(rank: int, world: int, port: int) -> None:
+    """In a spawned test rank: the torchrun environment variables, one CPU thread, a gloo process group."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")

@@ -3,35 +3,17 @@ weights equal the single-process init bit for bit, and no rank ever holds the wh
 
 Two CPU ranks over gloo (as in test_pretrain_dcp.py); every check runs inside the ranks and fails the test."""
 
-import json
-import os
-import random
-import socket
-
 import pytest
 import torch
-from conftest import tiny_train_config
+from conftest import free_port, join_gloo, tiny_train_config, word_corpus
 
 from emo_slice.model.modeling import EmoForCausalLM, init_weights
 from emo_slice.model.presets import preset
 
-WORDS = "apple banana cherry grape melon engine wheel brake motor gear".split()
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    p = tmp_path_factory.mktemp("corpus") / "train.jsonl"
-    with open(p, "w") as f:
-        for _ in range(60):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30)))}) + "\n")
-    return p
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return word_corpus(tmp_path_factory.mktemp("corpus") / "train.jsonl", 60)
 
 
 def _gathered(model) -> dict[str, torch.Tensor]:
@@ -116,13 +98,9 @@ def _check_trainer(rank, corpus, root, ckpt):
 
 
 def _worker(rank, world, port, corpus, root, ckpt):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    join_gloo(rank, world, port)
     try:
         _check_split_rule(rank)
         _check_build_sharded(rank)
@@ -135,4 +113,4 @@ def _worker(rank, world, port, corpus, root, ckpt):
 def test_fsdp_init_on_meta_equals_one_process_init(corpus, tiny_ckpt, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, _free_port(), str(corpus), str(tmp_path), str(tiny_ckpt)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(corpus), str(tmp_path), str(tiny_ckpt)), nprocs=2)

@@ -1,13 +1,11 @@
 """`emo-slice pretrain`: loss falls, checkpoints load back exactly, resume is exact, data parallel = one process."""
 
 import json
-import os
 import random
-import socket
 
 import pytest
 import torch
-from conftest import tiny_train_config, train_log
+from conftest import free_port, join_gloo, tiny_train_config, train_log
 
 from emo_slice.errors import UsageError
 from emo_slice.io.loading import load_model
@@ -97,20 +95,10 @@ def test_a_failed_save_leaves_the_previous_checkpoint(corpus, tmp_path, monkeypa
     assert (out / "latest").read_text().strip() == "final"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dp_worker(rank, world, port, corpus, root):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")  # one group for both runs (pretrain uses it and leaves it open)
+    join_gloo(rank, world, port)  # one group for both runs (pretrain uses it and leaves it open)
     for name, fsdp in (("ddp", False), ("fsdp", True)):
         pretrain(_cfg(corpus, f"{root}/{name}", steps=3, micro_batch_size=2, fsdp=fsdp))
     dist.barrier()  # both ranks done before either tears the group down
@@ -121,7 +109,7 @@ def _dp_worker(rank, world, port, corpus, root):
 def test_two_process_data_parallel_equals_one_process(corpus, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_dp_worker, args=(2, _free_port(), str(corpus), str(tmp_path)), nprocs=2)
+    mp.spawn(_dp_worker, args=(2, free_port(), str(corpus), str(tmp_path)), nprocs=2)
     one = pretrain(_cfg(corpus, tmp_path / "one", steps=3))  # the same global batch of 4 in one forward
     # one process, two micro-batches, expert counts over the step's micro-batches
     acc = pretrain(_cfg(corpus, tmp_path / "acc", steps=3, micro_batch_size=2, lb_over_microbatches=True))

@@ -6,30 +6,21 @@ import io
 import json
 import os
 import pickle
-import random
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, invoke, tiny_train_config, train_log
+from conftest import assert_one_line_error, free_port, invoke, join_gloo, tiny_train_config, train_log, word_corpus
 
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.loading import load_model
 from emo_slice.train.trainer import Trainer, pretrain
 
-WORDS = "apple banana cherry grape melon engine wheel brake motor gear".split()
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    p = tmp_path_factory.mktemp("corpus") / "train.jsonl"
-    with open(p, "w") as f:
-        for _ in range(160):
-            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30)))}) + "\n")
-    return p
+    return word_corpus(tmp_path_factory.mktemp("corpus") / "train.jsonl", 160)
 
 
 def _cfg(corpus, out, **kw):
@@ -39,20 +30,10 @@ def _cfg(corpus, out, **kw):
 _log = train_log
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dcp_worker(rank, world, port, corpus, root):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    join_gloo(rank, world, port)
     pretrain(_cfg(corpus, f"{root}/full", fsdp=True))  # uninterrupted, 2 ranks
     pretrain(_cfg(corpus, f"{root}/cut", fsdp=True, stop_after=1))  # step-000001 saved as 2 ranks' shards
     if rank == 0:
@@ -67,7 +48,7 @@ def _dcp_worker(rank, world, port, corpus, root):
 def test_dcp_saved_on_two_ranks_resumes_on_two_and_on_one(corpus, tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_dcp_worker, args=(2, _free_port(), str(corpus), str(tmp_path)), nprocs=2)
+    mp.spawn(_dcp_worker, args=(2, free_port(), str(corpus), str(tmp_path)), nprocs=2)
     sharded = tmp_path / "cut1" / "step-000001" / "training_state" / "sharded"
     assert sorted(p.name for p in sharded.iterdir()) == ["__0_0.distcp", "__1_0.distcp", "metadata.json"]
     md = json.loads((sharded / "metadata.json").read_text())
