@@ -18,7 +18,8 @@ DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md"]
 def shown_commands() -> list[tuple[str, list[str]]]:
     found = []
     for doc in DOCS:
-        for m in re.finditer(r"python (examples/\w+\.py)([^`\n#|]*)", doc.read_text()):
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())  # continued lines joined
+        for m in re.finditer(r"python (examples/\w+\.py)([^`\n#|]*)", text):
             found.append((m.group(1), shlex.split(m.group(2))))
     return found
 

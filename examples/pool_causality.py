@@ -1,0 +1,116 @@
+"""How much of EMO's pooled score comes from seeing the future: the document pool chosen from the whole scored
+window (as `eval --pool` does) against one chosen from the window's first half only (causal, as
+`generate --pool` does), on the same tokens.
+
+`eval --pool P` routes each window inside the top-P experts of the WHOLE window's router probability, so a
+token's routing depends on tokens after it: pooled bits per byte can be optimistic. This scores the SECOND
+half of every held-out window (rows exactly as `eval` builds them, `eval.requests.lm_rows`) four ways:
+
+- standard MoE, no pool (the baseline of the full-model gap);
+- EMO, no pool;
+- EMO, pool from the whole window (`pool_size=P`: what `eval --pool P` reports);
+- EMO, pool from the first half only (`generation.prompt_pools` + `restricted_routing`: no future token
+  influences any routing), the honest pooled number.
+
+All four share the inputs and targets, so ratios of nats per token are ratios of bits per byte. Ends with
+one JSON line.
+
+    python examples/pool_causality.py --emo runs/rep800-bpe/emo/final --standard runs/rep800-bpe/standard/final \\
+        --valid runs/rep800-bpe/data/valid --pools 8,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from emo_slice.eval.requests import lm_rows
+from emo_slice.io.loading import load_model
+from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.model.generation import prompt_pools, restricted_routing
+
+
+def second_half_nll(model, inp: list[int], pred: list[int], tgt: list[int], pool: int | None, causal: bool) -> float:
+    """Summed NLL (nats) of the targets predicted at positions >= len(inp) // 2."""
+    ids_BT = torch.tensor([inp])
+    half = len(inp) // 2
+    if pool is not None and causal:
+        with restricted_routing(model, prompt_pools(model, [inp[:half]], pool)):
+            logits = model(ids_BT)
+    else:
+        logits = model(ids_BT, pool_size=pool)
+    logp_TV = torch.log_softmax(logits[0].float(), dim=-1)
+    keep = [(p, t) for p, t in zip(pred, tgt) if p >= half]
+    pos = torch.tensor([p for p, _ in keep])
+    return -logp_TV[pos, torch.tensor([t for _, t in keep])].sum().item()
+
+
+def score(model, rows, pool: int | None = None, causal: bool = False) -> float:
+    """Nats per scored token over all rows."""
+    with torch.no_grad():
+        total = sum(second_half_nll(model, r.ids, r.pred, r.target, pool, causal) for r in rows)
+    return total / sum(sum(p >= len(r.ids) // 2 for p in r.pred) for r in rows)
+
+
+def rows_for(path: Path, valid: Path, min_tokens: int):
+    """eval's LM rows for every held-out document (one row per window of the model's context), keeping rows
+    with at least min_tokens inputs (a half of a few tokens says little about a pool)."""
+    model_cfg = json.loads((path / "config.json").read_text())
+    tok = load_tokenizer(path)
+    docs = [json.loads(ln)["text"] for f in sorted(valid.glob("*.jsonl")) for ln in f.read_text().splitlines() if ln]
+    rows, _ = lm_rows(tok, docs, model_cfg["max_position_embeddings"])
+    return [r for r in rows if len(r.ids) >= min_tokens]
+
+
+def rounded(v):
+    """v with every float rounded to 5 places, nested dicts included."""
+    if isinstance(v, dict):
+        return {k: rounded(x) for k, x in v.items()}
+    return round(v, 5) if isinstance(v, float) else v
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description="EMO's pooled score with the pool from the whole window vs its first half."
+    )
+    ap.add_argument("--emo", type=Path, required=True, help="the EMO model folder")
+    ap.add_argument("--standard", type=Path, required=True, help="the standard MoE folder (same tokenizer)")
+    ap.add_argument("--valid", type=Path, required=True, help="folder of held-out *.jsonl documents ('text')")
+    ap.add_argument("--pools", default="8,16", help="pool sizes, comma-separated")
+    ap.add_argument("--min-tokens", type=int, default=64, help="skip windows shorter than this")
+    ap.add_argument("--device", default="cpu", help="cpu only: rows run one at a time, float32")
+    args = ap.parse_args()
+    if args.device != "cpu":
+        raise SystemExit("error: this measurement runs on the CPU (--device cpu)")
+    t0 = time.perf_counter()
+    rows = rows_for(args.emo, args.valid, args.min_tokens)
+    if rows != rows_for(args.standard, args.valid, args.min_tokens):
+        raise SystemExit("error: the two models tokenize the documents differently; give models of one tokenizer")
+    emo, std = load_model(args.emo, dtype="float32"), load_model(args.standard, dtype="float32")
+    base = score(std, rows)
+    out = {"rows": len(rows), "standard_no_pool": base, "emo_no_pool": score(emo, rows), "pools": {}}
+    for P in [int(p) for p in args.pools.split(",") if p]:
+        whole, causal = score(emo, rows, P), score(emo, rows, P, causal=True)
+        out["pools"][P] = {"window_pool": whole, "first_half_pool": causal}
+        print(
+            f"pool {P}: EMO from the whole window {whole:.4f} ({whole / base - 1:+.2%} vs standard), "
+            f"from the first half {causal:.4f} ({causal / base - 1:+.2%})"
+        )
+    print(
+        f"no pool: EMO {out['emo_no_pool']:.4f} ({out['emo_no_pool'] / base - 1:+.2%}), standard {base:.4f} "
+        f"nats/token on the second halves of {len(rows)} windows"
+    )
+    out["gap_vs_standard"] = {
+        "no_pool": out["emo_no_pool"] / base - 1,
+        **{f"{k}@{P}": v / base - 1 for P, d in out["pools"].items() for k, v in d.items()},
+    }
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(rounded(out)))
+
+
+if __name__ == "__main__":
+    main()
