@@ -56,14 +56,34 @@ def score(model, rows, pool: int | None = None, causal: bool = False) -> float:
     return total / sum(sum(p >= len(r.ids) // 2 for p in r.pred) for r in rows)
 
 
-def rows_for(path: Path, valid: Path, min_tokens: int):
-    """eval's LM rows for every held-out document (one row per window of the model's context), keeping rows
-    with at least min_tokens inputs (a half of a few tokens says little about a pool)."""
+def rows_for(path: Path, valid: Path, min_tokens: int, limit: int | None = None):
+    """eval's LM rows for the held-out documents (the first `limit` of each file, or all), one row per window of
+    the model's context, keeping rows of at least min_tokens inputs (a half of a few tokens says little)."""
     model_cfg = json.loads((path / "config.json").read_text())
     tok = load_tokenizer(path)
-    docs = [json.loads(ln)["text"] for f in sorted(valid.glob("*.jsonl")) for ln in f.read_text().splitlines() if ln]
+    docs = []
+    for f in sorted(valid.glob("*.jsonl")):
+        docs += [json.loads(ln)["text"] for ln in f.read_text().splitlines() if ln][:limit]
     rows, _ = lm_rows(tok, docs, model_cfg["max_position_embeddings"])
     return [r for r in rows if len(r.ids) >= min_tokens]
+
+
+def measure(emo_path: Path, std_path: Path, valid: Path, pools: list[int], min_tokens: int = 64, limit=None) -> dict:
+    """Nats per token on the windows' second halves: the standard MoE and EMO without a pool, EMO with each pool
+    from the whole window and from the first half, and every EMO figure's gap to the standard MoE."""
+    rows = rows_for(emo_path, valid, min_tokens, limit)
+    if rows != rows_for(std_path, valid, min_tokens, limit):
+        raise SystemExit("error: the two models tokenize the documents differently; give models of one tokenizer")
+    emo, std = load_model(emo_path, dtype="float32"), load_model(std_path, dtype="float32")
+    base = score(std, rows)
+    out = {"rows": len(rows), "standard_no_pool": base, "emo_no_pool": score(emo, rows), "pools": {}}
+    for P in pools:
+        out["pools"][P] = {"window_pool": score(emo, rows, P), "first_half_pool": score(emo, rows, P, causal=True)}
+    out["gap_vs_standard"] = {
+        "no_pool": out["emo_no_pool"] / base - 1,
+        **{f"{k}@{P}": v / base - 1 for P, d in out["pools"].items() for k, v in d.items()},
+    }
+    return out
 
 
 def rounded(v):
@@ -82,32 +102,24 @@ def main() -> None:
     ap.add_argument("--valid", type=Path, required=True, help="folder of held-out *.jsonl documents ('text')")
     ap.add_argument("--pools", default="8,16", help="pool sizes, comma-separated")
     ap.add_argument("--min-tokens", type=int, default=64, help="skip windows shorter than this")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N documents of each file")
     ap.add_argument("--device", default="cpu", help="cpu only: rows run one at a time, float32")
     args = ap.parse_args()
     if args.device != "cpu":
         raise SystemExit("error: this measurement runs on the CPU (--device cpu)")
     t0 = time.perf_counter()
-    rows = rows_for(args.emo, args.valid, args.min_tokens)
-    if rows != rows_for(args.standard, args.valid, args.min_tokens):
-        raise SystemExit("error: the two models tokenize the documents differently; give models of one tokenizer")
-    emo, std = load_model(args.emo, dtype="float32"), load_model(args.standard, dtype="float32")
-    base = score(std, rows)
-    out = {"rows": len(rows), "standard_no_pool": base, "emo_no_pool": score(emo, rows), "pools": {}}
-    for P in [int(p) for p in args.pools.split(",") if p]:
-        whole, causal = score(emo, rows, P), score(emo, rows, P, causal=True)
-        out["pools"][P] = {"window_pool": whole, "first_half_pool": causal}
+    pools = [int(p) for p in args.pools.split(",") if p]
+    out = measure(args.emo, args.standard, args.valid, pools, args.min_tokens, args.limit)
+    gap = out["gap_vs_standard"]
+    for P, d in out["pools"].items():
         print(
-            f"pool {P}: EMO from the whole window {whole:.4f} ({whole / base - 1:+.2%} vs standard), "
-            f"from the first half {causal:.4f} ({causal / base - 1:+.2%})"
+            f"pool {P}: EMO from the whole window {d['window_pool']:.4f} ({gap[f'window_pool@{P}']:+.2%} vs "
+            f"standard), from the first half {d['first_half_pool']:.4f} ({gap[f'first_half_pool@{P}']:+.2%})"
         )
     print(
-        f"no pool: EMO {out['emo_no_pool']:.4f} ({out['emo_no_pool'] / base - 1:+.2%}), standard {base:.4f} "
-        f"nats/token on the second halves of {len(rows)} windows"
+        f"no pool: EMO {out['emo_no_pool']:.4f} ({gap['no_pool']:+.2%}), standard {out['standard_no_pool']:.4f} "
+        f"nats/token on the second halves of {out['rows']} windows"
     )
-    out["gap_vs_standard"] = {
-        "no_pool": out["emo_no_pool"] / base - 1,
-        **{f"{k}@{P}": v / base - 1 for P, d in out["pools"].items() for k, v in d.items()},
-    }
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(rounded(out)))
 
