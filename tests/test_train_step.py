@@ -1,13 +1,11 @@
 """The training step: bf16 weights cast once per optimizer step, one host read per step, MFU in the log."""
 
 import json
-import os
 import random
-import socket
 
 import pytest
 import torch
-from conftest import tiny_train_config
+from conftest import free_port, join_gloo, tiny_train_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from emo_slice.train.trainer import Trainer, pretrain
@@ -109,20 +107,10 @@ def test_compile_option_compiles_the_layers_dense_parts(corpus, tmp_path):
     assert plain.raw.model.layers[0].self_attn._compiled_call_impl is None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dp_worker(rank, world, port, corpus, root):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+    join_gloo(rank, world, port)
     for name, fsdp in (("ddp", False), ("fsdp", True)):  # fsdp: FSDP2's MixedPrecisionPolicy instead
         pretrain(_cfg(corpus, f"{root}/{name}", steps=2, dtype="bfloat16", fsdp=fsdp))
     dist.barrier()
@@ -136,7 +124,7 @@ def test_bf16_cast_once_on_two_ranks_equals_one_process(corpus, tmp_path):
     with bf16 parameters and fp32 reduction: the same up to the order of the reduction."""
     import torch.multiprocessing as mp
 
-    mp.spawn(_dp_worker, args=(2, _free_port(), str(corpus), str(tmp_path)), nprocs=2)
+    mp.spawn(_dp_worker, args=(2, free_port(), str(corpus), str(tmp_path)), nprocs=2)
     pretrain(_cfg(corpus, tmp_path / "one", steps=2, dtype="bfloat16", lb_over_microbatches=True))
     logs = {}
     for name in ("ddp", "fsdp", "one"):
