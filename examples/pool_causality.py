@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from emo_slice.data.sources import read_texts
+from emo_slice.errors import DataError, EmoSliceError, UsageError
 from emo_slice.eval.requests import lm_rows
+from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.loading import load_model
 from emo_slice.io.tokenizer import load_tokenizer
 from emo_slice.model.generation import prompt_pools, restricted_routing
@@ -56,25 +60,28 @@ def score(model, rows, pool: int | None = None, causal: bool = False) -> float:
     return total / sum(sum(p >= len(r.ids) // 2 for p in r.pred) for r in rows)
 
 
-def rows_for(path: Path, valid: Path, min_tokens: int, limit: int | None = None):
+def rows_for(ckpt: Checkpoint, valid: Path, min_tokens: int, limit: int | None = None):
     """eval's LM rows for the held-out documents (the first `limit` of each file, or all), one row per window of
     the model's context, keeping rows of at least min_tokens inputs (a half of a few tokens says little)."""
-    model_cfg = json.loads((path / "config.json").read_text())
-    tok = load_tokenizer(path)
-    docs = []
-    for f in sorted(valid.glob("*.jsonl")):
-        docs += [json.loads(ln)["text"] for ln in f.read_text().splitlines() if ln][:limit]
-    rows, _ = lm_rows(tok, docs, model_cfg["max_position_embeddings"])
-    return [r for r in rows if len(r.ids) >= min_tokens]
+    files = sorted(valid.glob("*.jsonl")) if valid.is_dir() else []
+    if not files:
+        raise DataError(f"--valid {valid}: no *.jsonl files there; give the folder of held-out documents")
+    docs = [d for f in files for d in read_texts(f, flag="--valid")[:limit]]
+    rows, _ = lm_rows(load_tokenizer(ckpt.path), docs, ckpt.config.max_position_embeddings)
+    rows = [r for r in rows if len(r.ids) >= min_tokens]
+    if not rows:
+        raise DataError(f"--valid {valid}: no window of at least {min_tokens} tokens; lower --min-tokens")
+    return rows
 
 
 def measure(emo_path: Path, std_path: Path, valid: Path, pools: list[int], min_tokens: int = 64, limit=None) -> dict:
     """Nats per token on the windows' second halves: the standard MoE and EMO without a pool, EMO with each pool
     from the whole window and from the first half, and every EMO figure's gap to the standard MoE."""
-    rows = rows_for(emo_path, valid, min_tokens, limit)
-    if rows != rows_for(std_path, valid, min_tokens, limit):
-        raise SystemExit("error: the two models tokenize the documents differently; give models of one tokenizer")
-    emo, std = load_model(emo_path, dtype="float32"), load_model(std_path, dtype="float32")
+    emo_ckpt, std_ckpt = Checkpoint(emo_path), Checkpoint(std_path)  # validated: config, headers, tensors
+    rows = rows_for(emo_ckpt, valid, min_tokens, limit)
+    if rows != rows_for(std_ckpt, valid, min_tokens, limit):
+        raise UsageError("the two models tokenize the documents differently; give models of one tokenizer")
+    emo, std = load_model(emo_ckpt, dtype="float32"), load_model(std_ckpt, dtype="float32")
     base = score(std, rows)
     out = {"rows": len(rows), "standard_no_pool": base, "emo_no_pool": score(emo, rows), "pools": {}}
     for P in pools:
@@ -93,6 +100,14 @@ def rounded(v):
     return round(v, 5) if isinstance(v, float) else v
 
 
+def parse_pools(text: str) -> list[int]:
+    """'8,16' -> [8, 16]; anything but positive integers is refused."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    if not words or not all(w.isdigit() and int(w) > 0 for w in words):
+        raise UsageError(f"--pools {text!r}: give pool sizes as positive integers, e.g. 8,16")
+    return [int(w) for w in words]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description="EMO's pooled score with the pool from the whole window vs its first half."
@@ -105,11 +120,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="only the first N documents of each file")
     ap.add_argument("--device", default="cpu", help="cpu only: rows run one at a time, float32")
     args = ap.parse_args()
-    if args.device != "cpu":
-        raise SystemExit("error: this measurement runs on the CPU (--device cpu)")
-    t0 = time.perf_counter()
-    pools = [int(p) for p in args.pools.split(",") if p]
-    out = measure(args.emo, args.standard, args.valid, pools, args.min_tokens, args.limit)
+    try:
+        if args.device != "cpu":
+            raise UsageError("this measurement runs on the CPU: --device cpu")
+        pools = parse_pools(args.pools)
+        t0 = time.perf_counter()
+        out = measure(args.emo, args.standard, args.valid, pools, args.min_tokens, args.limit)
+    except EmoSliceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     gap = out["gap_vs_standard"]
     for P, d in out["pools"].items():
         print(

@@ -122,7 +122,9 @@ def prepare_data(src: Path, out: Path, shots: int, seed: int) -> list[str]:
     data = out / "data"
     domains = sorted(p.stem for p in (src / "tasks").glob("*.jsonl"))
     if not domains:
-        sys.exit(f"{src}/tasks holds no DOMAIN.jsonl task files")
+        sys.exit(
+            f"error: {src}/tasks holds no DOMAIN.jsonl task files; give --data a folder with train.jsonl, valid.jsonl and tasks/"
+        )
     for sub in ("valid", "calib", "tasks"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     valid = [json.loads(line) for line in open(src / "valid.jsonl") if line.strip()]
@@ -346,8 +348,24 @@ def causal_gap(s: dict, out: Path, args) -> None:
 
 
 def main() -> None:
+    """run(), with emo-slice's errors and a failed step as one line (exit 2 / the step's code), no traceback."""
+    from emo_slice.errors import EmoSliceError
+
     args = parse_args()
+    try:
+        run(args)
+    except EmoSliceError as e:
+        sys.exit(f"error: {e}")
+    except subprocess.CalledProcessError as e:  # the step printed its own error above
+        print(f"error: a step failed (exit {e.returncode}): {shlex.join(map(str, e.cmd))}", file=sys.stderr)
+        sys.exit(e.returncode or 1)
+
+
+def run(args) -> None:
     t0, out, log = time.time(), args.out, []
+    missing = [out / m / "final" for m in MODELS if not (out / m / "final" / "config.json").is_file()]
+    if args.skip_train and missing:
+        sys.exit(f"error: --skip-train: {missing[0]} is missing; run once without --skip-train to train the models")
     out.mkdir(parents=True, exist_ok=True)
     if args.data is None:
         echo(f"demo-data {out / 'corpus'} --overwrite", log)

@@ -2,8 +2,10 @@
 while eval's whole-window pool is not, and a pool of every routed expert is no pool at all."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import random_model
 
@@ -50,3 +52,27 @@ def test_a_pool_of_every_routed_expert_is_no_pool():
         free = pc.second_half_nll(model, ia, pred, tgt, None, causal=False)
         for causal in (False, True):
             assert abs(pc.second_half_nll(model, ia, pred, tgt, 8, causal=causal) - free) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "bad,needle",
+    [
+        ({"--emo": "MISSING"}, "no checkpoint folder"),
+        ({"--valid": "EMPTY"}, "holds no records"),
+        ({"--valid": "NOFILES"}, "no *.jsonl files"),
+        ({"--pools": "8,x"}, "positive integers"),
+        ({"--pools": "0"}, "positive integers"),
+    ],
+)
+def test_bad_input_is_one_line(bad, needle, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.jsonl").write_text("")
+    (tmp_path / "nofiles").mkdir()
+    where = {"MISSING": tmp_path / "missing", "EMPTY": tmp_path / "empty", "NOFILES": tmp_path / "nofiles"}
+    args = {"--emo": tiny_ckpt, "--standard": tiny_ckpt, "--valid": tmp_path / "empty", "--pools": "8"}
+    args.update({k: where.get(v, v) for k, v in bad.items()})
+    monkeypatch.setattr(sys, "argv", ["pool_causality.py", *[str(x) for kv in args.items() for x in kv]])
+    with pytest.raises(SystemExit) as e:
+        _script().main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and needle in err and err.count("\n") == 1
