@@ -9,7 +9,7 @@ Vocabulary, the same in every command:
   --dtype       compute dtype (what the model runs in); default: the checkpoint's stored dtype
   --save-dtype  stored dtype (what a written checkpoint holds)
 
-No torch import here (the lists below are checked against the library's in tests/test_cli_options.py).
+No torch import here (the lists below are checked against the library's in tests/cli/test_cli_options.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attention kernels of the decoder layer: plain causal, an explicit mask, or causal within documents.
 
 EMO pretraining attends only within documents (the EMO pretraining spec). Two ways to compute that, equal
-up to rounding (tests/test_attention.py):
+up to rounding (tests/model/test_attention.py):
 - "sdpa": `scaled_dot_product_attention` with a dense boolean mask [B, 1, T, T] (causal AND same document).
   Works everywhere; on GPUs a dense mask rules out the flash kernels, and the mask grows as T^2.
 - "flex": `torch.nn.attention.flex_attention` with a document BlockMask (built once per forward from the

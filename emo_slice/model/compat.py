@@ -14,7 +14,7 @@ Newer, used only where it works:
                       the CPU, float32/float16 too, with 16-byte aligned strides.
 `grouped_mm_works(device, dtype)` tries it once per (device, dtype) on a small aligned problem and keeps
 the answer; where it is missing or fails, the MoE runs one matmul per expert (`expert_mix`'s "loop"),
-which gives the same numbers (tests/test_devices.py forces it).
+which gives the same numbers (tests/model/test_devices.py forces it).
 """
 
 from __future__ import annotations

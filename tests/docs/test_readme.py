@@ -12,7 +12,7 @@ import typer.main
 
 from emo_slice.cli import app
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def readme_commands() -> list[list[str]]:

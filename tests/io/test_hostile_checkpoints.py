@@ -1,4 +1,4 @@
-"""Hostile checkpoints (issue 10, items 5, 6, 12 and 20): every broken or malicious folder gives exit 2, one
+"""Hostile checkpoints: every broken or malicious folder gives exit 2, one
 `error:` line without a traceback, nothing written, and the source unchanged; nothing outside the folder
 is ever read or copied.
 
@@ -107,7 +107,7 @@ def sharded_copy(fixtures, tmp_path):
     return shutil.copytree(fixtures / "emo-tiny", tmp_path / "src" / "m")
 
 
-# ---- item 5: safetensors headers are validated ----------------------------------------------------------
+# ---- safetensors headers are validated ----------------------------------------------------------
 
 
 def _reverse(h):
@@ -154,7 +154,7 @@ HEADER_CASES = {
 
 
 @pytest.mark.parametrize("case", list(HEADER_CASES))
-def test_item5_headers_validated(tiny_copy, tmp_path, case):
+def test_safetensors_headers_are_validated(tiny_copy, tmp_path, case):
     cmd, edit, needles = HEADER_CASES[case]
     _edit_header(tiny_copy, edit)
     snap = _snap(tiny_copy)
@@ -162,7 +162,7 @@ def test_item5_headers_validated(tiny_copy, tmp_path, case):
     assert os.listdir(tmp_path / "work") in ([], ["task.jsonl"])  # no output, no temporary folder
 
 
-def test_item5_extract_writes_what_the_library_reads(tiny_ckpt, tmp_path):
+def test_extract_writes_what_the_library_reads(tiny_ckpt, tmp_path):
     out = tmp_path / "slice"
     assert invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", out).returncode == 0
     ours = SafetensorsIndex(out)
@@ -172,7 +172,7 @@ def test_item5_extract_writes_what_the_library_reads(tiny_ckpt, tmp_path):
                 assert torch.equal(f.get_tensor(name), ours.get(name)), name
 
 
-# ---- item 6: nothing outside the folder is read or copied ---------------------------------------------
+# ---- nothing outside the folder is read or copied ---------------------------------------------
 
 
 def _point_index(folder, target: str) -> None:
@@ -183,7 +183,7 @@ def _point_index(folder, target: str) -> None:
 
 @pytest.mark.parametrize("cmd", ["info", "extract"])
 @pytest.mark.parametrize("where", ["relative", "absolute"])
-def test_item6_index_paths_stay_in_the_folder(sharded_copy, tmp_path, cmd, where):
+def test_index_paths_stay_in_the_folder(sharded_copy, tmp_path, cmd, where):
     other = tmp_path / "other"
     other.mkdir()
     norm_shard = json.loads((sharded_copy / INDEX).read_text())["weight_map"]["model.norm.weight"]
@@ -195,7 +195,7 @@ def test_item6_index_paths_stay_in_the_folder(sharded_copy, tmp_path, cmd, where
     assert "model.safetensors" in line and os.listdir(tmp_path / "work") == []
 
 
-def test_item6_symlinked_extra_file_is_not_copied(tiny_copy, tmp_path):
+def test_symlinked_extra_file_is_not_copied(tiny_copy, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("SECRET-CONTENTS")
     os.symlink(secret, tiny_copy / "tokenizer_config.json")  # as `-> /etc/shadow`
@@ -212,7 +212,7 @@ def test_item6_symlinked_extra_file_is_not_copied(tiny_copy, tmp_path):
         Checkpoint(tiny_copy).extra_files()
 
 
-def test_item6_side_files_read_only_inside_the_folder(tiny_copy, tmp_path):
+def test_side_files_read_only_inside_the_folder(tiny_copy, tmp_path):
     ck = Checkpoint(tiny_copy)
     assert ck.side_json("slice.json") is None and ck.side_json("generation_config.json") is not None
     (tmp_path / "slice.json").write_text('{"kept_experts": [0]}')
@@ -233,7 +233,7 @@ def test_item6_side_files_read_only_inside_the_folder(tiny_copy, tmp_path):
 @pytest.mark.parametrize(
     "name,cmd", [("model.safetensors", "info"), ("tokenizer.json", "eval"), ("config.json", "info")]
 )
-def test_item6_symlinks_out_of_the_folder_refused(tiny_copy, tmp_path, name, cmd):
+def test_symlinks_out_of_the_folder_refused(tiny_copy, tmp_path, name, cmd):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     if name == "tokenizer.json":
@@ -259,7 +259,7 @@ def _hub_cache(src, root, repo="models--org--tiny"):
     return snap
 
 
-def test_item6_hub_cache_links_followed_only_within_their_repository(tiny_ckpt, tmp_path):
+def test_hub_cache_links_followed_only_within_their_repository(tiny_ckpt, tmp_path):
     snap = _hub_cache(tiny_ckpt, tmp_path / "hub")
     proc = invoke("info", snap, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -271,7 +271,7 @@ def test_item6_hub_cache_links_followed_only_within_their_repository(tiny_ckpt, 
     assert_one_line_error(invoke("info", snap), "model.safetensors", "outside the checkpoint folder")
 
 
-def test_item6_links_inside_the_folder_are_followed(tiny_copy):
+def test_links_inside_the_folder_are_followed(tiny_copy):
     (tiny_copy / "data").mkdir()
     shutil.move(tiny_copy / "model.safetensors", tiny_copy / "data" / "weights.safetensors")
     os.symlink("data/weights.safetensors", tiny_copy / "model.safetensors")
@@ -280,7 +280,7 @@ def test_item6_links_inside_the_folder_are_followed(tiny_copy):
     assert json.loads(proc.stdout)["tensors"] == 71
 
 
-# ---- item 12: config values and index weight_map typed and in range ----------------------------------
+# ---- config values and index weight_map typed and in range ----------------------------------
 
 CONFIG_CASES = [
     ("num_experts", "nine", "num_experts='nine' (str); expected a positive integer"),
@@ -299,7 +299,7 @@ CONFIG_CASES = [
 
 
 @pytest.mark.parametrize("key,value,needle", CONFIG_CASES)
-def test_item12_config_values_typed_and_in_range(tiny_copy, tmp_path, key, value, needle):
+def test_config_values_typed_and_in_range(tiny_copy, tmp_path, key, value, needle):
     cfg = json.loads((tiny_copy / "config.json").read_text())
     cfg[key] = value
     if needle == "odd head size":
@@ -309,7 +309,7 @@ def test_item12_config_values_typed_and_in_range(tiny_copy, tmp_path, key, value
     _refused(_run("info", tiny_copy, tmp_path), tiny_copy, needle, outside=snap)
 
 
-def test_item12_config_not_utf8(tiny_copy, tmp_path):
+def test_config_not_utf8_is_one_line(tiny_copy, tmp_path):
     (tiny_copy / "config.json").write_bytes(b'{"model_type": "emo\xff"}')
     snap = _snap(tiny_copy)
     _refused(_run("info", tiny_copy, tmp_path), tiny_copy, "config.json", "not UTF-8", outside=snap)
@@ -325,7 +325,7 @@ INDEX_CASES = {
 
 
 @pytest.mark.parametrize("case", list(INDEX_CASES))
-def test_item12_index_weight_map_typed(sharded_copy, tmp_path, case):
+def test_index_weight_map_typed(sharded_copy, tmp_path, case):
     edit, needle = INDEX_CASES[case]
     (sharded_copy / "sub.safetensors").mkdir()
     index = json.loads((sharded_copy / INDEX).read_text())
@@ -337,16 +337,16 @@ def test_item12_index_weight_map_typed(sharded_copy, tmp_path, case):
     )
 
 
-def test_item12_index_not_an_object(sharded_copy, tmp_path):
+def test_index_not_an_object_is_one_line(sharded_copy, tmp_path):
     (sharded_copy / INDEX).write_text('[{"weight_map": {}}]')
     snap = _snap(sharded_copy)
     _refused(_run("info", sharded_copy, tmp_path), sharded_copy, INDEX, "not a JSON object", outside=snap)
 
 
-# ---- item 20: info reports the tensors, refuses what disagrees, never hangs ---------------------------
+# ---- info reports the tensors, refuses what disagrees, never hangs ---------------------------
 
 
-def test_item20_info_counts_come_from_the_tensors(tiny_ckpt):
+def test_info_counts_come_from_the_tensors(tiny_ckpt):
     proc = invoke("info", tiny_ckpt, "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -354,7 +354,7 @@ def test_item20_info_counts_come_from_the_tensors(tiny_ckpt):
     assert data["parameters"]["total"] == numel and data["tensors"] == len(Checkpoint(tiny_ckpt).infos)
 
 
-def test_item20_a_file_with_no_tensors(tiny_copy, tmp_path):
+def test_info_refuses_a_file_with_no_tensors(tiny_copy, tmp_path):
     save_file({}, str(tiny_copy / "model.safetensors"))
     snap = _snap(tiny_copy)
     proc = _run("info", tiny_copy, tmp_path)
@@ -399,7 +399,7 @@ DISAGREE = {
 
 
 @pytest.mark.parametrize("case", list(DISAGREE))
-def test_item20_info_refuses_tensors_that_disagree(tiny_copy, tmp_path, case):
+def test_info_refuses_tensors_that_disagree(tiny_copy, tmp_path, case):
     edit, needle = DISAGREE[case]
     edit(tiny_copy)
     snap = _snap(tiny_copy)
@@ -409,7 +409,7 @@ def test_item20_info_refuses_tensors_that_disagree(tiny_copy, tmp_path, case):
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", INDEX])
-def test_item20_a_fifo_never_hangs(tiny_copy, name):
+def test_info_never_hangs_on_a_fifo(tiny_copy, name):
     if not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs on this system")
     if name != INDEX:

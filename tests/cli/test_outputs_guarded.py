@@ -1,8 +1,8 @@
-"""Outputs are guarded (issue "Hostile checkpoints and bad input", the outputs part).
+"""Outputs are guarded.
 
-One test per item: --overwrite deletes only what emo-slice made (2), no output inside a model (3), extract
-copies an allow-list (4), a lock between two writers (7), OSError as one line, checked before work (9),
-kill -9 leftovers removed (16), Ctrl-C during pretrain names the checkpoint (17), a bad size (21). Each
+--overwrite deletes only what emo-slice made, no output inside a model, extract copies an allow-list, a lock
+between two writers, OSError as one line, checked before work, kill -9 leftovers removed, Ctrl-C during
+pretrain names the checkpoint, a malformed size refused. Each
 asserts the exit code, one stderr line without a traceback, and that nothing was written or lost.
 """
 
@@ -76,10 +76,10 @@ def no_model_runs(monkeypatch):
     monkeypatch.setattr(profile, "profile_model", lambda *a, **k: pytest.fail("profiling ran before the output check"))
 
 
-# ---- 2: quickstart --overwrite deletes only a folder emo-slice made; --keep checked first --------------------
+# ---- quickstart --overwrite deletes only a folder emo-slice made; --keep checked first --------------------
 
 
-def test_item2_quickstart_overwrite_never_deletes_user_files(tmp_path):
+def test_quickstart_overwrite_never_deletes_user_files(tmp_path):
     from emo_slice import quickstart
 
     v = tmp_path / "v"
@@ -109,10 +109,10 @@ def test_item2_quickstart_overwrite_never_deletes_user_files(tmp_path):
     assert quickstart.prepare_out(made, overwrite=True) == made and not made.exists()
 
 
-# ---- 3: eval --out inside or equal to the model is refused before scoring ------------------------------------
+# ---- eval --out inside or equal to the model is refused before scoring ------------------------------------
 
 
-def test_item3_eval_out_in_or_at_the_model_is_refused_before_scoring(fixtures, tmp_path, no_model_runs):
+def test_eval_out_in_or_at_the_model_is_refused_before_scoring(fixtures, tmp_path, no_model_runs):
     model = tmp_path / "model"
     shutil.copytree(fixtures / "emo-tiny", model)
     other = tmp_path / "other"
@@ -129,10 +129,10 @@ def test_item3_eval_out_in_or_at_the_model_is_refused_before_scoring(fixtures, t
     assert tree_hash(tmp_path) == before and leftovers(tmp_path) == [] and leftovers(model) == []
 
 
-# ---- 4: extract copies an allow-list ---------------------------------------------------------------------------
+# ---- extract copies an allow-list ---------------------------------------------------------------------------
 
 
-def test_item4_extract_copies_only_what_a_checkpoint_needs(tiny_ckpt, tmp_path):
+def test_extract_copies_only_what_a_checkpoint_needs(tiny_ckpt, tmp_path):
     src = random_checkpoint(tmp_path / "src", "tiny", seed=1, max_shard_size="200KB")  # index + 4 shards
     assert (src / "model.safetensors.index.json").exists() and not (src / "model.safetensors").exists()
     shutil.copy(tiny_ckpt / "model.safetensors", src / "model.safetensors")  # an old full model beside the index
@@ -178,7 +178,7 @@ def test_item4_extract_copies_only_what_a_checkpoint_needs(tiny_ckpt, tmp_path):
     assert tree_hash(src) == before and leftovers(tmp_path) == []
 
 
-def test_item4_a_link_out_of_the_checkpoint_is_refused(tiny_ckpt, tmp_path):
+def test_a_link_out_of_the_checkpoint_is_refused(tiny_ckpt, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(tiny_ckpt, src)
     secret = tmp_path / "secret.txt"
@@ -193,11 +193,11 @@ def test_item4_a_link_out_of_the_checkpoint_is_refused(tiny_ckpt, tmp_path):
     assert [p.name for p in copied_files(src)] == ["generation_config.json", "tokenizer_config.json"]
 
 
-# ---- 7: two writers of the same output --------------------------------------------------------------------------
+# ---- two writers of the same output --------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_item7_two_extracts_to_the_same_out_one_refuses(tiny_ckpt, tmp_path):
+def test_two_extracts_to_the_same_out_one_refuses(tiny_ckpt, tmp_path):
     out, before = tmp_path / "slice", tree_hash(tiny_ckpt)
     args = ["extract", str(tiny_ckpt), "--experts", "0,1,5", "--out", str(out)]
     env = {**os.environ, "COLUMNS": "200"}
@@ -222,10 +222,10 @@ def test_item7_two_extracts_to_the_same_out_one_refuses(tiny_ckpt, tmp_path):
     assert (out / MARKER).is_file() and leftovers(tmp_path) == [] and tree_hash(tiny_ckpt) == before
 
 
-# ---- 9: OSError: one line naming the path, checked before work, temporaries removed --------------------------
+# ---- OSError: one line naming the path, checked before work, temporaries removed --------------------------
 
 
-def test_item9_unwritable_output_fails_before_eval_or_profile_computes(fixtures, tmp_path, monkeypatch, no_model_runs):
+def test_unwritable_output_fails_before_eval_or_profile_computes(fixtures, tmp_path, monkeypatch, no_model_runs):
     model, task = fixtures / "emo-tiny", _task(tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -244,7 +244,7 @@ def test_item9_unwritable_output_fails_before_eval_or_profile_computes(fixtures,
     assert tree_hash(tmp_path) == before and leftovers(tmp_path) == []
 
 
-def test_item9_disk_full_while_writing_leaves_the_old_output(tiny_ckpt, fixtures, tmp_path, monkeypatch):
+def test_disk_full_while_writing_leaves_the_old_output(tiny_ckpt, fixtures, tmp_path, monkeypatch):
     import emo_slice.io.writer as writer
 
     out = tmp_path / "slice"
@@ -275,7 +275,7 @@ def test_item9_disk_full_while_writing_leaves_the_old_output(tiny_ckpt, fixtures
     assert tree_hash(tmp_path) == before and leftovers(tmp_path) == []
 
 
-def test_item9_unreadable_source_is_one_line_naming_it(tiny_ckpt, tmp_path, monkeypatch):
+def test_unreadable_source_is_one_line_naming_it(tiny_ckpt, tmp_path, monkeypatch):
     src = tmp_path / "src"
     shutil.copytree(tiny_ckpt, src)
     (src / "README.md").write_text("card")
@@ -295,11 +295,11 @@ def test_item9_unreadable_source_is_one_line_naming_it(tiny_ckpt, tmp_path, monk
     assert not out.exists() and leftovers(tmp_path) == [] and tree_hash(src) == before
 
 
-# ---- 16: kill -9 leaves temporaries the next run removes ----------------------------------------------------
+# ---- kill -9 leaves temporaries the next run removes ----------------------------------------------------
 
 
 @pytest.mark.slow
-def test_item16_kill_9_during_extract_then_a_rerun_cleans_up(tiny_ckpt, tmp_path):
+def test_kill_9_during_extract_then_a_rerun_cleans_up(tiny_ckpt, tmp_path):
     out = tmp_path / "slice"
     args = ["extract", str(tiny_ckpt), "--experts", "0,1,5", "--out", str(out)]
     p = subprocess.Popen(
@@ -318,10 +318,10 @@ def test_item16_kill_9_during_extract_then_a_rerun_cleans_up(tiny_ckpt, tmp_path
     assert Checkpoint(out).config.num_experts == 4
 
 
-# ---- 17: Ctrl-C during pretrain says what was written -----------------------------------------------------
+# ---- Ctrl-C during pretrain says what was written -----------------------------------------------------
 
 
-def test_item17_interrupted_pretrain_names_the_last_checkpoint(tmp_path, monkeypatch):
+def test_interrupted_pretrain_names_the_last_checkpoint(tmp_path, monkeypatch):
     import emo_slice.train.trainer as trainer
 
     run = tmp_path / "run"
@@ -344,7 +344,7 @@ def test_item17_interrupted_pretrain_names_the_last_checkpoint(tmp_path, monkeyp
     assert line == f"error: interrupted; the last checkpoint is {run / 'step-000020'}; continue with --resume"
 
 
-def test_item17_interrupted_quickstart_says_what_it_holds(tmp_path, monkeypatch):
+def test_interrupted_quickstart_says_what_it_holds(tmp_path, monkeypatch):
     from emo_slice import quickstart
 
     def interrupted(commands, echo=print):
@@ -358,7 +358,7 @@ def test_item17_interrupted_quickstart_says_what_it_holds(tmp_path, monkeypatch)
     assert quickstart.prepare_out(tmp_path / "qs", overwrite=True) and not (tmp_path / "qs").exists()
 
 
-def test_item17_interrupted_extract_wrote_nothing(tiny_ckpt, tmp_path, monkeypatch):
+def test_interrupted_extract_wrote_nothing(tiny_ckpt, tmp_path, monkeypatch):
     import emo_slice.io.writer as writer
 
     def interrupt(self, *a, **k):
@@ -370,10 +370,10 @@ def test_item17_interrupted_extract_wrote_nothing(tiny_ckpt, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # no temporary, no lock, not even the parent folder made for it
 
 
-# ---- 21: a malformed size is one line, before any work ----------------------------------------------------
+# ---- a malformed size is one line, before any work ----------------------------------------------------
 
 
-def test_item21_malformed_max_shard_size(tiny_ckpt, tmp_path):
+def test_extract_refuses_a_malformed_max_shard_size_before_work(tiny_ckpt, tmp_path):
     for size in ("1.5.5MB", "0", "-1GB", "5XB"):
         proc = invoke("extract", tiny_ckpt, "--experts", "0,1,5", "--max-shard-size", size, "--out", tmp_path / "s")
         assert_one_line_error(proc, "--max-shard-size")

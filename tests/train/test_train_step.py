@@ -154,7 +154,7 @@ def test_bench_train_runs_on_cpu_and_ends_with_one_json_line():
     import sys
     from pathlib import Path
 
-    bench = Path(__file__).parent.parent / "examples" / "bench_train.py"
+    bench = Path(__file__).parents[2] / "examples" / "bench_train.py"
     args = ["--device", "cpu", "--preset", "tiny", "--seq-len", "32", "--batch", "2", "--accum", "2", "--steps", "1"]
     args += ["--warmup", "0", "--variants", "float32/emo-slice,float32/per-expert loop", "--peak-tflops", "0.001"]
     proc = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=300)

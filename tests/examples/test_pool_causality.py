@@ -11,7 +11,7 @@ from conftest import random_model
 
 from emo_slice.model.generation import prompt_pools
 
-SCRIPT = Path(__file__).parent.parent / "examples" / "pool_causality.py"
+SCRIPT = Path(__file__).parents[2] / "examples" / "pool_causality.py"
 
 
 def _script():

@@ -1,7 +1,7 @@
 """By hand on a GPU (not collected by pytest): sharded checkpoints at release width, one JSON line of figures.
 
-    python tests/gpu_check_dcp.py cuda 2048 33 /tmp/dcp-check     # ~0.3B parameters, 2 layers, d_model 2048
-    python tests/gpu_check_dcp.py cpu 256 9 /tmp/dcp-check         # the same on a CPU, small
+    python tests/train/gpu_check_dcp.py cuda 2048 33 /tmp/dcp-check     # ~0.3B parameters, 2 layers, d_model 2048
+    python tests/train/gpu_check_dcp.py cpu 256 9 /tmp/dcp-check         # the same on a CPU, small
 
 Trains 4 steps uninterrupted, then 2 + resume 2 (bf16 autocast, the release preset's settings at 2 layers,
 byte vocabulary), compares the two runs, then times one checkpoint save and one resume-load and reports the

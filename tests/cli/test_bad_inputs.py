@@ -1,4 +1,4 @@
-"""Hostile run folders and bad input to pretrain, profile and eval (issue 10: items 1, 8, 10-15, 18, 19, 21).
+"""Hostile run folders and bad input to pretrain, profile and eval.
 
 Every refusal is one `error:` line, exit code 2, no traceback; nothing is written, the inputs are left as
 they were (hashes), no code from a run folder runs, and a failed fresh pretrain leaves no run folder.
@@ -92,7 +92,7 @@ def _resume(run: Path, corpus):
     return invoke("pretrain", "--data", corpus, "--out", run, "--resume", *TINY)
 
 
-# ---- item 1: nothing unsafe is loaded --------------------------------------------------------------------
+# ---- nothing unsafe is loaded --------------------------------------------------------------------
 
 
 class Evil:
@@ -106,7 +106,7 @@ class Evil:
 
 
 @pytest.mark.parametrize("where", ["state", "legacy"])
-def test_item1_resume_never_unpickles_a_crafted_training_state(run, corpus, tmp_path, where):
+def test_resume_never_unpickles_a_crafted_training_state(run, corpus, tmp_path, where):
     marker = tmp_path / "pwned"
     ckpt = run / "step-000001"
     evil = {"step": 1, "optimizer": Evil(marker), "rng": torch.get_rng_state()}
@@ -135,7 +135,7 @@ def test_item1_resume_never_unpickles_a_crafted_training_state(run, corpus, tmp_
         (None, "no checkpoint"),
     ],
 )
-def test_item1_latest_names_a_checkpoint_folder_inside_the_run(run, corpus, tmp_path, latest, needle):
+def test_resume_latest_must_name_a_checkpoint_folder_inside_the_run(run, corpus, tmp_path, latest, needle):
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(run / "step-000001", elsewhere)
     (run / "outside-link").symlink_to(elsewhere)
@@ -150,31 +150,31 @@ def test_item1_latest_names_a_checkpoint_folder_inside_the_run(run, corpus, tmp_
     assert tree_hash(run) == before and tree_hash(elsewhere) == outside
 
 
-def test_item1_a_checkpoint_linked_from_outside_is_refused(run, corpus, tmp_path):
+def test_resume_refuses_a_checkpoint_linked_from_outside(run, corpus, tmp_path):
     moved = tmp_path / "moved"
     shutil.move(run / "step-000001", moved)
     (run / "step-000001").symlink_to(moved)  # `latest` still says step-000001, but it lives elsewhere
     assert_one_line_error(_resume(run, corpus), "not a checkpoint folder of this run")
 
 
-def test_item1_resume_still_continues_a_good_run_from_safetensors_state(run, corpus):
+def test_resume_still_continues_a_good_run_from_safetensors_state(run, corpus):
     r = _resume(run, corpus)
     assert r.returncode == 0, r.stderr
     assert (run / "latest").read_text().strip() == "final"
     assert not list(run.rglob("*.pt"))  # no pickle anywhere in the run folder
 
 
-# ---- item 8: divergence -----------------------------------------------------------------------------------
+# ---- divergence -----------------------------------------------------------------------------------
 
 
-def test_item8_diverged_training_stops_with_one_line_and_saves_nothing(corpus, tmp_path):
+def test_diverged_training_stops_with_one_line_and_saves_nothing(corpus, tmp_path):
     out = tmp_path / "r"
     r = invoke("pretrain", "--data", corpus, "--out", out, *TINY, "--steps", "4", "--lr", "1e6")
     assert_one_line_error(r, "diverged at step", "lower --lr", "loss")
     assert not out.exists()  # a fresh run that failed leaves nothing
 
 
-def test_item8_diverged_weights_are_never_saved(corpus, tmp_path, monkeypatch):
+def test_diverged_weights_are_never_saved(corpus, tmp_path, monkeypatch):
     """Even when the loss was still finite, non-finite weights are not written as a checkpoint."""
     t = Trainer(_cfg(corpus, tmp_path / "r", steps=2))
     t.train_step()
@@ -185,7 +185,7 @@ def test_item8_diverged_weights_are_never_saved(corpus, tmp_path, monkeypatch):
     assert not (tmp_path / "r" / "final").exists() and not (tmp_path / "r" / "latest").exists()
 
 
-def test_item8_eval_refuses_a_model_with_non_finite_weights(tiny_ckpt, tmp_path):
+def test_eval_refuses_a_model_with_non_finite_weights(tiny_ckpt, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -202,7 +202,7 @@ def test_item8_eval_refuses_a_model_with_non_finite_weights(tiny_ckpt, tmp_path)
     assert not out.exists()
 
 
-# ---- item 10: tokenizer ids beyond the model's vocabulary ------------------------------------------------
+# ---- tokenizer ids beyond the model's vocabulary ------------------------------------------------
 
 
 EOS = {
@@ -221,7 +221,7 @@ SPARSE_TOKENIZER = {
 }
 
 
-def test_item10_eval_and_profile_refuse_a_tokenizer_larger_than_the_vocabulary(tiny_ckpt, tmp_path):
+def test_eval_and_profile_refuse_a_tokenizer_larger_than_the_vocabulary(tiny_ckpt, tmp_path):
     bad = Path(shutil.copytree(tiny_ckpt, tmp_path / "bad"))
     (bad / "tokenizer.json").write_text(json.dumps(SPARSE_TOKENIZER))
     before = tree_hash(bad)
@@ -234,7 +234,7 @@ def test_item10_eval_and_profile_refuse_a_tokenizer_larger_than_the_vocabulary(t
     assert not out.exists() and tree_hash(bad) == before
 
 
-def test_item10_pretrain_refuses_an_unreadable_or_too_large_tokenizer(corpus, tmp_path):
+def test_pretrain_refuses_an_unreadable_or_too_large_tokenizer(corpus, tmp_path):
     (tmp_path / "bad.json").write_text('{"nope')
     out = tmp_path / "r"
     assert_one_line_error(
@@ -250,10 +250,10 @@ def test_item10_pretrain_refuses_an_unreadable_or_too_large_tokenizer(corpus, tm
     assert not out.exists()
 
 
-# ---- item 11: invalid UTF-8 -------------------------------------------------------------------------------
+# ---- invalid UTF-8 -------------------------------------------------------------------------------
 
 
-def test_item11_invalid_utf8_is_one_line_naming_file_and_line(tiny_ckpt, tmp_path):
+def test_invalid_utf8_is_one_line_naming_file_and_line(tiny_ckpt, tmp_path):
     good = {"text": "hello", "context": "a", "choices": ["b", "c"], "label": 0}
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes((json.dumps(good) + "\n").encode() * 2 + b'{"text": "caf\xe9", "context": "x"}\n')
@@ -273,10 +273,10 @@ def test_item11_invalid_utf8_is_one_line_naming_file_and_line(tiny_ckpt, tmp_pat
     assert tree_hash(tmp_path) == before  # no profile, no run folder
 
 
-# ---- item 12: malformed profile, damaged run folders -------------------------------------------------------
+# ---- malformed profile, damaged run folders -------------------------------------------------------
 
 
-def test_item12_malformed_profile_or_a_folder_is_one_line(tiny_ckpt, tmp_path):
+def test_extract_malformed_profile_or_a_folder_is_one_line(tiny_ckpt, tmp_path):
     from emo_slice.slicing.profile import ProfileSettings, profile_model
 
     docs = write_jsonl(tmp_path / "d.jsonl", [{"text": "some text to profile " * 5}])
@@ -311,7 +311,7 @@ DAMAGE = {  # what to do to the run folder, and what the one line must say
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_item12_damaged_run_folder_is_one_line(run, corpus, damage):
+def test_resume_damaged_run_folder_is_one_line(run, corpus, damage):
     act, needle = DAMAGE[damage]
     act(run / "step-000001" / "training_state" / "state.safetensors", run / "train_config.json")
     before = tree_hash(run)
@@ -319,10 +319,10 @@ def test_item12_damaged_run_folder_is_one_line(run, corpus, damage):
     assert tree_hash(run) == before
 
 
-# ---- item 13: a failed pretrain leaves nothing; no --resume / --overwrite ping-pong -------------------------
+# ---- a failed pretrain leaves nothing; no --resume / --overwrite ping-pong -------------------------
 
 
-def test_item13_failed_pretrain_leaves_nothing_and_the_rerun_starts(corpus, tmp_path):
+def test_failed_pretrain_leaves_nothing_and_the_rerun_starts(corpus, tmp_path):
     out = tmp_path / "r"
     missing = tmp_path / "missing.jsonl"
     assert_one_line_error(invoke("pretrain", "--data", missing, "--out", out, *TINY), "no such file")
@@ -334,7 +334,7 @@ def test_item13_failed_pretrain_leaves_nothing_and_the_rerun_starts(corpus, tmp_
     assert r.returncode == 0, r.stderr
 
 
-def test_item13_a_run_with_no_checkpoint_points_to_overwrite_both_ways(corpus, tmp_path):
+def test_a_run_with_no_checkpoint_points_to_overwrite_both_ways(corpus, tmp_path):
     out = tmp_path / "r"
     out.mkdir()
     (out / "train_config.json").write_text(json.dumps(_cfg(corpus, out).to_dict()))  # e.g. killed early
@@ -344,7 +344,7 @@ def test_item13_a_run_with_no_checkpoint_points_to_overwrite_both_ways(corpus, t
     assert "without --resume" not in line.split(";")[-1]
 
 
-# ---- item 14: profile memory is bounded, progress without a terminal ---------------------------------------
+# ---- profile memory is bounded, progress without a terminal ---------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -354,7 +354,7 @@ def long_docs(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("long") / "docs.jsonl", docs)
 
 
-def test_item14_profile_in_bounded_chunks_equals_one_pass(tiny_ckpt, long_docs, monkeypatch):
+def test_profile_in_bounded_chunks_equals_one_pass(tiny_ckpt, long_docs, monkeypatch):
     from emo_slice.io.loading import LayerwiseModel
     from emo_slice.slicing.profile import ProfileSettings, profile_model
 
@@ -382,7 +382,7 @@ def test_item14_profile_in_bounded_chunks_equals_one_pass(tiny_ckpt, long_docs, 
         profile_model(tiny_ckpt, ProfileSettings(**base, max_tokens_in_memory=200, greedy=True, keep="4"))
 
 
-def test_item14_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt, long_docs, tmp_path):
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt, long_docs, tmp_path):
     r = invoke(
         "profile",
         tiny_ckpt,
@@ -402,7 +402,7 @@ def test_item14_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt,
     assert len(lines) == 2 * chunks and "\x1b[" not in r.stderr  # one plain line per layer pass, no bar
 
 
-# ---- item 15: results that look real but are not ----------------------------------------------------------
+# ---- results that look real but are not ----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -414,24 +414,24 @@ def test_item14_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt,
         ({"id": "q4", "context": 7, "choices": ["x", "y"], "label": 0}, "item 'q4': context is 7"),
     ],
 )
-def test_item15_unscorable_items_are_refused(tiny_ckpt, tmp_path, record, needle):
+def test_unscorable_items_are_refused(tiny_ckpt, tmp_path, record, needle):
     task = write_jsonl(tmp_path / "t.jsonl", [{"id": "ok", "context": "a", "choices": ["x", "y"], "label": 1}, record])
     out = tmp_path / "r.json"
     assert_one_line_error(invoke("eval", tiny_ckpt, "--task", task, "--out", out), needle)
     assert not out.exists()
 
 
-def test_item15_eval_batches_zero_is_refused(corpus, tmp_path):
+def test_pretrain_eval_batches_zero_is_refused(corpus, tmp_path):
     out = tmp_path / "r"
     r = invoke("pretrain", "--data", corpus, "--out", out, *TINY, "--set", "eval_batches=0")
     assert_one_line_error(r, "--set eval_batches=0 must be at least 1")
     assert not out.exists()
 
 
-# ---- item 18: nothing silently clamped or ignored ----------------------------------------------------------
+# ---- nothing silently clamped or ignored ----------------------------------------------------------
 
 
-def test_item18_profile_shots_beyond_the_task_is_refused(tiny_ckpt, tmp_path):
+def test_profile_shots_beyond_the_task_is_refused(tiny_ckpt, tmp_path):
     items = [{"context": f"q{i}", "choices": ["x", "y"], "label": 0} for i in range(9)]
     task = write_jsonl(tmp_path / "t.jsonl", items)
     out = tmp_path / "p.json"
@@ -453,13 +453,13 @@ def test_item18_profile_shots_beyond_the_task_is_refused(tiny_ckpt, tmp_path):
         (["--set", "valid_share=0"], "valid_share=0"),
     ],
 )
-def test_item18_pretrain_options_out_of_range_are_refused(corpus, tmp_path, args, needle):
+def test_pretrain_options_out_of_range_are_refused(corpus, tmp_path, args, needle):
     out = tmp_path / "r"
     assert_one_line_error(invoke("pretrain", "--data", corpus, "--out", out, *TINY, *args), needle)
     assert not out.exists()
 
 
-def test_item18_eval_max_length_above_the_context_is_refused(tiny_ckpt, tmp_path):
+def test_eval_max_length_above_the_context_is_refused(tiny_ckpt, tmp_path):
     task = write_jsonl(tmp_path / "t.jsonl", [{"context": "a", "choices": ["x", "y"], "label": 0}])
     assert_one_line_error(
         invoke("eval", tiny_ckpt, "--task", task, "--max-length", "4096"),
@@ -468,10 +468,10 @@ def test_item18_eval_max_length_above_the_context_is_refused(tiny_ckpt, tmp_path
     )
 
 
-# ---- item 19: messages that say what is wrong ---------------------------------------------------------------
+# ---- messages that say what is wrong ---------------------------------------------------------------
 
 
-def test_item19_messages_say_what_is_wrong(tiny_ckpt, corpus, tmp_path):
+def test_messages_say_what_is_wrong(tiny_ckpt, corpus, tmp_path):
     r = invoke("extract", tiny_ckpt, "--keep", "150%", "--method", "random", "--out", tmp_path / "s")
     assert_one_line_error(r, "--keep 150% is more than 100%")
     r = invoke("pretrain", "--data", corpus, "--out", tmp_path / "r", *TINY, "--steps", "0")
@@ -483,17 +483,17 @@ def test_item19_messages_say_what_is_wrong(tiny_ckpt, corpus, tmp_path):
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
 
 
-def test_item19_an_integral_float_label_is_an_index(tmp_path):
+def test_an_integral_float_label_is_an_index(tmp_path):
     from emo_slice.data.sources import load_mc_task
 
     task = write_jsonl(tmp_path / "f.jsonl", [{"context": "a", "choices": ["x", "y"], "label": 1.0}])
     assert load_mc_task(task)[0].label == 1
 
 
-# ---- item 21: a one-document corpus is not its own validation set --------------------------------------------
+# ---- a one-document corpus is not its own validation set --------------------------------------------
 
 
-def test_item21_validation_is_never_a_training_document(tmp_path):
+def test_validation_is_never_a_training_document(tmp_path):
     from emo_slice.train.corpus import split_validation
 
     doc = "one single long document " * 40

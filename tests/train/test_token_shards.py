@@ -1,4 +1,4 @@
-"""Streamed token shards (issue 13, item 2): equal to the single token file earlier versions wrote for the same
+"""Streamed token shards: equal to the single token file earlier versions wrote for the same
 corpus, with worker processes, across shard edges, from a Hugging Face stream; the other ranks wait on a marker."""
 
 import json

@@ -1,6 +1,6 @@
 """Sharded checkpoints (DCP) saved on 2 ranks and resumed on 2 and on 1; --init-from a slice; NaN stops the run.
 
-Issue 13, items 1, 6 and 7. The 2-process test runs FSDP2 over gloo on the CPU."""
+The 2-process test runs FSDP2 over gloo on the CPU."""
 
 import io
 import json
