@@ -1,7 +1,8 @@
 """emo-slice: run Mixture-of-Experts language models on a fraction of their experts.
 
 Pipeline: checkpoint (io/) -> model (model/) -> profile / select / extract (slicing/) -> eval (eval/);
-pretrain (train/) writes checkpoints the rest reads. The CLI (cli/) only calls these.
+pretrain (train/) writes checkpoints the rest reads. Each user workflow (workflows/) runs them over one
+typed spec; the CLI (cli/) only calls a workflow. Layers import only downward (docs/architecture.md).
 
 Shape legend, one for the whole package (a tensor's name ends with its shape, e.g. `x_BTD`, `w_EFD`):
 
@@ -19,6 +20,8 @@ spelled out in words, never given one of these letters.
 
 Importing the package is cheap (no torch): the names below load on first use.
 """
+
+from emo_slice import _aliases
 
 __version__ = "0.1.0"
 
@@ -45,3 +48,6 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'emo_slice' has no attribute {name!r}")
+
+
+_aliases.install()  # modules moved in 0.2.0 keep their old import path for one release (DeprecationWarning)

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from emo_slice import __version__
 from emo_slice.errors import UsageError
 from emo_slice.locking import (
     is_write_error,
@@ -259,8 +260,6 @@ def _write_marker(folder: Path) -> None:
 
 def provenance(**extra) -> dict:
     """Who wrote an artifact and when: emo-slice, torch and Python versions, UTC date, plus extra fields."""
-    from emo_slice import __version__
-
     return {
         "emo_slice_version": __version__,
         "torch_version": _torch_version(),

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from emo_slice.model.generation import generate, left_pad, resolve_device
+from emo_slice.model.devices import resolve_device
+from emo_slice.model.generation import generate, left_pad
 from emo_slice.model.modeling import EmoForCausalLM
 from emo_slice.model.presets import preset
 

@@ -159,8 +159,9 @@ def evaluate(model: Path, tasks: list[Path], lm: list[Path], pools: list[int], a
 
 def profile_and_slice(full: Path, model: str, d: str, out: Path, args, log: list[str]) -> tuple[dict, dict]:
     """(profile, {share: slice folder})."""
-    from emo_slice.slicing.pipeline import make_slice, write_profile
     from emo_slice.slicing.profile import ProfileSettings
+    from emo_slice.workflows.profile import write_profile
+    from emo_slice.workflows.slice import make_slice
 
     calib, prof_path = out / "data" / "calib" / f"{d}.jsonl", out / "profiles" / f"{model}-{d}.json"
     echo(f"profile {full} --examples {calib} --shots {args.shots} --out {prof_path} --overwrite", log)

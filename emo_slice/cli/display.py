@@ -134,7 +134,7 @@ def _share_style(v: float, base: float) -> str:
 
 
 def concentration_table(summary: dict) -> Table:
-    """The routing concentration of a profile summary (emo_slice.slicing.pipeline.profile_summary)."""
+    """The routing concentration of a profile summary (emo_slice.workflows.slice.profile_summary)."""
     rows = summary["concentration"]
     n = rows[0]["routed"] if rows else 0
     t = Table(title=f"Routing concentration ({summary['tokens']:,} tokens; share of router probability mass)")

@@ -133,7 +133,7 @@ def extract(
     (--compose). --keep auto picks K: --target (scored on --task items held out of the calibration) or
     --target-mass (from the profile alone)."""
     from emo_slice.cli.display import progress_bars
-    from emo_slice.slicing.pipeline import make_slice
+    from emo_slice.workflows.slice import make_slice
 
     calib = calibration(examples, field, split, shots, seed, max_length, dtype)
     choice = dict(keep=keep, profile_path=profile_path, experts=experts, method=value(method), greedy=greedy)

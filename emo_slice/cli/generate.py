@@ -59,7 +59,7 @@ def generate_cmd(
 ):
     """Generate continuations with the KV cache; with --against, both models continue the very same
     prompts with the same settings, shown side by side."""
-    from emo_slice.model.generation import complete, read_prompts
+    from emo_slice.workflows.generate import complete, read_prompts
 
     paths = {"model": model, **({"against": against} if against else {})}
     result = complete(

@@ -18,7 +18,7 @@ EPILOG = """Examples:
 def info(model: ModelArg, json_out: Json = False):
     """Architecture, parameters (total and active per token), experts per layer, bytes, slice sizes."""
     from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.io.info import checkpoint_info
+    from emo_slice.workflows.info import checkpoint_info
 
     data = checkpoint_info(Checkpoint(model))
     if json_out:

@@ -78,7 +78,7 @@ class Preset(str, Enum):
 
 
 class QuickstartSize(str, Enum):
-    """Quickstart sizes (emo_slice.quickstart.SIZES)."""
+    """Quickstart sizes (emo_slice.workflows.quickstart.SIZES)."""
 
     tiny = "tiny"
     small = "small"

@@ -138,7 +138,7 @@ def pretrain_cmd(
     cosine decay. Writes Hugging Face EMO checkpoints that profile, extract and eval read. Runs data
     parallel under torchrun (DDP, or --fsdp)."""
     given = locals()  # the training options are named as their TrainConfig fields
-    from emo_slice.train import run
+    from emo_slice.workflows import pretrain as run
 
     options = {k: value(given[k]) for k in run.OPTION_FIELDS}
     cfg = run.resolve_config(

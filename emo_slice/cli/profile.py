@@ -96,9 +96,9 @@ def profile(
     activations of at most --max-tokens-in-memory tokens). The profile file is reusable: `extract` slices
     at any K and method from it without running the model again."""
     from emo_slice.cli.display import progress_bars
-    from emo_slice.model.generation import resolve_device
-    from emo_slice.slicing.pipeline import profile_summary, write_profile
+    from emo_slice.model.devices import resolve_device
     from emo_slice.slicing.profile import ProfileSettings
+    from emo_slice.workflows.profile import profile_summary, write_profile
 
     resolve_device(device)  # a bad --device: one line before anything is read
     calib = calibration(examples, field, split, shots, seed, max_length, dtype)

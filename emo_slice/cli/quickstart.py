@@ -44,8 +44,8 @@ def quickstart(
     Every step is an emo-slice command, echoed before it runs, that you can rerun by hand."""
     from rich.text import Text
 
-    from emo_slice import quickstart as qs
     from emo_slice.artifacts import output_lock
+    from emo_slice.workflows import quickstart as qs
 
     commands = qs.steps(out, value(size), value(domain), keep)
     qs.check_keep(value(size), keep)

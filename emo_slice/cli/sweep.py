@@ -105,7 +105,7 @@ def sweep(
     each metric and the share of the full score kept, tokens/s), writes --out (JSON) and a PNG."""
     from emo_slice.artifacts import locked
     from emo_slice.cli.display import progress_bars
-    from emo_slice.slicing.sweep import sweep_models
+    from emo_slice.workflows.sweep import sweep_models
 
     png = plot if plot is not None else (out.with_suffix(".png") if out is not None else None)
     _check_outputs(models, out, png, keep_slices, overwrite, profile_path)
@@ -168,7 +168,7 @@ def _write(data: dict, out, png, metric) -> None:
     import json
 
     from emo_slice.artifacts import atomic_write_text
-    from emo_slice.slicing.sweep import PLOT_HINT, write_plot
+    from emo_slice.workflows.sweep import PLOT_HINT, write_plot
 
     if out is not None:
         atomic_write_text(out, json.dumps(data, indent=1, default=str) + "\n")

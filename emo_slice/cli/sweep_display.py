@@ -41,7 +41,7 @@ def _tok_s(v) -> str:
 def sweep_table(data: dict, metrics: list[str] | None = None) -> Table:
     """One row per K (and the full model): bytes, share of the full model's bytes, then for every model each
     shown metric with the share of the full score kept, the share the random controls keep, and tokens/s."""
-    from emo_slice.slicing.sweep import headline_metrics
+    from emo_slice.workflows.sweep import headline_metrics
 
     sweeps = data["sweeps"]
     first = sweeps[0]

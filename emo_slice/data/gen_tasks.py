@@ -22,6 +22,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from emo_slice.data.benchmarks.loading import MissingData, open_source
+from emo_slice.data.benchmarks.registry import GENERATIVE
+from emo_slice.data.sources import check_text, file_hash, read_records
 from emo_slice.errors import DataError, UsageError
 
 GSM8K_EXEMPLARS = [  # gsm8k-cot.yaml fewshot_config.samples, in order (sampler first_n)
@@ -81,7 +84,6 @@ GSM8K_MATCH = {
 }
 GSM8K_HUB = ("openai/gsm8k", "main", "test")
 DEFAULT_MAX_NEW_TOKENS = 256  # lm-eval's max_gen_toks default
-GENERATIVE = ("gsm8k",)  # built-in generative benchmarks (`--task NAME` or `--task NAME=PATH`)
 
 
 @dataclass
@@ -123,8 +125,6 @@ class GenTask:
 
 
 def _file_hash(path: Path) -> str:
-    from emo_slice.data.sources import file_hash
-
     return file_hash(path)
 
 
@@ -148,8 +148,6 @@ def _gsm8k_records(spec: str) -> list[dict]:
     """The test split's rows: openai/gsm8k (config main) from the Hugging Face cache, or a local copy
     (`gsm8k=FOLDER`: a snapshot, a save_to_disk DatasetDict, or parquet/jsonl files named by split), read
     by the built-in benchmarks' loader (`emo_slice.data.benchmarks.loading`)."""
-    from emo_slice.data.benchmarks.loading import MissingData, open_source
-
     _, eq, folder = spec.partition("=")
     repo, config, split = GSM8K_HUB
     src = open_source("gsm8k", repo, folder if eq else None)
@@ -187,7 +185,6 @@ def _check_record(rec: dict, where: str) -> GenItem:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise DataError(f"{where}: 'stop' must be a list of non-empty strings, e.g. [\"\\n\"]")
-    from emo_slice.data.sources import check_text
 
     for text in (prompt, target, *stop):
         check_text(text, where)
@@ -196,8 +193,6 @@ def _check_record(rec: dict, where: str) -> GenItem:
 
 def load_gen_file(path: str, limit: int | None = None) -> GenTask:
     """A --gen-task JSONL file: {"prompt", "target", "stop" (optional), "id" (optional)} per line."""
-    from emo_slice.data.sources import read_records
-
     p = Path(path).expanduser()
     if not p.is_file() or p.suffix not in (".jsonl", ".json", ".ndjson"):
         what = "no such file" if not p.exists() else "not a JSONL file"

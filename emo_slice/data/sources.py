@@ -312,3 +312,27 @@ def file_hash(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+@dataclass
+class Task:
+    name: str
+    spec: str
+    format: str
+    items: list[MCItem]  # the scored items (demonstrations removed, --limit applied)
+    demos: list[MCItem]
+    prompt: str  # the few-shot prefix put before every scored item's context
+    n_total: int  # items in the source
+
+    def describe(self) -> dict:
+        src = Path(self.spec)
+        return {
+            "spec": self.spec,
+            "format": self.format,
+            "items_in_source": self.n_total,
+            "items_scored": len(self.items),
+            "shots": len(self.demos),
+            "fewshot_ids": [d.id for d in self.demos],
+            "items_hash": items_hash(self.items),
+            "file_hash": file_hash(src) if src.is_file() else None,
+        }

@@ -14,11 +14,12 @@ from the first record:
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from emo_slice.data.sources import MCItem, file_hash, items_hash, load_mc_task, read_records, split_fewshot
+from emo_slice.data.benchmarks import check_variant, is_benchmark, load_benchmark
+from emo_slice.data.benchmarks.formats import hellaswag_clean
+from emo_slice.data.sources import MCItem, Task, fewshot_prompt, load_mc_task, read_records, split_fewshot
 from emo_slice.errors import DataError, UsageError
 
 FORMATS = ("auto", "plain", "arc", "hellaswag")
@@ -71,36 +72,6 @@ def detect_format(record: dict) -> str:
     return "plain"
 
 
-def _hellaswag_clean(text: str) -> str:
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
-    return text.replace("  ", " ")
-
-
-@dataclass
-class Task:
-    name: str
-    spec: str
-    format: str
-    items: list[MCItem]  # the scored items (demonstrations removed, --limit applied)
-    demos: list[MCItem]
-    prompt: str  # the few-shot prefix put before every scored item's context
-    n_total: int  # items in the source
-
-    def describe(self) -> dict:
-        src = Path(self.spec)
-        return {
-            "spec": self.spec,
-            "format": self.format,
-            "items_in_source": self.n_total,
-            "items_scored": len(self.items),
-            "shots": len(self.demos),
-            "fewshot_ids": [d.id for d in self.demos],
-            "items_hash": items_hash(self.items),
-            "file_hash": file_hash(src) if src.is_file() else None,
-        }
-
-
 def load_items(
     spec: str, fields: dict[str, str] | None = None, fmt: str = "auto", split: str | None = None
 ) -> tuple[list[MCItem], str]:
@@ -122,8 +93,8 @@ def load_items(
         return [
             replace(
                 it,
-                context=_hellaswag_clean(it.context),
-                choices=[_hellaswag_clean(c) for c in it.choices],
+                context=hellaswag_clean(it.context),
+                choices=[hellaswag_clean(c) for c in it.choices],
                 target_delimiter=" ",
             )
             for it in items
@@ -143,9 +114,7 @@ def load_task(
 ) -> Task:
     """A task ready to score: demonstrations drawn (seeded) and removed, then the first `limit` items. A built-in
     benchmark name (`emo_slice.data.benchmarks`) gives that benchmark's task (groups: `load_tasks`)."""
-    from emo_slice.data.sources import fewshot_prompt
-
-    if _is_benchmark(spec):
+    if is_benchmark(spec):
         tasks = load_tasks(spec, fields, fmt, split, shots, seed, limit)
         if len(tasks) != 1:
             raise UsageError(f"{spec} is a group of {len(tasks)} tasks; load it with load_tasks")
@@ -159,12 +128,6 @@ def load_task(
     return Task(task_name(spec), spec, used, rest, demos, fewshot_prompt(demos, separator), len(items))
 
 
-def _is_benchmark(spec: str) -> bool:
-    from emo_slice.data.benchmarks import is_benchmark
-
-    return is_benchmark(spec)
-
-
 def load_tasks(
     spec: str,
     fields: dict[str, str] | None = None,
@@ -176,9 +139,7 @@ def load_tasks(
 ) -> list[Task]:
     """The tasks of one --task spec: a built-in benchmark (NAME or NAME=FOLDER; a group gives its members, see
     `emo_slice.data.benchmarks`; few-shot examples from its few-shot split) or one task file / dataset."""
-    if not _is_benchmark(spec):
-        from emo_slice.data.benchmarks import check_variant
-
+    if not is_benchmark(spec):
         check_variant(spec)
         return [load_task(spec, fields, fmt, split, shots, seed, limit)]
     if fields or fmt != "auto":
@@ -186,6 +147,5 @@ def load_tasks(
             f"--task {spec} is a built-in benchmark with lm-eval's prompt format; --map and --format apply to "
             "task files only (for OLMES's multiple-choice format use NAME:mc, e.g. arc_easy:mc)"
         )
-    from emo_slice.data.benchmarks import load_benchmark
 
     return load_benchmark(spec, shots=shots, seed=seed, limit=limit, split=split)

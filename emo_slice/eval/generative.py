@@ -21,8 +21,11 @@ import time
 
 import torch
 
-from emo_slice.data.gen_tasks import GenTask
+from emo_slice.data.gen_tasks import DEFAULT_MAX_NEW_TOKENS, GenTask, is_generative, load_gen_tasks
 from emo_slice.errors import CheckpointError, DataError, UsageError
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import STREAMED, choose_placement, default_dtype
+from emo_slice.model.generation import generate, last_logits
 
 FALLBACK = "[invalid]"  # lm-eval RegexFilter's answer when nothing matches
 
@@ -115,8 +118,6 @@ class _StopWatch:
 
     def __call__(self, ids_BT: torch.Tensor, **kw) -> torch.Tensor:
         """Logits [B, 1, V] at the last position (all `generate()` reads), stopped rows forced to EOS."""
-        from emo_slice.model.generation import last_logits
-
         eos = self.tok.eos_token_id
         if self.steps:  # ids_BT holds the token each row picked last step
             for b, t in enumerate(ids_BT[:, 0].tolist()):
@@ -142,8 +143,6 @@ def generate_until(
     model, tok, prompts: list[list[int]], stops: list[list[str]], max_new_tokens: int, path: str = "the model"
 ) -> list[list[int]]:
     """Greedy continuations (token ids) of one batch of prompts, each ended at EOS or a stop sequence."""
-    from emo_slice.model.generation import generate
-
     ids = generate(
         _StopWatch(model, tok, stops, path),
         prompts,
@@ -256,8 +255,6 @@ def _score(task: GenTask, tok, outs, stops, truncated, seconds: float, max_new_t
 def score_gen_tasks(runner, role: str, tasks: dict, opts: dict, samples: list | None, progress=None) -> dict:
     """Metrics of one model on every generative task; per-item predictions appended to samples.
     opts: max_new_tokens (None: each task's default), max_length, batch_size."""
-    from emo_slice.data.gen_tasks import DEFAULT_MAX_NEW_TOKENS
-
     res = {}
     for name, t in tasks.items():
         label = f"{role} {name}"
@@ -323,8 +320,6 @@ GENERATION = (
 def split_specs(tasks, gen_files, *, layerwise: bool, pool, max_new_tokens: int | None) -> tuple[list, list]:
     """(multiple-choice task specs, generative benchmark specs such as gsm8k), checked: generation needs the
     whole model (no --layerwise) and the KV cache (no document pool)."""
-    from emo_slice.data.gen_tasks import is_generative
-
     gen = [t for t in tasks if is_generative(t)]
     named = gen + [str(f) for f in gen_files]
     check_gen(named, layerwise, max_new_tokens)
@@ -342,9 +337,6 @@ def load_checked(
 ) -> dict:
     """The generative tasks, loaded once for both models; each model checked to fit whole on the device
     (`device`, a torch.device; None: not checked) and its context to hold a prompt and max_new_tokens."""
-    from emo_slice.data.gen_tasks import DEFAULT_MAX_NEW_TOKENS, load_gen_tasks
-    from emo_slice.io.checkpoint import Checkpoint
-
     if not gen_specs and not gen_files:
         return {}
     tasks = load_gen_tasks(list(gen_specs), [str(f) for f in gen_files], limit, taken)
@@ -352,8 +344,6 @@ def load_checked(
         ckpt = Checkpoint(path)
         check_gen_fits(ckpt.config, path, max_length, max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
         if device is not None:
-            from emo_slice.io.loading import STREAMED, choose_placement, default_dtype
-
             if choose_placement(ckpt, default_dtype(dtype, device), device)["placement"] == STREAMED:
                 raise UsageError(_not_whole(path, device))
     return tasks

@@ -41,10 +41,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from emo_slice.artifacts import locked, provenance
+from emo_slice.data.benchmarks import aggregate_groups, describe_groups
+from emo_slice.data.sources import check_tokenizer_fits, read_texts
+from emo_slice.data.tasks import load_tasks, parse_map
 from emo_slice.errors import UsageError
+from emo_slice.eval import generative as gen
+from emo_slice.eval.encoding import check_encoding
+from emo_slice.eval.metrics import compare, task_metrics
 from emo_slice.eval.results import check_result_paths, save_results, without_samples  # noqa: F401
-from emo_slice.eval.runner import Runner
+from emo_slice.eval.runner import Runner, check_pool
 from emo_slice.eval.scoring import MCResult, check_finite, evaluate_lm, evaluate_mc, score_rows  # noqa: F401
+from emo_slice.io.checkpoint import Checkpoint, parse_dtype
+from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.model.devices import resolve_device
 
 # ---------------------------------------------------------------------------------------------
 # The whole evaluation: one model, or two on the very same items (what `emo-slice eval` runs)
@@ -62,8 +72,6 @@ SCORING = {
 def _load_tasks(specs, fields: dict, fmt, split, shots, seed, limit) -> dict:
     """Tasks by unique name, loaded once: both models see exactly the same items. A built-in benchmark group
     (mmlu) gives its member tasks."""
-    from emo_slice.data.tasks import load_tasks
-
     tasks = {}
     for spec in specs:
         for t in load_tasks(spec, fields, fmt, split, shots, seed, limit):
@@ -78,7 +86,6 @@ def _load_texts(specs, field, split, limit) -> dict:
     """lm:NAME -> (spec, documents)."""
     if not specs:
         return {}
-    from emo_slice.data.sources import read_texts
 
     texts = {}
     for src in specs:
@@ -121,8 +128,6 @@ def _score_model(
 ) -> dict:
     """Metrics of one model on every task and text (names suffixed by the runner's pool); per-item predictions
     appended to samples."""
-    from emo_slice.eval.metrics import task_metrics
-
     sfx = pool_suffix(runner.pool)
     res = {}
     for name, t in tasks.items():
@@ -156,8 +161,6 @@ def _score_model(
 
 
 def _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype) -> None:
-    from emo_slice.io.checkpoint import parse_dtype
-
     if not tasks and not lm:
         raise UsageError("nothing to evaluate: give at least one --task FILE, --gen-task FILE or --lm FILE")
     if batch_size < 1:
@@ -174,10 +177,6 @@ def _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype) ->
 def _check_model(ckpt, path: str, max_length: int | None, pools=()) -> None:
     """The tokenizer's ids fit the model's vocabulary, --max-length its context (no silent clamp), and every
     --pool its routing."""
-    from emo_slice.data.sources import check_tokenizer_fits
-    from emo_slice.eval.runner import check_pool
-    from emo_slice.io.tokenizer import load_tokenizer
-
     check_tokenizer_fits(load_tokenizer(ckpt.path), ckpt.config.vocab_size, path)
     for p in pools:
         check_pool(p, ckpt.config)
@@ -263,12 +262,6 @@ class _Run:
 
 def _prepare(roles: dict, tasks, lm, field_map, gen_tasks, text_field, s: dict) -> _Run:
     """Every setting and both checkpoints checked, then every task read, before any model is scored."""
-    from emo_slice.data.tasks import parse_map
-    from emo_slice.eval import generative as gen
-    from emo_slice.eval.encoding import check_encoding
-    from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.model.generation import resolve_device
-
     pool, max_length, limit, max_new_tokens = s["pool"], s["max_length"], s["limit"], s["max_new_tokens"]
     tasks, gen_specs = gen.split_specs(
         tasks, gen_tasks, layerwise=s["layerwise"], pool=pool, max_new_tokens=max_new_tokens
@@ -291,10 +284,6 @@ def _prepare(roles: dict, tasks, lm, field_map, gen_tasks, text_field, s: dict) 
 def _score_models(roles: dict, run: _Run, s: dict, log_samples: bool, progress: Progress | None):
     """(results by role, models by role, samples or None): each model loaded once and scored with every pool,
     its groups aggregated (mmlu, mmlu_stem, ...: lm-eval's way), then its generative tasks."""
-    from emo_slice.data.benchmarks import aggregate_groups
-    from emo_slice.eval import generative as gen
-    from emo_slice.eval.runner import check_pool
-
     opts = {k: s[k] for k in ("max_length", "batch_size", "uncond", "lm_mode", "encoding", "per_choice_rows")}
     gopts = {k: s[k] for k in ("max_new_tokens", "max_length", "batch_size")}
     results, models, samples = {}, {}, ([] if log_samples else None)
@@ -317,8 +306,6 @@ def _pool_setting(pool, pools: list) -> list[int] | None:
 
 def _settings(s: dict, run: _Run) -> dict:
     """The results file's `settings`: every option the scores depend on."""
-    from emo_slice.eval import generative as gen
-
     keys = ("shots", "seed", "limit", "batch_size", "max_length", "uncond", "layerwise", "dtype")
     return {k: s[k] for k in keys} | {
         "device": str(run.dev),
@@ -338,11 +325,6 @@ def _settings(s: dict, run: _Run) -> dict:
 
 def _results_dict(results: dict, models: dict, samples: list | None, run: _Run, s: dict) -> dict:
     """The results dict simple_evaluate returns (lm-evaluation-harness shape)."""
-    from emo_slice.artifacts import provenance
-    from emo_slice.data.benchmarks import aggregate_groups, describe_groups
-    from emo_slice.eval import generative as gen
-    from emo_slice.eval.metrics import compare
-
     groups = describe_groups(aggregate_groups(results["model"], run.task_sets), s["shots"])
     data = {
         "results": results["model"],
@@ -375,8 +357,6 @@ def evaluate_and_save(
 ) -> dict:
     """simple_evaluate (its other options as keywords; log_samples when there is a predictions file) with its
     files: the paths checked before any work, held locked while scoring, the results and samples written."""
-    from emo_slice.artifacts import locked
-
     check_result_paths([model, against], out=out, predictions=predictions, overwrite=overwrite)
     with locked((out, "--out"), (predictions, "--predictions")):
         data = simple_evaluate(model, against=against, log_samples=predictions is not None, **kw)

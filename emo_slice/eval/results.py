@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from emo_slice.artifacts import atomic_write_text, check_output
 from emo_slice.errors import UsageError
+from emo_slice.io.checkpoint import resolve_checkpoint
 
 
 def check_result_paths(
@@ -20,9 +22,6 @@ def check_result_paths(
 ) -> None:
     """Refuse, before any work, a results/predictions file inside a model folder, already there (without
     overwrite; with it, a file that is not .json / .jsonl), or in a folder that cannot be written."""
-    from emo_slice.artifacts import check_output
-    from emo_slice.io.checkpoint import resolve_checkpoint
-
     inputs = [resolve_checkpoint(m) for m in models if m is not None]
     if out is not None and predictions is not None and Path(out).absolute() == Path(predictions).absolute():
         raise UsageError(f"--out and --predictions are both {out}; give two different files")
@@ -40,8 +39,6 @@ def save_results(
     data: dict, out: str | os.PathLike | None = None, predictions: str | os.PathLike | None = None
 ) -> list[Path]:
     """Write the results (JSON) to out and the per-item samples (JSONL) to predictions, each atomically."""
-    from emo_slice.artifacts import atomic_write_text
-
     written = []
     if out is not None:
         written.append(atomic_write_text(out, json.dumps(without_samples(data), indent=2, default=str) + "\n"))

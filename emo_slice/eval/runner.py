@@ -10,6 +10,10 @@ import torch
 
 from emo_slice.errors import UsageError
 from emo_slice.eval.requests import Batch
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import STREAMED, TOKENS, LayerwiseModel, choose_placement, default_dtype, load_model
+from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.model.devices import resolve_device
 
 
 def check_pool(pool: int | None, config, where: str = "--pool") -> int | None:
@@ -44,11 +48,6 @@ class Runner:
         pool: int | None = None,
         device: str | torch.device = "auto",
     ):
-        from emo_slice.io.checkpoint import Checkpoint
-        from emo_slice.io.loading import STREAMED, LayerwiseModel, choose_placement, default_dtype, load_model
-        from emo_slice.io.tokenizer import load_tokenizer
-        from emo_slice.model.generation import resolve_device
-
         self.ckpt = Checkpoint(path)
         self.path = str(path)
         self.config = self.ckpt.config
@@ -107,7 +106,6 @@ class Runner:
         """Log-probabilities of each batch's targets (one tensor [P] per batch)."""
         t0 = time.perf_counter()
         out: list[torch.Tensor] = []
-        from emo_slice.io.loading import TOKENS
 
         if not self.layerwise:
             for b in batches:

@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from emo_slice.errors import UsageError
+from emo_slice.export.gguf import export_gguf
+from emo_slice.export.qwen2_moe import export_qwen2_moe
+
 FORMATS = ("qwen2-moe", "gguf")
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -31,17 +35,12 @@ def export(
     outtype: stored type of the weights, f32 | f16 | bf16 (both formats) or q8_0 (gguf only); default the
     checkpoint's stored dtype. progress(done_bytes, total_bytes) is called as tensors are written.
     """
-    from emo_slice.errors import UsageError
-
     if format not in FORMATS:
         raise UsageError(f"--format {format!r} is unknown; choose one of {', '.join(FORMATS)}")
     if outtype is not None and outtype not in OUTTYPES:
         raise UsageError(f"--outtype {outtype!r} is unknown; choose one of {', '.join(OUTTYPES)}")
     if format == "qwen2-moe":
-        from emo_slice.export.qwen2_moe import export_qwen2_moe
-
         return export_qwen2_moe(model, out, outtype=outtype, overwrite=overwrite, progress=progress)
-    from emo_slice.export.gguf import export_gguf
 
     return export_gguf(model, out, outtype=outtype, overwrite=overwrite, progress=progress)
 

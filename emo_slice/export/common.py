@@ -18,6 +18,7 @@ from emo_slice import artifacts
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.safetensors import TensorInfo
+from emo_slice.io.tokenizer import load_tokenizer, write_tokenizer_files
 from emo_slice.model.hf_names import expected_hf_names
 
 TOKENIZER_FILES = (
@@ -77,8 +78,6 @@ def first_rows(info: TensorInfo, rows: int) -> TensorInfo:
 def write_tokenizer(ckpt: Checkpoint, folder: Path, config: dict) -> list[str]:
     """Copy the source's tokenizer files, then write the ones it lacks (a byte-level model gets its byte
     tokenizer.json); returns the tokenizer files the folder holds."""
-    from emo_slice.io.tokenizer import load_tokenizer, write_tokenizer_files
-
     copied = []
     extra = {p.name: p for p in ckpt.extra_files()}  # regular files inside the folder only (links checked)
     for name in TOKENIZER_FILES:

@@ -29,6 +29,7 @@ from emo_slice import artifacts
 from emo_slice.errors import UsageError
 from emo_slice.export import common
 from emo_slice.export.gguf_vocab import gguf_vocab
+from emo_slice.io.tokenizer import load_tokenizer
 
 ARCH = "deepseek"
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, src/llama-hparams.h
@@ -189,7 +190,6 @@ def export_gguf(
 ) -> dict:
     """Write `model` as one GGUF file at `out` (atomically); returns a summary."""
     g = _gguf()
-    from emo_slice.io.tokenizer import load_tokenizer
 
     ckpt = common.open_checkpoint(model)
     common.check_exportable(ckpt, "llama.cpp's deepseek architecture")

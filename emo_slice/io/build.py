@@ -22,6 +22,7 @@ from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import hf_tensor_shapes
 from emo_slice.model.modeling import EmoForCausalLM
+from emo_slice.model.presets import preset
 
 GENERATION_CONFIG = {"_from_model_config": True}
 REMOTE_CODE = {"AutoConfig": "configuration_emo.EmoConfig", "AutoModelForCausalLM": "modeling_emo.EmoForCausalLM"}
@@ -59,8 +60,6 @@ def random_checkpoint(
     overwrite: bool = False,
 ) -> Path:
     """Write a random EMO checkpoint one tensor at a time (memory: one tensor), atomically."""
-    from emo_slice.model.presets import preset
-
     cfg = preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
     dt = parse_dtype(dtype)
     cfg.torch_dtype = str(dt).replace("torch.", "")

@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 
 from emo_slice.errors import CheckpointError
+from emo_slice.io.checkpoint import resolve_checkpoint
+from emo_slice.io.safefiles import folder_file
 
 
 class Tokenizer:
@@ -90,9 +92,6 @@ class ByteTokenizer(Tokenizer):
 
 def load_tokenizer(path_or_id: str | os.PathLike) -> Tokenizer:
     """The tokenizer of a checkpoint folder or Hub id; byte-level when it has no tokenizer.json."""
-    from emo_slice.io.checkpoint import resolve_checkpoint
-    from emo_slice.io.safefiles import folder_file
-
     folder = resolve_checkpoint(path_or_id)
     eos = pad = None
     cfg_path = folder / "config.json"

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from emo_slice.model.attention import attend
+from emo_slice.model.compat import grouped_mm_works
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.context import Context, KVCache, LayerTrace, make_context, rope_cos_sin
+from emo_slice.model.hf_names import stacked_to_hf
 from emo_slice.model.routing import Routing, route
 
 __all__ = [
@@ -82,8 +84,6 @@ class Attention(nn.Module):
 
 
 def _grouped_mm_ok(x_MD: torch.Tensor, w: torch.Tensor) -> bool:
-    from emo_slice.model.compat import grouped_mm_works  # torch._grouped_mm is absent or partial before 2.9
-
     if x_MD.dtype not in (torch.float32, torch.bfloat16) or not grouped_mm_works(x_MD.device, x_MD.dtype):
         return False
     es = x_MD.element_size()
@@ -256,8 +256,6 @@ class EmoForCausalLM(nn.Module):
 
     def hf_state_dict(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF tensor name, tensor) in checkpoint order, experts unstacked (views, no copies)."""
-        from emo_slice.model.hf_names import stacked_to_hf
-
         yield from stacked_to_hf(self.state_dict(), self.config)
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from emo_slice.data.sources import fewshot_prompt, file_hash, items_hash, read_texts, split_fewshot
+from emo_slice.data.tasks import load_items
 from emo_slice.errors import DataError, UsageError
 
 
@@ -14,14 +16,9 @@ def calibration_texts(
 ) -> tuple[list[str], dict]:
     """Documents from a .txt / JSONL / dataset, or (shots given) one k-shot prompt of a multiple-choice task
     with the gold answers appended."""
-    from emo_slice.data.sources import file_hash, items_hash
-
     p = Path(src).expanduser()
     desc: dict = {"source": str(src), "file_hash": file_hash(p) if p.is_file() else None}
     if shots is not None:
-        from emo_slice.data.sources import fewshot_prompt, split_fewshot
-        from emo_slice.data.tasks import load_items
-
         if shots < 1:
             raise UsageError(f"--shots {shots}: give at least 1 demonstration (or leave --shots out to read text)")
         items, fmt = load_items(str(src), None, "auto", split)
@@ -40,7 +37,6 @@ def calibration_texts(
             items_hash=items_hash(demos),
         )
         return [fewshot_prompt(demos)], desc
-    from emo_slice.data.sources import read_texts
 
     texts = read_texts(src, field, split, "--examples")
     desc.update(kind="text", field=field, split=split, documents=len(texts))

@@ -32,9 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from emo_slice.artifacts import provenance
+from emo_slice.data.sources import check_tokenizer_fits
 from emo_slice.errors import UsageError
+from emo_slice.eval.runner import check_pool
 from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
+from emo_slice.io.tokenizer import load_tokenizer
 from emo_slice.model.context import LayerTrace
+from emo_slice.model.devices import resolve_device
 from emo_slice.slicing.calibration import (
     batch_groups,
     calibration_texts,
@@ -134,7 +139,6 @@ def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:
             f"--max-length {settings.max_length} is more than the model's context (max_position_embeddings "
             f"{context}); choose at least 1 and at most {context}, or leave --max-length out to use it"
         )
-    from emo_slice.eval.runner import check_pool
 
     check_pool(settings.pool, cfg)
     if settings.max_tokens_in_memory < 1:
@@ -152,9 +156,6 @@ def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:
 def _calibration(ckpt: Checkpoint, settings: ProfileSettings):
     """(rows, batch groups, pad id, special ids, inputs description): everything read and checked before
     the model runs."""
-    from emo_slice.data.sources import check_tokenizer_fits
-    from emo_slice.io.tokenizer import load_tokenizer
-
     cfg = ckpt.config
     tok = load_tokenizer(ckpt.path)
     check_tokenizer_fits(tok, cfg.vocab_size, str(ckpt.path))
@@ -199,9 +200,6 @@ def profile_model(
     layer, so they equal one pass exactly. --greedy needs every token at once (see _check_greedy_fits).
     progress(done, total) counts layer passes: chunks x layers.
     """
-    from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
-    from emo_slice.model.generation import resolve_device
-
     dev = resolve_device(settings.device)  # a bad device is refused before anything is read
     dtype = default_dtype(settings.dtype, dev)
     ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)

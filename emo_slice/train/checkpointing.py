@@ -25,8 +25,13 @@ import torch
 
 from emo_slice.artifacts import _swap_in, _write_marker, atomic_write_text, provenance, remove
 from emo_slice.errors import CheckpointError, UsageError
+from emo_slice.io.build import REMOTE_CODE, remote_code_files, write_side_files
+from emo_slice.io.tokenizer import write_tokenizer_files
+from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
+from emo_slice.model.hf_names import stacked_to_hf
 from emo_slice.train.config import TrainConfig
+from emo_slice.train.dcp import save_sharded
 from emo_slice.train.distributed import barrier
 from emo_slice.train.training_state import (
     SHARDED_DIR,
@@ -142,8 +147,6 @@ def save_checkpoint(
     All ranks write their DCP shards into out/.<name>.saving (rank 0 made it), rank 0 adds the HF export
     (gathered one parameter at a time), the manifest and the marker, renames the folder into place, then
     replaces `latest`. A failure or kill before the rename leaves the previous checkpoint and `latest`."""
-    from emo_slice.train.dcp import save_sharded
-
     final, tmp = out / name, out / f".{name}.saving"
     if rank == 0:
         remove(tmp)
@@ -180,9 +183,6 @@ def export_hf(folder: Path, model: torch.nn.Module, mcfg: EmoConfig, *, write: b
     """The weights as a Hugging Face EMO checkpoint (float32), one parameter at a time: under FSDP2 every
     rank gathers each parameter (`full_tensor`, a collective) and only the writer keeps it, until its
     safetensors shard is written (host memory: one shard of EXPORT_SHARD_BYTES plus one parameter)."""
-    from emo_slice.io.writer import ShardWriter
-    from emo_slice.model.hf_names import stacked_to_hf
-
     writer = ShardWriter(folder, EXPORT_SHARD_BYTES, metadata) if write else None
     for name, p in model.state_dict().items():
         full = p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
@@ -198,9 +198,6 @@ def export_hf(folder: Path, model: torch.nn.Module, mcfg: EmoConfig, *, write: b
 
 def _write_side(folder: Path, cfg: TrainConfig, mcfg: EmoConfig, tokenizer, prov: dict) -> None:
     """config.json (float32, auto_map only with --remote-code), generation config, tokenizer, run files."""
-    from emo_slice.io.build import REMOTE_CODE, remote_code_files, write_side_files
-    from emo_slice.io.tokenizer import write_tokenizer_files
-
     out_cfg = EmoConfig.from_dict(mcfg.to_dict())
     out_cfg.torch_dtype, out_cfg.output_router_logits = "float32", False
     out_cfg.extra.pop("auto_map", None)

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from dataclasses import field as dc_field
 
 from emo_slice.errors import UsageError
+from emo_slice.io.build import remote_code_files
 from emo_slice.model.config import EmoConfig
+from emo_slice.model.presets import preset
 from emo_slice.train.config_checks import check_fields
+from emo_slice.train.init_from import init_config
 
 
 @dataclass
@@ -138,11 +141,7 @@ class TrainConfig:
 
     # derived helpers ------------------------------------------------------------------------------
     def model_config(self, vocab_size: int | None = None, eos: int | None = None, pad: int | None = None) -> EmoConfig:
-        from emo_slice.model.presets import preset
-
         if self.init_from:  # the architecture of the checkpoint (init_from.py), not of the preset
-            from emo_slice.train.init_from import init_config
-
             return init_config(self, eos, pad)
 
         over = dict(self.model)
@@ -200,8 +199,6 @@ class TrainConfig:
             raise UsageError(f"--set attention={self.attention!r} is unknown; choose auto, flex or sdpa")
         check_fields(self)  # types and ranges of every field: nothing silently clamped or ignored
         if self.remote_code is not None:
-            from emo_slice.io.build import remote_code_files
-
             remote_code_files(self.remote_code)  # refuses a folder without both files before any training
 
     def to_dict(self) -> dict:

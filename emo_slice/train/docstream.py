@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from emo_slice.data.sources import _get, check_text, read_texts
 from emo_slice.errors import DataError, UsageError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -41,8 +42,6 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 def _texts_of(records: Iterable, field: str, src: str) -> Iterator[str]:
     """The non-empty `field` of each record, checked as read_texts checks it."""
-    from emo_slice.data.sources import _get, check_text
-
     found = False
     for rec in records:
         value = _get(rec, field, src, "--field")
@@ -95,8 +94,6 @@ def _hf_records(spec: str, split: str | None, flag: str) -> Iterator[dict]:
 
 def iter_texts(src: str, field: str = "text", split: str | None = None, flag: str = "--data") -> Iterator[str]:
     """Documents of `src` one at a time (see the module docstring)."""
-    from emo_slice.data.sources import read_texts
-
     if str(src).startswith("hf:"):
         yield from _texts_of(_hf_records(str(src)[3:], split, flag), field, str(src))
         return

@@ -16,13 +16,16 @@ from typing import Callable
 import torch
 
 from emo_slice.errors import UsageError
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import load_model
+from emo_slice.io.tokenizer import load_tokenizer
 from emo_slice.model.config import EmoConfig
+from emo_slice.model.hf_names import stacked_to_hf
+from emo_slice.train.meta_init import fill_full_tensors
 
 
 def init_checkpoint(cfg):
     """The Checkpoint that --init-from names, opened and checked (config, tensor shapes)."""
-    from emo_slice.io.checkpoint import Checkpoint
-
     if cfg.model:
         keys = ", ".join(sorted(cfg.model))
         raise UsageError(
@@ -46,8 +49,6 @@ def init_config(cfg, eos: int | None = None, pad: int | None = None) -> EmoConfi
 
 def init_tokenizer_spec(cfg) -> str:
     """--tokenizer for a run started from a checkpoint: the one given, else the checkpoint's own."""
-    from emo_slice.io.tokenizer import load_tokenizer
-
     if cfg.tokenizer != "auto":
         return cfg.tokenizer
     path = init_checkpoint(cfg).path
@@ -57,8 +58,6 @@ def init_tokenizer_spec(cfg) -> str:
 def init_weights_from(cfg, mcfg: EmoConfig) -> torch.nn.Module:
     """The checkpoint's weights in float32 (training keeps fp32 master weights), config `mcfg`: the whole model,
     for one process or DDP (FSDP2 runs use `init_shards_from`)."""
-    from emo_slice.io.loading import load_model
-
     model = load_model(Path(init_checkpoint(cfg).path), dtype=torch.float32)  # one copy of the weights
     model.config = mcfg  # the layers are the checkpoint's; only the model-level config (ids, context) is read
     return model
@@ -68,9 +67,6 @@ def init_shards_from(cfg, mcfg: EmoConfig) -> Callable[[torch.nn.Module], None]:
     """A fill for meta_init.build_sharded: the checkpoint's weights, read one parameter at a time (a stacked
     expert parameter from its per-expert tensors) as float32 into a CPU tensor whose shard this rank keeps.
     The model ends in eval mode, as `init_weights_from` leaves it."""
-    from emo_slice.model.hf_names import stacked_to_hf
-    from emo_slice.train.meta_init import fill_full_tensors
-
     ckpt = init_checkpoint(cfg)  # opened and checked: every tensor config.json implies, with its shape
 
     def write(name: str, full: torch.Tensor) -> None:

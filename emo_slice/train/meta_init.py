@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from emo_slice.io.loading import _NoInit
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.modeling import EmoForCausalLM, init_weights
 
@@ -28,8 +29,6 @@ def build_sharded(
 ) -> nn.Module:
     """The model of `mcfg`, sharded by `shard` while its parameters are on the meta device, then allocated on
     `device` (each rank its shards only) and filled by `fill(model)` (fill_random, or a checkpoint reader)."""
-    from emo_slice.io.loading import _NoInit  # skip torch's default init on meta tensors (it imports dynamo)
-
     with torch.device("meta"), _NoInit():
         model = EmoForCausalLM(mcfg)
     model = shard(model)

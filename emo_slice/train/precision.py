@@ -24,7 +24,7 @@ import copy
 import torch
 from torch import nn
 
-from emo_slice.train.distributed import is_parallel, sum_over_ranks
+from emo_slice.train.distributed import gradient_sync, is_parallel, sum_over_ranks
 
 
 class Precision:
@@ -67,8 +67,6 @@ class Precision:
 
     def gradient_sync(self, sync: bool):
         """Context for one micro-batch's backward: DDP / FSDP2 reduce only on the last one (`sync`)."""
-        from emo_slice.train.distributed import gradient_sync
-
         return contextlib.nullcontext() if self.cast_once else gradient_sync(self.wrapped, sync)
 
     def grads_ready(self) -> None:

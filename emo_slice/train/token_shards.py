@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from emo_slice.errors import DataError
+from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "emo-slice-token-shards"
@@ -54,7 +55,6 @@ def _tokenizer_payload(tok) -> list:
 
 def _init_worker(payload: list) -> None:
     global _TOKENIZER
-    from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer
 
     if payload[0] == "bytes":
         _TOKENIZER = ByteTokenizer(payload[1], payload[2])

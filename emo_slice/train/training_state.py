@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from emo_slice.errors import CheckpointError
+from emo_slice.train.dcp import load_sharded, read_metadata
 
 STATE_FILE = "training_state/state.safetensors"
 SHARDED_DIR = "training_state/sharded"
@@ -144,8 +145,6 @@ def restore_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.O
     `model` and `optimizer`, whatever world size it was saved on; returns the manifest."""
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_state_dict
-
-    from emo_slice.train.dcp import load_sharded, read_metadata
 
     meta = read_manifest(folder)
     saved = read_metadata(folder / SHARDED_DIR).state_dict_metadata

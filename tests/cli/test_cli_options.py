@@ -30,9 +30,9 @@ def test_enums_are_the_library_lists():
     from emo_slice.data.tasks import FORMATS
     from emo_slice.io.checkpoint import DTYPES
     from emo_slice.model.presets import PRESETS
-    from emo_slice.quickstart import SIZES
     from emo_slice.slicing.select import METHODS
     from emo_slice.train.config import TRAIN_PRESETS
+    from emo_slice.workflows.quickstart import SIZES
 
     assert _values(Method) == list(METHODS)
     assert _values(TaskFormat) == list(FORMATS)

@@ -20,8 +20,8 @@ def _param(command: str, flag: str):
 def test_calibration_keywords_are_the_library_names():
     """Its keys are ProfileSettings fields and make_slice parameters; a settings object built from it equals one built
     keyword by keyword, the --dtype enum passed as its string."""
-    from emo_slice.slicing.pipeline import make_slice
     from emo_slice.slicing.profile import ProfileSettings
+    from emo_slice.workflows.slice import make_slice
 
     calib = calibration("docs.jsonl", "body", "train", 3, 7, 128, DType.bfloat16)
     assert set(calib) <= {f.name for f in dataclasses.fields(ProfileSettings)}

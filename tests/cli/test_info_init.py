@@ -6,7 +6,7 @@ from conftest import assert_one_line_error, invoke, run_cli
 
 import emo_slice
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.io.info import param_counts
+from emo_slice.workflows.info import param_counts
 
 
 def test_info_json_counts(fixtures):

@@ -80,7 +80,7 @@ def no_model_runs(monkeypatch):
 
 
 def test_quickstart_overwrite_never_deletes_user_files(tmp_path):
-    from emo_slice import quickstart
+    from emo_slice.workflows import quickstart
 
     v = tmp_path / "v"
     v.mkdir()
@@ -345,7 +345,7 @@ def test_interrupted_pretrain_names_the_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_interrupted_quickstart_says_what_it_holds(tmp_path, monkeypatch):
-    from emo_slice import quickstart
+    from emo_slice.workflows import quickstart
 
     def interrupted(commands, echo=print):
         (tmp_path / "qs" / "data").mkdir()  # a step got this far

@@ -1,4 +1,4 @@
-"""The library calls behind the thin commands: slicing/pipeline.py (profile, extract) and train/run.py
+"""The library calls behind the thin commands: workflows/slice.py (profile, extract) and workflows/pretrain.py
 (pretrain's configuration and summary)."""
 
 import json
@@ -9,9 +9,10 @@ from conftest import invoke
 
 from emo_slice.errors import UsageError
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.slicing.pipeline import PER_LAYER_NOTE, make_slice, profile_summary, write_profile
 from emo_slice.slicing.profile import ProfileSettings
-from emo_slice.train.run import check_config, resolve_config, run_summary, summary_line
+from emo_slice.workflows.pretrain import check_config, resolve_config, run_summary, summary_line
+from emo_slice.workflows.profile import profile_summary, write_profile
+from emo_slice.workflows.slice import PER_LAYER_NOTE, make_slice
 
 
 def test_extract_save_dtype_is_the_stored_dtype(fixtures, tmp_path):

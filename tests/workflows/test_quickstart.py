@@ -11,8 +11,8 @@ import typer.main
 from conftest import assert_one_line_error, invoke, run_cli
 
 import emo_slice
-from emo_slice import quickstart
 from emo_slice.cli import app
+from emo_slice.workflows import quickstart
 
 
 @pytest.mark.slow

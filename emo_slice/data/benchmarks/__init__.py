@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 from emo_slice.data.benchmarks.formats import CONVERTERS, DELIMITER, Doc, RowError
 from emo_slice.data.benchmarks.loading import MissingData, Source, cached_snapshot, open_source
-from emo_slice.data.benchmarks.registry import ALIASES, GEN, REGISTRY, Benchmark, leaves, resolve
-from emo_slice.data.sources import MCItem, items_hash
-from emo_slice.data.tasks import Task
+from emo_slice.data.benchmarks.registry import ALIASES, GEN, GENERATIVE, REGISTRY, Benchmark, leaves, resolve
+from emo_slice.data.sources import MCItem, Task, items_hash
 from emo_slice.errors import DataError, UsageError
 
 __all__ = ["REGISTRY", "aggregate_groups", "describe_groups", "is_benchmark", "listing", "load_benchmark"]
@@ -236,11 +235,7 @@ def describe_groups(group_results: dict[str, dict], shots: int) -> dict[str, dic
 
 
 def _is_available(b: Benchmark) -> bool:
-    if b.kind != GEN:
-        return True
-    from emo_slice.data import gen_tasks
-
-    return b.name in getattr(gen_tasks, "GENERATIVE", ())
+    return b.kind != GEN or b.name in GENERATIVE
 
 
 def listing(all_tasks: bool = False) -> list[dict]:

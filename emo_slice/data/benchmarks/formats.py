@@ -12,13 +12,20 @@ each choice on its own line as " A. text", then "Answer:"; the choices scored ar
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from emo_slice.data.sources import LETTERS
-from emo_slice.data.tasks import _hellaswag_clean as _hellaswag_preprocess  # lm-eval's hellaswag preprocess
 
 DELIMITER = " "  # lm-eval's default target_delimiter (every task here keeps it)
 FEWSHOT_DELIMITER = "\n\n"
+
+
+def hellaswag_clean(text: str) -> str:
+    """lm-eval's HellaSwag preprocess: " [title]" becomes ". ", other [tags] go, double spaces become one."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
 
 
 @dataclass
@@ -69,7 +76,7 @@ def arc_mc(row: dict) -> Doc:
 def hellaswag(row: dict) -> Doc:
     label, ctx_a, ctx_b, endings, label_ = _need(row, "activity_label", "ctx_a", "ctx_b", "endings", "label")
     ctx = ctx_a + " " + ctx_b.capitalize()
-    return Doc(_hellaswag_preprocess(label + ": " + ctx), [_hellaswag_preprocess(e) for e in endings], int(label_))
+    return Doc(hellaswag_clean(label + ": " + ctx), [hellaswag_clean(e) for e in endings], int(label_))
 
 
 def piqa(row: dict) -> Doc:

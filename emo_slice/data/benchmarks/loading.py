@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from emo_slice.data.sources import read_records
 from emo_slice.errors import DataError
 
 
@@ -103,8 +104,6 @@ def _read_files(files: list[Path], label: str) -> list[dict] | None:
 
         return [r for p in files for r in pq.read_table(p).to_pylist()]
     if all(p.suffix == ".jsonl" for p in files):
-        from emo_slice.data.sources import read_records
-
         return [r for p in files for r in read_records(p, flag=label)]
     return None
 

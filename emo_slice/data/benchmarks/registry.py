@@ -173,10 +173,13 @@ register(
         None,
         sampler="8 fixed exemplars",
         choices="-",
-        runner="emo_slice.eval.generative",  # listed as available when emo_slice.data.gen_tasks.GENERATIVE has it
+        runner="emo_slice.eval.generative",  # listed as available when GENERATIVE has it
         note="lm-eval's gsm8k_cot: 8 fixed chain-of-thought exemplars, greedy generation, exact match",
     )
 )
+
+
+GENERATIVE = ("gsm8k",)  # the generative benchmarks scored here (`--task NAME` or `--task NAME=PATH`)
 
 
 def resolve(name: str) -> Benchmark | None:

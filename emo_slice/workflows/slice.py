@@ -1,13 +1,11 @@
-"""Profile and slice end to end, one call each: what `emo-slice profile` and `emo-slice extract` run.
+"""Slice end to end, one call: what `emo-slice extract` runs.
 
-- `write_profile(model, out, settings)`: check the output, profile the model layer by layer, save the
-  profile file (atomically); `profile_summary` is the short result (`profile --json`).
 - `make_slice(model, out, keep=..., ...)`: validate every input (choice of experts, dtypes, sizes, the
   output folder, the profile, K) before any long work, profile on `examples` if asked, plan, extract.
   Several profiles / examples compose one slice (slicing/compose.py); keep="auto" picks K first
-  (slicing/autok.py: a score target on held-out items, or a routing-mass target from the profile).
+  (workflows/autok.py: a score target on held-out items, or a routing-mass target from the profile).
 
-Both refuse an output inside the model folder, or an existing one without overwrite, before any work.
+It refuses an output inside the model folder, or an existing one without overwrite, before any work.
 Progress is one callback, `progress(label, done, total)`, with labels "profiling" (layers) and "writing
 slice" (bytes); `warn(message)` receives what the caller should show as a warning.
 """
@@ -15,60 +13,15 @@ slice" (bytes); `warn(message)` receives what the caller should show as a warnin
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from emo_slice.errors import UsageError
+from emo_slice.workflows.common import PROFILING, WRITING, Progress
+from emo_slice.workflows.common import phase as _phase
 
-Progress = Callable[[str, int, Optional[int]], None]
-PROFILING, WRITING = "profiling", "writing slice"
 PER_LAYER_NOTE = (
     "--per-layer writes num_experts_per_layer, which only EMO's own model code reads (not vLLM or other runtimes)"
 )
-
-
-def _phase(progress: Progress | None, label: str):
-    return None if progress is None else (lambda done, total: progress(label, done, total))
-
-
-def default_profile_path(model_folder: str | os.PathLike) -> Path:
-    """MODELNAME.profile.json in the current folder."""
-    return Path(f"{Path(model_folder).resolve().name}.profile.json")
-
-
-def write_profile(
-    model, out: str | os.PathLike | None, settings, *, overwrite: bool = False, progress: Progress | None = None
-) -> tuple[dict, Path]:
-    """Profile `model` (folder, Hub id or Checkpoint) with `settings` (ProfileSettings) and save it to `out`
-    (default MODELNAME.profile.json); returns (profile, path)."""
-    from emo_slice.artifacts import check_output, output_lock
-    from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.slicing.profile import profile_model
-    from emo_slice.slicing.profile_file import save_profile
-
-    if settings.keep is not None and not settings.greedy:
-        raise UsageError("--keep only applies with --greedy (a one-pass profile serves any K); drop it or add --greedy")
-    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
-    out = default_profile_path(ckpt.path) if out is None else out
-    check_output(out, inputs=[ckpt.path], overwrite=overwrite, suffixes=(".json",))
-    with output_lock(out):  # held while profiling: a second writer of the same file refuses
-        prof = profile_model(model, settings, progress=_phase(progress, PROFILING))
-        return prof, save_profile(prof, out)
-
-
-def profile_summary(profile: dict, path: str | os.PathLike) -> dict:
-    """The short result of a profile run: file, tokens, model fingerprint, greedy settings, concentration."""
-    from emo_slice.slicing.profile_file import concentration
-
-    return {
-        "profile": str(path),
-        "tokens": profile["tokens"],
-        "layers": len(profile["layers"]),
-        "fingerprint": profile["model"]["fingerprint"],
-        "tokenizer": profile["inputs"].get("tokenizer"),
-        "greedy": profile["greedy"],
-        "concentration": concentration(profile),
-    }
 
 
 def _check_choice(profile_path, examples, experts, method: str, greedy: bool, dtype) -> None:
@@ -126,7 +79,7 @@ def _check_auto(keep, target, target_mass, tasks, lm, experts, method, greedy) -
         if target is not None or target_mass is not None:
             raise UsageError("--target and --target-mass choose K: use them with --keep auto")
         return False
-    from emo_slice.slicing.autok import check_target
+    from emo_slice.workflows.autok import check_target
 
     check_target(target, "--target")
     check_target(target_mass, "--target-mass")
@@ -192,7 +145,7 @@ def make_slice(
     The experts come from one of: `profile_path` (a profile file), `examples` (profiled now, with field,
     split, shots, max_length, dtype = compute dtype, greedy), `experts` (ids by hand), or method "random".
     Several profiles / examples (one per domain) make one composed slice (`compose`: union or sum, see
-    slicing/compose.py). keep="auto" picks K (slicing/autok.py): `target` (share of the full model's score
+    slicing/compose.py). keep="auto" picks K (workflows/autok.py): `target` (share of the full model's score
     on `tasks` / `lm`, scored with `eval_opts`, on items held out of the calibration; with no profile or
     examples the first task's `shots` (default 5) items calibrate) or `target_mass` (routing mass, free).
     save_dtype: stored dtype of the slice (None: unchanged, bytes copied verbatim).
@@ -227,10 +180,10 @@ def _profile_settings(examples: list, calib: dict, keep, method: str) -> list:
 
 def _plan(ckpt, planner, profs: list[dict], keep, targets: tuple | None):
     """planner(keep); with targets (--keep auto: target, target_mass, tasks, lm, metric, eval_opts) K is chosen
-    first (slicing/autok.py) and what was tried is recorded in the plan's profile as auto_keep."""
+    first (workflows/autok.py) and what was tried is recorded in the plan's profile as auto_keep."""
     if targets is None:
         return planner(keep)
-    from emo_slice.slicing import autok
+    from emo_slice.workflows import autok
 
     keep, record = autok.choose(ckpt, planner, profs, *targets)
     plan = planner(keep)

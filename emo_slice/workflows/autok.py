@@ -99,7 +99,7 @@ def choose(ckpt, planner, profiles, target, target_mass, tasks=(), lm=(), metric
     import tempfile
     from pathlib import Path
 
-    from emo_slice.slicing.sweep import headline_metrics, score_full, score_slice
+    from emo_slice.workflows.sweep import headline_metrics, score_full, score_slice
 
     check_target(target, "--target")
     calibrations = [p.get("inputs") for p in profiles]

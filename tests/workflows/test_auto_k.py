@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import assert_one_line_error, invoke
 
-from emo_slice.slicing import autok, sweep
 from emo_slice.slicing.profile_file import save_profile
+from emo_slice.workflows import autok, sweep
 
 
 class FakeConfig:

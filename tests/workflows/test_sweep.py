@@ -8,8 +8,8 @@ from conftest import assert_one_line_error, invoke
 
 from emo_slice.data.sources import MCItem
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.slicing import sweep
 from emo_slice.slicing.select import plan_slice
+from emo_slice.workflows import sweep
 
 
 def write_jsonl(path, rows):
@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 @pytest.mark.slow
 def test_sweep_rows_equal_separate_extract_and_eval(tiny_ckpt, data, tmp_path, monkeypatch):
     from emo_slice.eval.harness import simple_evaluate
-    from emo_slice.slicing.pipeline import make_slice
+    from emo_slice.workflows.slice import make_slice
 
     task, lm, calib = data
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # no matplotlib: one line says how to get the PNG
