@@ -28,6 +28,7 @@ MOVED_MODULES: dict[str, tuple[str, ...]] = {
     "emo_slice.train.run": ("emo_slice.workflows.pretrain",),
 }
 MOVED_NAMES: dict[str, dict[str, str]] = {
+    "emo_slice.eval.harness": {"evaluate_and_save": "emo_slice.workflows.eval"},
     "emo_slice.model.generation": {
         "complete": "emo_slice.workflows.generate",
         "read_prompts": "emo_slice.workflows.generate",

@@ -369,8 +369,10 @@ def run(args) -> None:
         sys.exit(f"error: --skip-train: {missing[0]} is missing; run once without --skip-train to train the models")
     out.mkdir(parents=True, exist_ok=True)
     if args.data is None:
-        echo(f"demo-data {out / 'corpus'} --overwrite", log)
-        subprocess.run([sys.executable, "-m", "emo_slice", "demo-data", str(out / "corpus"), "--overwrite"], check=True)
+        echo(f"demo-data --out {out / 'corpus'} --overwrite", log)
+        subprocess.run(
+            [sys.executable, "-m", "emo_slice", "demo-data", "--out", str(out / "corpus"), "--overwrite"], check=True
+        )
         args.data = out / "corpus"
     domains = prepare_data(args.data, out, args.shots, args.seed)
     preset = PRESETS[args.preset]

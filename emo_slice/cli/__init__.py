@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import re
 import sys
 
 import typer
@@ -22,12 +23,16 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from emo_slice import __version__
 from emo_slice.errors import EmoSliceError
+from emo_slice.locking import os_error_message
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click import exceptions as _click_errors
+    from typer._click.globals import get_current_context as _click_context
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as _click_errors
+    from click import get_current_context as _click_context
 
 PROG = "emo-slice"
 console = Console()
@@ -50,20 +55,45 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+# a parameter named in a library message, in backquotes: `max_new_tokens` or `max_new_tokens=0`
+_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
+
+
+def flag_names(message: str, flags: dict[str, str]) -> str:
+    """A library message with each parameter it names (`name` or `name=value`, in backquotes) written as the
+    command's flag: `max_new_tokens=0` -> --max-new-tokens 0 (flags: parameter name -> flag; a name the
+    command has no flag for loses its backquotes). The one place where parameter names become flags."""
+
+    def swap(m: re.Match) -> str:
+        name, val = m.group(1), m.group(2)
+        shown = flags.get(name, name)
+        if val is None:
+            return shown
+        return f"{shown} {val}" if name in flags else f"{name}={val}"
+
+    return _PARAM.sub(swap, message)
+
+
+def _command_flags() -> dict[str, str]:
+    """The running command's parameters (named as its spec's fields) -> their flags."""
+    ctx = _click_context(silent=True)
+    if ctx is None:
+        return {}
+    return {p.name: max(p.opts, key=len) for p in ctx.command.params if p.opts and p.opts[0].startswith("--")}
+
+
 def cli_errors(fn):
-    """Decorator for command functions: EmoSliceError -> one line on stderr, exit 2; any other OSError (an
-    unreadable source file, ...) -> `error: PATH: strerror; ...`, exit 2; Ctrl-C -> exit 130 (the atomic
-    writers have removed their temporaries, so nothing was written)."""
+    """Decorator for command functions: EmoSliceError -> one line on stderr (parameters named as the command's
+    flags), exit 2; any other OSError (an unreadable source file, ...) -> `error: PATH: strerror; ...`, exit 2;
+    Ctrl-C -> exit 130 (the atomic writers have removed their temporaries, so nothing was written)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except EmoSliceError as e:
-            fail(str(e))
+            fail(flag_names(str(e), _command_flags()))
         except OSError as e:
-            from emo_slice.locking import os_error_message
-
             fail(os_error_message(e))
         except KeyboardInterrupt:
             fail("interrupted; nothing was written", 130)
@@ -121,8 +151,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from emo_slice import __version__
-
         typer.echo(f"{PROG} {__version__}")
         raise typer.Exit()
 

@@ -2,39 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Optional
 
-import typer
+from rich.table import Table
 
 from emo_slice.cli import app, cli_errors, console, print_json
-from emo_slice.cli.options import FolderArg, Json, Overwrite, seed_option
+from emo_slice.cli.options import Json, out_or_positional, positional_out, spec_option
+from emo_slice.workflows import demo_data as workflow
+from emo_slice.workflows.demo_data import DemoDataSpec
 
 EPILOG = """Example:
 
-  emo-slice demo-data ./demo-data
+  emo-slice demo-data --out ./demo-data
 """
 
 
 @app.command("demo-data", epilog=EPILOG)
 @cli_errors
 def demo_data(
-    out: FolderArg,
-    chars_per_domain: Annotated[
-        int, typer.Option("--chars-per-domain", help="Characters of text per domain.")
-    ] = 400_000,
-    seed: Annotated[int, seed_option("the arithmetic domain and the task distractors")] = 0,
-    overwrite: Overwrite = False,
+    old_out: Optional[Path] = positional_out(),
+    out: Optional[Path] = spec_option(DemoDataSpec, "out", default=None),
+    chars_per_domain: int = spec_option(DemoDataSpec, "chars_per_domain", show_default=True),
+    seed: int = spec_option(DemoDataSpec, "seed", show_default=True),
+    overwrite: bool = spec_option(DemoDataSpec, "overwrite"),
     json_out: Json = False,
 ):
     """Write the embedded four-domain demo corpus and its multiple-choice tasks (offline).
 
     Domains: code, docs, unicode, arithmetic, made from this Python installation's standard library.
     Writes train.jsonl, valid.jsonl, valid/DOMAIN.jsonl and tasks/DOMAIN.jsonl (multiple choice)."""
-    from rich.table import Table
-
-    from emo_slice.data.democorpus import write_demo_corpus
-
-    summary = write_demo_corpus(out, chars_per_domain=chars_per_domain, seed=seed, overwrite=overwrite)
+    out = out_or_positional(out, old_out)
+    spec = DemoDataSpec(out=str(out), chars_per_domain=chars_per_domain, seed=seed, overwrite=overwrite)
+    summary = workflow.run(spec)
     if json_out:
         print_json({"path": str(out), "domains": summary})
         return

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from emo_slice.cli import err_console
+from emo_slice.eval.metrics import HIGHER_IS_BETTER
 
 ProgressFn = Callable[[str, int, Optional[int]], None]
 
@@ -28,7 +29,7 @@ def tokens_per_s(task) -> float | None:
     elapsed = task.finished_time if task.finished else task.elapsed
     if start is None or not elapsed:
         return None
-    from emo_slice.io.loading import TOKENS  # torch is loaded by then: the model is running
+    from emo_slice.io.loading import TOKENS  # torch-free --help (torch is loaded by then: the model is running)
 
     end = task.fields.get("tokens_at_end")
     return ((TOKENS.total if end is None else end) - start) / elapsed
@@ -51,7 +52,7 @@ class _Count(ProgressColumn):
 def _tokens_now(unit: str) -> float | None:
     if unit == "bytes":
         return None
-    from emo_slice.io.loading import TOKENS
+    from emo_slice.io.loading import TOKENS  # torch-free --help
 
     return TOKENS.total
 
@@ -177,14 +178,10 @@ def _task_title(tname: str, info: dict, metrics: dict) -> str:
 
 
 def _shown_metrics(metrics: dict) -> list[str]:
-    from emo_slice.eval.metrics import HIGHER_IS_BETTER
-
     return [m for m in HIGHER_IS_BETTER if m in metrics]
 
 
 def _metric_label(m: str) -> str:
-    from emo_slice.eval.metrics import HIGHER_IS_BETTER
-
     return m + ("" if HIGHER_IS_BETTER[m] else " ↓")
 
 
@@ -297,7 +294,7 @@ def eval_tables(data: dict, per_subtask: bool = False) -> list[Table]:
             shown.add(top)
             tables.append(_group_table(data, top, families[top], names, per_subtask))
     if gen:
-        from emo_slice.eval.generative import gen_table
+        from emo_slice.eval.generative import gen_table  # torch-free --help
 
         tables += [gen_table(data, n, names) for n in gen]
     return tables + [_models_table(data, names)]

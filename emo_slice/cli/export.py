@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json
-from emo_slice.cli.options import Json, ModelArg, Overwrite, out_option, value
+from emo_slice.cli.display import progress_bars
+from emo_slice.cli.options import Json, spec_argument, spec_option, value
+from emo_slice.workflows import export as workflow
+from emo_slice.workflows.export import ExportSpec
 
 
 class ExportFormat(str, Enum):
@@ -39,27 +40,11 @@ EPILOG = """Examples:
 @app.command(epilog=EPILOG)
 @cli_errors
 def export(
-    model: ModelArg,
-    fmt: Annotated[
-        ExportFormat,
-        typer.Option(
-            "--format",
-            help="qwen2-moe: a Hugging Face Qwen2MoeForCausalLM folder (no remote code); gguf: one llama.cpp "
-            "file of architecture deepseek.",
-            show_default=False,
-        ),
-    ],
-    out: Annotated[Path, out_option("Folder (qwen2-moe) or FILE.gguf (gguf) to write; outside the model.")],
-    outtype: Annotated[
-        Optional[OutType],
-        typer.Option(
-            "--outtype",
-            help="Stored weight type: f32, f16, bf16, or q8_0 (gguf only). Default: the checkpoint's "
-            "stored dtype (qwen2-moe then copies renamed tensors as bytes).",
-            show_default=False,
-        ),
-    ] = None,
-    overwrite: Overwrite = False,
+    model: str = spec_argument(ExportSpec, "model"),
+    format: ExportFormat = spec_option(ExportSpec, "format"),
+    out: Path = spec_option(ExportSpec, "out"),
+    outtype: Optional[OutType] = spec_option(ExportSpec, "outtype"),
+    overwrite: bool = spec_option(ExportSpec, "overwrite"),
     json_out: Json = False,
 ):
     """Write a model or slice as a stock architecture that runtimes load without EMO's remote code.
@@ -67,17 +52,10 @@ def export(
     Routed experts, router rows and the one shared expert map one to one; logits equal emo-slice's (float32).
     Refused before any work: different expert counts per layer (--per-layer slices), a shared-expert count
     other than one, a tokenizer llama.cpp cannot reproduce (gguf)."""
-    from emo_slice.cli.display import progress_bars
-    from emo_slice.export import export as run_export
-
+    spec = ExportSpec(model=model, format=value(format), out=str(out), outtype=value(outtype), overwrite=overwrite)
     with progress_bars({"exporting": "bytes"}, enabled=not json_out) as bar:
-        summary = run_export(
-            model,
-            out,
-            value(fmt),
-            outtype=value(outtype),
-            overwrite=overwrite,
-            progress=None if bar is None else (lambda done, total: bar("exporting", done, total)),
+        summary = workflow.run(
+            spec, progress=None if bar is None else (lambda done, total: bar("exporting", done, total))
         )
     if json_out:
         print_json(summary)

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
-
-import typer
+from typing import List, Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json, warning_line
-from emo_slice.cli.options import (
-    ComputeDType,
-    DType,
-    Field,
-    Greedy,
-    MaxLength,
-    MaxShardSize,
-    Method,
-    Overwrite,
-    Shots,
-    Split,
-    calibration,
-    keep_option,
-    method_option,
-    opt,
-    out_option,
-    save_dtype_option,
-    seed_option,
-    value,
-)
+from emo_slice.cli.display import progress_bars
+from emo_slice.cli.options import DType, Method, opt, spec_argument, spec_option, value
+from emo_slice.cli.sweep_display import auto_keep_table
+from emo_slice.eval.settings import EvalSettings
+from emo_slice.slicing.profile_settings import ProfileSettings
+from emo_slice.workflows import slice as workflow
+from emo_slice.workflows.autok import AutoKSpec
+from emo_slice.workflows.slice import SliceSpec
 
 EPILOG = """Examples:
 
@@ -47,79 +33,45 @@ EPILOG = """Examples:
 
   emo-slice extract ./model --keep auto --target-mass 0.9 --profile code.json --out ./code-mass
 """
-
-
-Profiles = opt("--profile", List[Path], "Profile file from `emo-slice profile`; once per domain to compose a slice.")
-ExamplesList = opt(
-    "--examples",
-    List[str],
-    "Calibration input (as `profile --examples`), profiled now; once per domain to compose a slice.",
+P, A, E = ProfileSettings, AutoKSpec, EvalSettings
+JsonManifest = opt(
+    "--json", bool, "Print machine-readable JSON on stdout instead of tables: the manifest (slice.json)."
 )
-Compose = opt(
-    "--compose",
-    Optional[str],
-    "With several domains: union (round robin over the domains' rankings; the default) or sum (of each domain's "
-    "scores divided by their layer total).",
-)
-Target = opt("--target", Optional[float], "With --keep auto: smallest K keeping this share of the full score.")
-TargetMass = opt(
-    "--target-mass", Optional[float], "With --keep auto: smallest K holding this share of the routing mass per layer."
-)
-Tasks = opt("--task", List[str], "With --target: task scored (calibration items held out). Repeatable.")
-Texts = opt("--lm", List[str], "With --target: text scored by bits per byte. Repeatable.")
-Metric = opt("--metric", List[str], "With --target: the metric kept (default acc_per_char / bits_per_byte).")
-Limit = opt("--limit", Optional[int], "With --target: score only the first N held-out items of each task.")
-SourceArg = Annotated[
-    str, typer.Argument(help="Checkpoint folder or Hub id to slice (never modified).", show_default=False)
-]
-OutFolder = Annotated[Path, out_option("Folder for the sliced checkpoint (absent or empty, and outside the source).")]
-Keep = Annotated[Optional[str], keep_option()]
-Experts = opt(
-    "--experts",
-    Optional[str],
-    "Routed experts to keep by hand: '1,3,4,6' in every layer, or one list per layer separated by ';'.",
-)
-MethodOpt = Annotated[Method, method_option()]
-PerLayer = opt(
-    "--per-layer",
-    bool,
-    "Rank experts across layers (different K per layer, written as num_experts_per_layer): EMO's own model code only.",
-    show_default=True,
-)
-SaveDType = Annotated[Optional[DType], save_dtype_option("unchanged, bytes copied verbatim")]
-Seed = Annotated[int, seed_option("--method random and of the demonstrations draw")]
-JsonManifest = opt("--json", bool, "Print the manifest (slice.json) as JSON.", show_default=True)
 BARS = {"profiling": "layers", "writing slice": "bytes", "slices scored": "slices"}
 
 
 @app.command(epilog=EPILOG)
 @cli_errors
 def extract(
-    model: SourceArg,
-    out: OutFolder,
-    keep: Keep = None,
-    profile_path: Profiles = [],
-    examples: ExamplesList = [],
-    experts: Experts = None,
-    method: MethodOpt = Method.mean_prob,
-    per_layer: PerLayer = False,
-    save_dtype: SaveDType = None,
-    max_shard_size: MaxShardSize = "5GB",
-    overwrite: Overwrite = False,
-    field: Field = "text",
-    split: Split = None,
-    shots: Shots = None,
-    max_length: MaxLength = None,
-    dtype: ComputeDType = None,
-    greedy: Greedy = False,
-    seed: Seed = 0,
-    compose: Compose = None,
-    target: Target = None,
-    target_mass: TargetMass = None,
-    task: Tasks = [],
-    lm: Texts = [],
-    metric: Metric = [],
-    limit: Limit = None,
+    model: str = spec_argument(SliceSpec, "model"),
+    out: Path = spec_option(SliceSpec, "out"),
+    keep: Optional[str] = spec_option(SliceSpec, "keep"),
+    profiles: List[Path] = spec_option(SliceSpec, "profiles"),
+    examples: List[str] = spec_option(SliceSpec, "examples"),
+    experts: Optional[str] = spec_option(SliceSpec, "experts"),
+    method: Method = spec_option(SliceSpec, "method", enum=Method, show_default=True),
+    per_layer: bool = spec_option(SliceSpec, "per_layer", show_default=True),
+    save_dtype: Optional[DType] = spec_option(SliceSpec, "save_dtype"),
+    max_shard_size: str = spec_option(SliceSpec, "max_shard_size", show_default=True),
+    overwrite: bool = spec_option(SliceSpec, "overwrite"),
+    field: str = spec_option(P, "field", show_default=True),
+    split: Optional[str] = spec_option(P, "split"),
+    shots: Optional[int] = spec_option(P, "shots"),
+    max_length: Optional[int] = spec_option(P, "max_length"),
+    greedy: bool = spec_option(P, "greedy"),
+    seed: int = spec_option(P, "seed", show_default=True),
+    dtype: Optional[DType] = spec_option(P, "dtype"),
+    device: str = spec_option(P, "device", show_default=True),
+    layerwise: bool = spec_option(P, "layerwise"),
+    pool: Optional[int] = spec_option(P, "pool"),
+    batch_size: int = spec_option(E, "batch_size", show_default=True),
+    compose: Optional[str] = spec_option(SliceSpec, "compose"),
+    target: Optional[float] = spec_option(A, "target"),
+    target_mass: Optional[float] = spec_option(A, "target_mass"),
+    tasks: List[str] = spec_option(A, "tasks"),
+    lm: List[str] = spec_option(A, "lm"),
+    metric: List[str] = spec_option(A, "metric"),
+    limit: Optional[int] = spec_option(E, "limit"),
     json_out: JsonManifest = False,
 ):
     """Write a checkpoint holding K experts per layer, chosen by a profile, examples, ids or at random.
@@ -128,22 +80,21 @@ def extract(
     router rows sliced, nothing rescaled. Tensors whose dtype does not change are copied as byte
     ranges; of the other files only what a checkpoint needs is copied (tokenizer, generation config,
     remote code, README/LICENSE: never other weights or training state); slice.json records what was
-    kept and why. Stock EMO model code and its vLLM plugin load the result unchanged. --field, --split, --shots, --max-length, --dtype and
-    --greedy apply to --examples. Several --profile/--examples compose one slice for all those domains
-    (--compose). --keep auto picks K: --target (scored on --task items held out of the calibration) or
-    --target-mass (from the profile alone)."""
-    from emo_slice.cli.display import progress_bars
-    from emo_slice.workflows.slice import make_slice
-
-    calib = calibration(examples, field, split, shots, seed, max_length, dtype)
-    choice = dict(keep=keep, profile_path=profile_path, experts=experts, method=value(method), greedy=greedy)
-    auto = dict(compose=compose, target=target, target_mass=target_mass, tasks=task, lm=lm, metric=metric or None)
-    write = dict(per_layer=per_layer, save_dtype=value(save_dtype), max_shard_size=max_shard_size, overwrite=overwrite)
-    eval_opts = {"limit": limit, "split": split}
+    kept and why. Stock EMO model code and its vLLM plugin load the result unchanged. --field, --split,
+    --shots, --max-length and --greedy apply to --examples; --device, --dtype, --layerwise and --pool to
+    every model run (profiling --examples, scoring for --keep auto). Several --profile/--examples compose
+    one slice for all those domains (--compose). --keep auto picks K: --target (scored on --task items held
+    out of the calibration; --batch-size, --limit) or --target-mass (from the profile alone)."""
+    where = dict(dtype=value(dtype), device=device, layerwise=layerwise, pool=pool or None)
+    calib = P(field=field, split=split, shots=shots, seed=seed, max_length=max_length, greedy=greedy, **where)
+    scoring = E(split=split, limit=limit, batch_size=batch_size, **where)
+    auto = A(target, target_mass, tuple(tasks), tuple(lm), tuple(metric), scoring)
+    choice = dict(keep=keep, profiles=tuple(map(str, profiles)), examples=tuple(examples), experts=experts)
+    choice |= dict(method=value(method), compose=compose, per_layer=per_layer)
+    write = dict(save_dtype=value(save_dtype), max_shard_size=max_shard_size, overwrite=overwrite)
+    spec = SliceSpec(model=model, out=str(out), **choice, calibration=calib, auto=auto, **write)
     with progress_bars(BARS, enabled=not json_out) as bar:
-        manifest = make_slice(
-            model, out, **choice, **calib, **auto, **write, eval_opts=eval_opts, progress=bar, warn=warning_line
-        )
+        manifest = workflow.run(spec, progress=bar, warn=warning_line)
     if json_out:
         print_json(manifest)
         return
@@ -170,8 +121,6 @@ def _print_manifest(manifest: dict, out: Path) -> None:
 
 def _print_choice(record: dict) -> None:
     """What --keep auto tried, and which domain contributed what to a composed slice."""
-    from emo_slice.cli.sweep_display import auto_keep_table
-
     auto, comp = record.get("auto_keep"), record.get("composition")
     if auto:
         console.print(auto_keep_table(auto))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from emo_slice.cli import app, cli_errors, console, print_json
-from emo_slice.cli.options import Json, ModelArg
+from emo_slice.cli.display import info_tables
+from emo_slice.cli.options import Json, spec_argument
+from emo_slice.workflows import info as workflow
+from emo_slice.workflows.info import InfoSpec
 
 EPILOG = """Examples:
 
@@ -15,16 +18,11 @@ EPILOG = """Examples:
 
 @app.command(epilog=EPILOG)
 @cli_errors
-def info(model: ModelArg, json_out: Json = False):
+def info(model: str = spec_argument(InfoSpec, "model"), json_out: Json = False):
     """Architecture, parameters (total and active per token), experts per layer, bytes, slice sizes."""
-    from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.workflows.info import checkpoint_info
-
-    data = checkpoint_info(Checkpoint(model))
+    data = workflow.run(InfoSpec(model))
     if json_out:
         print_json(data)
         return
-    from emo_slice.cli.display import info_tables
-
     for table in info_tables(data):
         console.print(table)

@@ -2,54 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
+from pathlib import Path
+from typing import Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json
-from emo_slice.cli.options import (
-    DType,
-    FolderArg,
-    Json,
-    MaxShardSize,
-    Overwrite,
-    Preset,
-    save_dtype_option,
-    seed_option,
-    value,
-)
+from emo_slice.cli.options import DType, Json, Preset, out_or_positional, positional_out, spec_option, value
+from emo_slice.workflows import init as workflow
+from emo_slice.workflows.init import InitSpec
 
 EPILOG = """Example:
 
-  emo-slice init ./tiny-emo --preset tiny --seed 0
+  emo-slice init --out ./tiny-emo --preset tiny --seed 0
 """
 
 
 @app.command(epilog=EPILOG)
 @cli_errors
 def init(
-    out: FolderArg,
-    preset: Annotated[Preset, typer.Option("--preset", help="Architecture preset.")] = Preset.tiny,
-    seed: Annotated[int, seed_option("the random weights")] = 0,
-    std: Annotated[float, typer.Option("--std", help="Standard deviation of the random weights.")] = 0.1,
-    save_dtype: Annotated[DType, save_dtype_option("float32")] = DType.float32,
-    max_shard_size: MaxShardSize = "5GB",
-    overwrite: Overwrite = False,
+    old_out: Optional[Path] = positional_out(),
+    out: Optional[Path] = spec_option(InitSpec, "out", default=None),
+    preset: Preset = spec_option(InitSpec, "preset", enum=Preset, show_default=True),
+    seed: int = spec_option(InitSpec, "seed", show_default=True),
+    std: float = spec_option(InitSpec, "std", show_default=True),
+    save_dtype: DType = spec_option(InitSpec, "save_dtype", enum=DType),
+    max_shard_size: str = spec_option(InitSpec, "max_shard_size", show_default=True),
+    overwrite: bool = spec_option(InitSpec, "overwrite"),
     json_out: Json = False,
 ):
     """Write a random EMO checkpoint (Hugging Face layout) from a preset, to try every command offline."""
-    from emo_slice.io.build import random_checkpoint
-
-    path = random_checkpoint(
-        out,
-        value(preset),
+    spec = InitSpec(
+        out=str(out_or_positional(out, old_out)),
+        preset=value(preset),
         seed=seed,
         std=std,
-        dtype=value(save_dtype),
+        save_dtype=value(save_dtype),
         max_shard_size=max_shard_size,
         overwrite=overwrite,
     )
+    path = workflow.run(spec)
     if json_out:
-        print_json({"path": str(path), "preset": value(preset), "seed": seed, "save_dtype": value(save_dtype)})
+        print_json({"path": path, "preset": spec.preset, "seed": seed, "save_dtype": spec.save_dtype})
     else:
-        console.print(f"wrote a random {value(preset)} EMO checkpoint to {path}")
+        console.print(f"wrote a random {spec.preset} EMO checkpoint to {path}")

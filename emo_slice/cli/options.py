@@ -1,24 +1,31 @@
-"""Options shared by the emo-slice commands, each defined once, and the fixed choices as enums.
+"""Options of the emo-slice commands: built from the workflow specs' fields, and the fixed choices as enums.
 
-As in the Hugging Face `hf` CLI and litgpt: a flag that several commands take (`--out`, `--overwrite`,
-`--json`, `--dtype`, `--save-dtype`, `--seed`, the calibration options) has one definition here, so its
-name, type and meaning are the same everywhere. Fixed choices are `str` enums: `--help` lists them and
-a wrong value is refused before any work. Commands pass `.value` (plain strings) to the library.
+As in the Hugging Face `hf` CLI and litgpt: an option's flag, help and default come from ONE place, the
+field of the typed spec the command fills (`emo_slice/specs.py`, `emo_slice/workflows/`):
+`spec_option(SliceSpec, "keep")` is `typer.Option(default, "--keep", help=<the field's doc>)`. Options
+several commands share (--device, --dtype, --layerwise, --pool, --batch-size, --overwrite, ...) have one
+sentence each in `emo_slice.specs`, so a flag means one thing everywhere (tests/cli/test_vocabulary.py
+walks every command). Fixed choices are `str` enums: `--help` lists them and a wrong value is refused
+before any work. Commands pass `.value` (plain strings) to the library.
 
-Vocabulary, the same in every command:
-  --dtype       compute dtype (what the model runs in); default: the checkpoint's stored dtype
-  --save-dtype  stored dtype (what a written checkpoint holds)
+A command's parameters are named as the spec's fields, so a library error naming a parameter
+("max_new_tokens=0 must be at least 1") is shown with the command's flag (`emo_slice.cli.flag_names`).
 
 No torch import here (the lists below are checked against the library's in tests/cli/test_cli_options.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from emo_slice import specs
+from emo_slice.cli import warning_line
+from emo_slice.errors import UsageError
 
 
 class Method(str, Enum):
@@ -93,181 +100,100 @@ class Domain(str, Enum):
     arithmetic = "arithmetic"
 
 
+# One meaning per flag: every command's help of a flag several commands take starts with these words
+# (tests/cli/test_vocabulary.py walks every command; docs/cli.md lists them).
+VOCABULARY = {
+    "--against": "A second model",
+    "--batch-size": "Rows per batch",
+    "--device": "Where the model runs",
+    "--dtype": "Compute dtype",
+    "--examples": "Calibration input",
+    "--field": "Field holding the text",
+    "--greedy": "The EMO paper's layer-by-layer selection",
+    "--json": "Print machine-readable JSON on stdout",
+    "--keep": "Experts kept per layer",
+    "--layerwise": "Stream the layers",
+    "--limit": "Score only the first N items",
+    "--lm": "Text scored by",
+    "--max-length": "Longest row in tokens",
+    "--max-new-tokens": "New tokens generated at most",
+    "--max-shard-size": "Largest weight file",
+    "--method": "How experts are ranked",
+    "--metric": "Metric(s)",
+    "--overwrite": "Replace an existing output that emo-slice wrote",
+    "--pool": "Route each document inside its own pool",
+    "--preset": "Architecture",
+    "--profile": "Profile file from `emo-slice profile`",
+    "--save-dtype": "Stored dtype of the written weights",
+    "--seed": "Random seed of",
+    "--shots": "Demonstrations",
+    "--split": "Dataset split",
+    "--task": "Task scored",
+}
+# commands that run a model: each takes the device options (generate streams no layers: its KV cache needs the
+# whole model, as eval's generative tasks do)
+MODEL_OPTIONS = {
+    "profile": ("--device", "--dtype", "--layerwise", "--pool", "--max-batch-tokens"),
+    "extract": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size"),
+    "eval": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size"),
+    "sweep": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size"),
+    "generate": ("--device", "--dtype", "--pool", "--batch-size"),
+}
+
+
 def value(choice):
-    """An enum member's value (None and plain values pass through)."""
+    """An enum member's value (None and plain values pass through; a list of members: their values)."""
+    if isinstance(choice, (list, tuple)):
+        return tuple(value(c) for c in choice)
     return choice.value if isinstance(choice, Enum) else choice
 
 
+def spec_option(spec, name: str, *, enum: type[Enum] | None = None, flag: str | None = None, **kw):
+    """typer.Option for a spec field: its default (as the enum member with `enum`), its flag (or `flag`) and its
+    doc as the help. Shown defaults: only where the command asks (show_default=True). `default=None` makes a
+    required field optional on the command line (the command then says what is missing)."""
+    default = kw.pop("default", specs.default(spec, name))
+    if default is dataclasses.MISSING:
+        default = ...
+    elif isinstance(default, (tuple, list)):
+        default = [enum(d) for d in default] if enum else list(default)
+    elif enum is not None and default is not None:
+        default = enum(default)
+    kw.setdefault("show_default", False)
+    return typer.Option(default, flag or specs.flag(spec, name), help=specs.doc(spec, name), **kw)
+
+
+def spec_argument(spec, name: str, **kw):
+    """typer.Argument for a (required) spec field, its doc as the help."""
+    return typer.Argument(..., help=specs.doc(spec, name), show_default=False, **kw)
+
+
 def opt(flag: str, typ, help: str, **kw):
-    """`Annotated[typ, typer.Option(flag, help=help)]` for an option one command declares (no default shown unless
-    show_default=True)."""
+    """`Annotated[typ, typer.Option(flag, help=help)]` for an option only the command line has (how results are
+    shown: --json, --per-subtask, --dry-run); no default shown unless show_default=True."""
     return Annotated[typ, typer.Option(flag, help=help, show_default=kw.pop("show_default", False), **kw)]
 
 
-# ---- outputs -----------------------------------------------------------------------------------------
+def deprecated(flag: str, typ=bool):
+    """A hidden option that keeps an old spelling working for one release (the command warns when it is used)."""
+    return Annotated[typ, typer.Option(flag, hidden=True, show_default=False)]
 
 
-def out_option(what: str) -> typer.models.OptionInfo:
-    """`--out`: where a command writes (what: a file or folder, per command)."""
-    return typer.Option("--out", help=what, show_default=False)
+def positional_out():
+    """The output folder as a positional argument, as init and demo-data took it before --out (deprecated)."""
+    return typer.Argument(None, hidden=True, show_default=False, metavar="[OUT]")
 
 
-Overwrite = Annotated[
-    bool,
-    typer.Option(
-        "--overwrite",
-        help="Replace an existing output that emo-slice wrote (a folder with its .emo-slice marker, an empty "
-        "folder, or a results/profile file); without it an existing output is refused before any work. "
-        "Other files and folders are never deleted.",
-    ),
-]
-Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
-MaxShardSize = Annotated[str, typer.Option("--max-shard-size", help="Largest weight file, e.g. 500MB, 5GB.")]
+def out_or_positional(out: Path | None, old_out: Path | None) -> Path:
+    """--out, or the output given the older way (a positional argument: deprecated, with a warning line)."""
+    if old_out is not None and out is not None:
+        raise UsageError(f"the output is given twice ({old_out} and --out {out}); give only --out")
+    if old_out is not None:
+        warning_line(f"the output as a positional argument is deprecated; write --out {old_out}")
+        return old_out
+    if out is None:
+        raise UsageError("--out is required: the folder to write")
+    return out
 
 
-# ---- dtypes ------------------------------------------------------------------------------------------
-
-
-def dtype_option(default: str = "the checkpoint's stored dtype") -> typer.models.OptionInfo:
-    """`--dtype`: the COMPUTE dtype, in every command."""
-    return typer.Option(
-        "--dtype", help=f"Compute dtype: what the model runs in (default: {default}).", show_default=False
-    )
-
-
-def save_dtype_option(default: str) -> typer.models.OptionInfo:
-    """`--save-dtype`: the STORED dtype of a checkpoint a command writes."""
-    return typer.Option(
-        "--save-dtype", help=f"Stored dtype of the written weights (default: {default}).", show_default=False
-    )
-
-
-ComputeDType = Annotated[Optional[DType], dtype_option()]
-DeviceComputeDType = Annotated[Optional[DType], dtype_option("bfloat16 on a CUDA GPU, float32 on the CPU and MPS")]
-
-
-# ---- devices (profile, eval, generate) ---------------------------------------------------------------
-
-Device = Annotated[
-    str,
-    typer.Option(
-        "--device",
-        help="Where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N or mps. The whole model "
-        "is placed on it when it fits in its free memory, else streamed layer by layer.",
-    ),
-]
-Layerwise = Annotated[
-    bool,
-    typer.Option(
-        "--layerwise",
-        help="Stream the layers even when the whole model fits: one layer's weights on the device at a time, "
-        "the next one read (and copied) while the current one runs.",
-    ),
-]
-
-
-# ---- seeds -------------------------------------------------------------------------------------------
-
-
-def seed_option(what: str) -> typer.models.OptionInfo:
-    """`--seed`: every random draw of a command comes from it (what: which draws)."""
-    return typer.Option("--seed", help=f"Random seed of {what}.")
-
-
-# ---- calibration input (profile, extract --examples) -------------------------------------------------
-
-Examples = Annotated[
-    Optional[str],
-    typer.Option(
-        "--examples",
-        help="Calibration input: a .txt file (one document), JSONL (--field), a Hugging Face dataset "
-        "(saved folder or cached name), or with --shots a multiple-choice task file turned into a k-shot prompt with "
-        "gold answers.",
-        show_default=False,
-    ),
-]
-Field = Annotated[str, typer.Option("--field", help="Field holding the text in JSONL records / datasets.")]
-Split = Annotated[
-    Optional[str],
-    typer.Option("--split", help="Dataset split (default: test, validation or train).", show_default=False),
-]
-Shots = Annotated[
-    Optional[int],
-    typer.Option(
-        "--shots",
-        help="Treat --examples as a multiple-choice task and profile one prompt of this many demonstrations "
-        "(gold answers appended).",
-        show_default=False,
-    ),
-]
-Greedy = Annotated[
-    bool,
-    typer.Option(
-        "--greedy",
-        help="The EMO paper's layer-by-layer selection: score layer l on the model whose earlier layers are "
-        "already sliced to --keep by --method.",
-    ),
-]
-
-
-def calibration(examples, field: str, split, shots, seed: int, max_length, dtype) -> dict:
-    """The calibration options (--examples, --field, --split, --shots, --seed, --max-length, --dtype) as the
-    keyword arguments of ProfileSettings and make_slice (the dtype as its value)."""
-    return dict(
-        examples=examples, field=field, split=split, shots=shots, seed=seed, max_length=max_length, dtype=value(dtype)
-    )
-
-
-def _lead(when: str) -> str:
-    return when + " " if when else ""
-
-
-def keep_option(when: str = "") -> typer.models.OptionInfo:
-    """`--keep`: experts kept per layer (when: a sentence put first, such as 'Only with --greedy.')."""
-    return typer.Option(
-        "--keep",
-        help=_lead(when) + "Experts kept per layer, counting the shared ones (as "
-        "num_experts does): a count like 16 or a share like 25%.",
-        show_default=False,
-    )
-
-
-def method_option(when: str = "") -> typer.models.OptionInfo:
-    """`--method`: how experts are ranked (when: a sentence put first)."""
-    return typer.Option(
-        "--method",
-        help=_lead(when) + "How experts are ranked: mean-prob (EMO's default), "
-        "frequency, reap, easy-ep, or random (seeded, needs no scores).",
-    )
-
-
-MaxLength = Annotated[
-    Optional[int],
-    typer.Option(
-        "--max-length",
-        help="Longest row in tokens (default: the model's context, max_position_embeddings; longer is refused); "
-        "longer documents are cut into several rows.",
-        show_default=False,
-    ),
-]
-
-
-# ---- document pool (profile, eval, generate) ---------------------------------------------------------
-
-POOL_HELP = (
-    "Route each document inside its own pool of P routed experts: the top P by the document's summed router "
-    "probability, as EMO was pretrained (0: no pool, the default reference routing)."
-)
-
-
-def pool_option(more: str = "") -> typer.models.OptionInfo:
-    """`--pool P`: EMO's document pool at inference (more: what the command adds, a sentence)."""
-    return typer.Option("--pool", help=POOL_HELP + (" " + more if more else ""), show_default=False)
-
-
-# ---- paths -------------------------------------------------------------------------------------------
-
-ModelArg = Annotated[str, typer.Argument(help="Checkpoint folder or Hugging Face Hub id.", show_default=False)]
-FolderArg = Annotated[
-    Path, typer.Argument(help="Folder to write (must be absent or empty, or pass --overwrite).", show_default=False)
-]
+Json = opt("--json", bool, "Print machine-readable JSON on stdout instead of tables.")

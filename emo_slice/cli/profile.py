@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 from emo_slice.cli import app, cli_errors, console, err_console, print_json
-from emo_slice.cli.options import (
-    Device,
-    DeviceComputeDType,
-    Examples,
-    Field,
-    Greedy,
-    Json,
-    Layerwise,
-    MaxLength,
-    Method,
-    ModelArg,
-    Overwrite,
-    Shots,
-    Split,
-    calibration,
-    keep_option,
-    method_option,
-    out_option,
-    pool_option,
-    seed_option,
-    value,
-)
+from emo_slice.cli.display import concentration_table, progress_bars
+from emo_slice.cli.options import DType, Json, Method, spec_argument, spec_option, value
+from emo_slice.slicing.profile_settings import ProfileSettings
+from emo_slice.workflows import profile as workflow
+from emo_slice.workflows.profile import ProfileSpec, profile_summary
 
-MaxTokensInMemory = Annotated[
-    int,
-    typer.Option(
-        "--max-tokens-in-memory",
-        help="Calibration tokens whose activations are held at once: longer input runs in chunks of this many "
-        "(the layers are read once per chunk; scores are the same). Memory about 2 x this x hidden_size x 4 bytes. "
-        "--greedy needs every token at once and refuses longer input.",
-    ),
-]
-
-
-OutFile = Annotated[
-    Optional[Path], out_option("Profile file to write (JSON). Default: MODELNAME.profile.json in the current folder.")
-]
-Seed = Annotated[int, seed_option("the demonstrations draw (and of --method random with --greedy)")]
-Keep = Annotated[Optional[str], keep_option("Only with --greedy.")]
-MethodOpt = Annotated[Method, method_option("Only with --greedy: how earlier layers are sliced.")]
-Pool = Annotated[Optional[int], pool_option("Each calibration document (row) gets its own pool.")]
+S = ProfileSettings
 
 
 def plain_progress(label: str, done: int, total: int | None) -> None:
@@ -69,23 +33,24 @@ EPILOG = """Examples:
 @app.command(epilog=EPILOG)
 @cli_errors
 def profile(
-    model: ModelArg,
-    examples: Examples,
-    out: OutFile = None,
-    overwrite: Overwrite = False,
-    field: Field = "text",
-    split: Split = None,
-    shots: Shots = None,
-    seed: Seed = 0,
-    max_length: MaxLength = None,
-    max_tokens_in_memory: MaxTokensInMemory = 262_144,
-    dtype: DeviceComputeDType = None,
-    device: Device = "auto",
-    layerwise: Layerwise = False,
-    greedy: Greedy = False,
-    keep: Keep = None,
-    method: MethodOpt = Method.mean_prob,
-    pool: Pool = None,
+    model: str = spec_argument(ProfileSpec, "model"),
+    examples: str = spec_option(S, "examples", default=...),
+    out: Optional[Path] = spec_option(ProfileSpec, "out"),
+    overwrite: bool = spec_option(ProfileSpec, "overwrite"),
+    field: str = spec_option(S, "field", show_default=True),
+    split: Optional[str] = spec_option(S, "split"),
+    shots: Optional[int] = spec_option(S, "shots"),
+    seed: int = spec_option(S, "seed", show_default=True),
+    max_length: Optional[int] = spec_option(S, "max_length"),
+    max_batch_tokens: int = spec_option(S, "max_batch_tokens", show_default=True),
+    max_tokens_in_memory: int = spec_option(S, "max_tokens_in_memory", show_default=True),
+    dtype: Optional[DType] = spec_option(S, "dtype"),
+    device: str = spec_option(S, "device", show_default=True),
+    layerwise: bool = spec_option(S, "layerwise"),
+    greedy: bool = spec_option(S, "greedy"),
+    keep: Optional[str] = spec_option(S, "keep"),
+    method: Method = spec_option(S, "method", enum=Method, show_default=True),
+    pool: Optional[int] = spec_option(S, "pool"),
     json_out: Json = False,
 ):
     """Score every routed expert on calibration input; write a reusable profile file.
@@ -95,18 +60,14 @@ def profile(
     with --layerwise) layer by layer from the checkpoint (peak memory: about two layers plus the
     activations of at most --max-tokens-in-memory tokens). The profile file is reusable: `extract` slices
     at any K and method from it without running the model again."""
-    from emo_slice.cli.display import progress_bars
-    from emo_slice.model.devices import resolve_device
-    from emo_slice.slicing.profile import ProfileSettings
-    from emo_slice.workflows.profile import profile_summary, write_profile
-
-    resolve_device(device)  # a bad --device: one line before anything is read
-    calib = calibration(examples, field, split, shots, seed, max_length, dtype)
-    run = dict(max_tokens_in_memory=max_tokens_in_memory, device=device, layerwise=layerwise, pool=pool or None)
-    settings = ProfileSettings(**calib, **run, greedy=greedy, keep=keep, method=value(method))
+    calib = dict(examples=examples, field=field, split=split, shots=shots, seed=seed, max_length=max_length)
+    run = dict(max_batch_tokens=max_batch_tokens, max_tokens_in_memory=max_tokens_in_memory, dtype=value(dtype))
+    run |= dict(device=device, layerwise=layerwise, pool=pool or None)
+    settings = S(**calib, **run, greedy=greedy, keep=keep, method=value(method))
+    spec = ProfileSpec(model, settings, None if out is None else str(out), overwrite)
     with progress_bars({"profiling": "layer passes"}, enabled=not json_out and err_console.is_terminal) as bar:
         progress = bar if bar is not None or json_out else plain_progress
-        prof, path = write_profile(model, out, settings, overwrite=overwrite, progress=progress)
+        prof, path = workflow.run(spec, progress=progress)
     summary = profile_summary(prof, path) | {k: prof["settings"][k] for k in ("device", "placement", "dtype")}
     if json_out:
         print_json(summary)
@@ -116,8 +77,6 @@ def profile(
 
 def _print_summary(summary: dict, path: Path, model: str) -> None:
     """Where it ran, the concentration table, the file written and the next command."""
-    from emo_slice.cli.display import concentration_table
-
     err_console.print(f"tokenizer: {summary['tokenizer']}")
     err_console.print(f"ran on {summary['device']} ({summary['placement']}), {summary['dtype']}")
     console.print(concentration_table(summary))

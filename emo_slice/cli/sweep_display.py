@@ -6,6 +6,8 @@ from rich import box
 from rich.table import Table
 
 from emo_slice.cli.display import _fmt, human
+from emo_slice.eval.metrics import HIGHER_IS_BETTER
+from emo_slice.workflows.sweep import headline_metrics
 
 
 def _cell(metric: str, v, kept) -> str:
@@ -18,8 +20,6 @@ def _mean(xs: list) -> float | None:
 
 
 def _sweep_columns(t: Table, sweeps: list[dict], shown: dict, n_ctrl: int) -> None:
-    from emo_slice.eval.metrics import HIGHER_IS_BETTER
-
     for col in ("K", "bytes", "of full"):
         t.add_column(col, justify="right")
     for sw in sweeps:
@@ -41,8 +41,6 @@ def _tok_s(v) -> str:
 def sweep_table(data: dict, metrics: list[str] | None = None) -> Table:
     """One row per K (and the full model): bytes, share of the full model's bytes, then for every model each
     shown metric with the share of the full score kept, the share the random controls keep, and tokens/s."""
-    from emo_slice.workflows.sweep import headline_metrics
-
     sweeps = data["sweeps"]
     first = sweeps[0]
     shown = {k: v for k, v in headline_metrics(first["full"]["results"], metrics or None).items() if v}

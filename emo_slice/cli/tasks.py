@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from emo_slice.cli import app, cli_errors, console, print_json
 from emo_slice.cli.options import Json
+from emo_slice.data.benchmarks import listing
 
 EPILOG = """Examples:
 
@@ -24,8 +26,6 @@ AllTasks = Annotated[bool, typer.Option("--all", help="Also list every subtask (
 
 
 def _table(rows: list[dict]):
-    from rich.table import Table
-
     t = Table(title="Built-in benchmarks: eval --task NAME (NAME=FOLDER: a local copy; NAME:mc: OLMES's format)")
     t.add_column("name", no_wrap=True)
     for col in ("kind", "choices", "split", "few-shot", "dataset", "cached"):
@@ -46,8 +46,6 @@ def tasks(all_tasks: AllTasks = False, json_out: Json = False):
     """List the built-in benchmarks: multiple choice in lm-evaluation-harness's prompt formats (NAME:mc:
     OLMES's lettered format), their groups, and the generative ones, with the split scored, where few-shot
     examples come from, the Hugging Face dataset, and whether it is in the local cache."""
-    from emo_slice.data.benchmarks import listing
-
     rows = listing(all_tasks)
     if json_out:
         print_json(rows)

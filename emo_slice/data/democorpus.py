@@ -171,7 +171,7 @@ def write_demo_corpus(
         "arithmetic": lambda b: arithmetic_docs(b, seed=seed),
     }
     summary = {}
-    with atomic_output_dir(out, overwrite=overwrite, flag="OUT") as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, flag="--out") as tmp:
         (tmp / "tasks").mkdir()
         (tmp / "valid").mkdir()
         train, valid = [], []

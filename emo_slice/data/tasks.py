@@ -120,12 +120,21 @@ def load_task(
             raise UsageError(f"{spec} is a group of {len(tasks)} tasks; load it with load_tasks")
         return tasks[0]
     items, used = load_items(spec, fields, fmt, split)
+    return task_of_items(spec, used, items, shots, seed, limit, separator)
+
+
+def task_of_items(
+    spec: str, fmt: str, items: list[MCItem], shots: int = 0, seed: int = 0, limit: int | None = None, separator="\n\n"
+) -> Task:
+    """The task of a list of items (of source `spec`, in format `fmt`): demonstrations drawn (seeded) from them
+    and removed, then the first `limit` items (what load_task does after reading; sweep and auto-K pass the
+    items held out of a calibration)."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit} must be at least 1")
     demos, rest = split_fewshot(items, shots, seed) if shots else ([], items)
     if limit is not None:
         rest = rest[:limit]
-    return Task(task_name(spec), spec, used, rest, demos, fewshot_prompt(demos, separator), len(items))
+    return Task(task_name(spec), spec, fmt, rest, demos, fewshot_prompt(demos, separator), len(items))
 
 
 def load_tasks(

@@ -320,7 +320,7 @@ GENERATION = (
 def split_specs(tasks, gen_files, *, layerwise: bool, pool, max_new_tokens: int | None) -> tuple[list, list]:
     """(multiple-choice task specs, generative benchmark specs such as gsm8k), checked: generation needs the
     whole model (no --layerwise) and the KV cache (no document pool)."""
-    gen = [t for t in tasks if is_generative(t)]
+    gen = [t for t in tasks if isinstance(t, str) and is_generative(t)]  # a Task object is multiple choice
     named = gen + [str(f) for f in gen_files]
     check_gen(named, layerwise, max_new_tokens)
     pools = [pool] if isinstance(pool, int) else list(pool or [])
@@ -329,7 +329,7 @@ def split_specs(tasks, gen_files, *, layerwise: bool, pool, max_new_tokens: int 
             f"generative tasks ({', '.join(named)}) run with the KV cache, which a document pool cannot use: "
             "evaluate them in a run without --pool"
         )
-    return [t for t in tasks if not is_generative(t)], gen
+    return [t for t in tasks if t not in gen], gen
 
 
 def load_checked(

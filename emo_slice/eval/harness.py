@@ -36,22 +36,23 @@ Shape letters: the legend in `emo_slice/__init__.py`.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from emo_slice.artifacts import locked, provenance
+from emo_slice._aliases import module_getattr
+from emo_slice.artifacts import provenance
 from emo_slice.data.benchmarks import aggregate_groups, describe_groups
 from emo_slice.data.sources import check_tokenizer_fits, read_texts
-from emo_slice.data.tasks import load_tasks, parse_map
+from emo_slice.data.tasks import Task, load_tasks, parse_map
 from emo_slice.errors import UsageError
 from emo_slice.eval import generative as gen
 from emo_slice.eval.encoding import check_encoding
 from emo_slice.eval.metrics import compare, task_metrics
-from emo_slice.eval.results import check_result_paths, save_results, without_samples  # noqa: F401
+from emo_slice.eval.results import save_results, without_samples  # noqa: F401
 from emo_slice.eval.runner import Runner, check_pool
 from emo_slice.eval.scoring import MCResult, check_finite, evaluate_lm, evaluate_mc, score_rows  # noqa: F401
+from emo_slice.eval.settings import EvalSettings
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.io.tokenizer import load_tokenizer
 from emo_slice.model.devices import resolve_device
@@ -71,10 +72,11 @@ SCORING = {
 
 def _load_tasks(specs, fields: dict, fmt, split, shots, seed, limit) -> dict:
     """Tasks by unique name, loaded once: both models see exactly the same items. A built-in benchmark group
-    (mmlu) gives its member tasks."""
+    (mmlu) gives its member tasks; a Task object is taken as it is."""
     tasks = {}
     for spec in specs:
-        for t in load_tasks(spec, fields, fmt, split, shots, seed, limit):
+        loaded = [spec] if isinstance(spec, Task) else load_tasks(spec, fields, fmt, split, shots, seed, limit)
+        for t in loaded:
             name, k = t.name, 2
             while name in tasks:
                 name, k = f"{t.name}_{k}", k + 1
@@ -200,50 +202,32 @@ def simple_evaluate(
     model: str,
     *,
     against: str | None = None,
-    tasks: Sequence[str] = (),
+    tasks: Sequence[str | Task] = (),
     lm: Sequence[str] = (),
-    field_map: str | dict | None = None,
-    fmt: str = "auto",
-    split: str | None = None,
-    text_field: str = "text",
-    lm_mode: str = "rows",
-    shots: int = 0,
-    seed: int = 0,
-    limit: int | None = None,
-    batch_size: int = 16,
-    max_length: int | None = None,
-    uncond: bool = False,
-    layerwise: bool = False,
-    dtype: str | None = None,
-    device: str = "auto",
-    pool: int | Sequence[int] | None = None,
     gen_tasks: Sequence[str] = (),
-    max_new_tokens: int | None = None,
-    encoding: str = "lm-eval",
-    per_choice_rows: bool = False,
+    settings: EvalSettings | None = None,
     log_samples: bool = False,
     progress: Progress | None = None,
+    **options,
 ) -> dict:
     """Score `model` (and `against`, on exactly the same items) on multiple-choice `tasks` and `lm` texts.
 
+    tasks: Task objects (`emo_slice.data.tasks.Task`, items already loaded: scored as they are, as
+    lm-evaluation-harness takes task objects) or task specs (a built-in benchmark name, a task file or
+    dataset, read with the settings' field map, format, split, shots, seed and limit). lm: text specs.
+    gen_tasks: generative JSONL files; with `gsm8k` among `tasks`, scored by greedy generation
+    (`emo_slice.eval.generative`). settings: `EvalSettings` (its field docs say what each does); `options`
+    are its fields as keywords (`shots=5, batch_size=8`), applied over `settings`.
+
     Returns the results dict (lm-evaluation-harness shape): results, models, tasks, settings, provenance,
     and with `against`: against_results, comparison; with log_samples: samples (per-item predictions).
-    Both checkpoints are opened, and every task read, before the first model is scored.
-    pool: route each row's document inside its own top-P pool (the EMO pretraining routing); a list scores
-    every task once per pool (0: no pool), results named NAME@poolP (plain NAME without a pool).
-    gen_tasks: generative JSONL files; with `gsm8k` among `tasks`, scored by greedy generation
-    (`emo_slice.eval.generative`), max_new_tokens new tokens at most (default each task's).
-    encoding: "lm-eval" (lm-evaluation-harness's pair encoding) or "separate" (context and choice tokenised
-    apart); per_choice_rows: one row per context + choice instead of one tree row per item (same numbers).
-    device: auto (a GPU when there is one), cpu, cuda, cuda:N or mps; dtype None: bfloat16 on CUDA, float32
-    elsewhere. Each model runs whole on the device when it fits, else streamed layer by layer (as with
-    layerwise); models[role]["placement"] says which.
+    Both checkpoints are opened, and every task read, before the first model is scored. A list of pools
+    scores every task once per pool (0: no pool), results named NAME@poolP. Each model runs whole on the
+    device when it fits, else streamed layer by layer (as with layerwise); models[role]["placement"] says which.
     """
-    s = dict(fmt=fmt, split=split, lm_mode=lm_mode, shots=shots, seed=seed, limit=limit, batch_size=batch_size)
-    s |= dict(max_length=max_length, uncond=uncond, layerwise=layerwise, dtype=dtype, device=device, pool=pool)
-    s |= dict(max_new_tokens=max_new_tokens, encoding=encoding, per_choice_rows=per_choice_rows)
+    s = asdict(replace(settings or EvalSettings(), **options))
     roles = {"model": model, **({"against": against} if against else {})}
-    run = _prepare(roles, tasks, lm, field_map, gen_tasks, text_field, s)
+    run = _prepare(roles, list(tasks), list(lm), s["field_map"], list(gen_tasks), s["text_field"], s)
     results, models, samples = _score_models(roles, run, s, log_samples, progress)
     return _results_dict(results, models, samples, run, s)
 
@@ -346,19 +330,4 @@ def _results_dict(results: dict, models: dict, samples: list | None, run: _Run, 
     return data
 
 
-def evaluate_and_save(
-    model: str,
-    *,
-    against: str | None = None,
-    out: str | os.PathLike | None = None,
-    predictions: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    **kw,
-) -> dict:
-    """simple_evaluate (its other options as keywords; log_samples when there is a predictions file) with its
-    files: the paths checked before any work, held locked while scoring, the results and samples written."""
-    check_result_paths([model, against], out=out, predictions=predictions, overwrite=overwrite)
-    with locked((out, "--out"), (predictions, "--predictions")):
-        data = simple_evaluate(model, against=against, log_samples=predictions is not None, **kw)
-        save_results(data, out=out, predictions=predictions)
-    return data
+__getattr__ = module_getattr(__name__)  # evaluate_and_save: moved to workflows/eval.py (emo_slice/_aliases.py)

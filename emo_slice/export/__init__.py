@@ -4,8 +4,7 @@
 - `gguf`: one llama.cpp file of architecture `deepseek` (llama.cpp, Ollama, llama-cpp-python), see gguf.py.
 
 Both stream: one tensor in memory at a time, bytes copied where a tensor is only renamed. Both refuse,
-before any work, a checkpoint the target cannot represent (common.py `check_exportable`). No torch
-import here: the CLI reads FORMATS / OUTTYPES for its choices.
+before any work, a checkpoint the target cannot represent (common.py `check_exportable`).
 """
 
 from __future__ import annotations

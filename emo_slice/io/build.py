@@ -64,7 +64,7 @@ def random_checkpoint(
     dt = parse_dtype(dtype)
     cfg.torch_dtype = str(dt).replace("torch.", "")
     max_bytes = parse_size(max_shard_size)
-    with atomic_output_dir(out, overwrite=overwrite, flag="OUT") as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, flag="--out") as tmp:
         w = ShardWriter(tmp, max_bytes, {"created_by": "emo-slice init", "seed": seed})
         for i, (name, shape) in enumerate(hf_tensor_shapes(cfg).items()):
 

@@ -31,7 +31,7 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "*.model", "*.tiktok
 FLOAT_ST = ("F32", "BF16", "F16", "F64")
 
 
-def parse_dtype(name: str | torch.dtype | None, flag: str = "--dtype") -> torch.dtype | None:
+def parse_dtype(name: str | torch.dtype | None, flag: str = "`dtype`") -> torch.dtype | None:
     """'float32' | 'bfloat16' | 'float16' (or a torch.dtype, or None) -> torch.dtype."""
     if name is None or isinstance(name, torch.dtype):
         return name

@@ -176,7 +176,6 @@ def load_model(
                 ckpt.read_into(name, target)
             else:
                 target.copy_(ckpt.get(name))
-    model.source = ckpt  # type: ignore[attr-defined]
     return model.eval()
 
 

@@ -48,12 +48,6 @@ class KVCache:
         self.k[layer], self.v[layer] = k_BHTDh, v_BHTDh
         return k_BHTDh, v_BHTDh
 
-    def reorder(self, rows_B: torch.Tensor) -> None:
-        """Keep (or repeat) rows of the batch, e.g. after dropping finished sequences."""
-        for d in (self.k, self.v):
-            for layer in d:
-                d[layer] = d[layer][rows_B]
-
 
 @dataclass
 class LayerTrace:

@@ -51,13 +51,6 @@ def attention_documents(input_ids_BT: torch.Tensor, eos_token_id: int) -> torch.
     return after_eos_BT.cumsum(dim=1)
 
 
-def draw_pool_sizes(
-    num_segments: int, p_min: int, p_max: int, generator: torch.Generator | None = None, device=None
-) -> torch.Tensor:
-    """P_d uniform on the integers [p_min, p_max], one per segment."""
-    return torch.randint(p_min, p_max + 1, (num_segments,), generator=generator, device=device)
-
-
 def pool_mask(probs_NR: torch.Tensor, segment_ids_N: torch.Tensor, pool_size) -> torch.Tensor:
     """Boolean [N, R]: True where routed expert e is in the pool of token n's segment.
 

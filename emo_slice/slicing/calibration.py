@@ -101,8 +101,3 @@ def chunk_groups(rows: list, groups: list[list[int]], max_tokens: int) -> list[l
     if cur:
         chunks.append(cur)
     return chunks
-
-
-def make_batches(rows: list, pad_id: int, special: set[int], max_batch_tokens: int = 1024):
-    """(ids_BT, valid_BT) batches of rows of similar length, right-padded; valid excludes pad and specials."""
-    return [pad_batch(rows, g, pad_id, special) for g in batch_groups(rows, max_batch_tokens)]

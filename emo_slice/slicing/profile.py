@@ -25,7 +25,7 @@ running the model again. Shape letters: the legend in `emo_slice/__init__.py`.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -49,6 +49,7 @@ from emo_slice.slicing.calibration import (
     pad_batch,
 )
 from emo_slice.slicing.profile_file import PROFILE_FORMAT, PROFILE_VERSION, router_digest
+from emo_slice.slicing.profile_settings import DEFAULT_MAX_TOKENS_IN_MEMORY, ProfileSettings  # noqa: F401
 from emo_slice.slicing.select import METHODS, choose_experts, parse_keep, slice_layer
 
 
@@ -102,30 +103,6 @@ class LayerStats:
             "easy-ep": self.easy_sum_R.tolist(),
             "count": self.count_R.long().tolist(),
         }
-
-
-DEFAULT_MAX_TOKENS_IN_MEMORY = 262_144
-
-
-@dataclass
-class ProfileSettings:
-    """How to profile: calibration input, batching, memory bound, compute dtype, and greedy slicing."""
-
-    examples: str
-    field: str = "text"
-    split: str | None = None
-    shots: int | None = None
-    seed: int = 0
-    max_length: int | None = None  # longest row; None: the model's context (max_position_embeddings)
-    max_batch_tokens: int = 1024
-    max_tokens_in_memory: int = DEFAULT_MAX_TOKENS_IN_MEMORY  # activations held at once (padded tokens)
-    dtype: str | None = None  # None: bfloat16 on a CUDA GPU, float32 elsewhere
-    device: str = "auto"  # auto (a GPU when there is one), cpu, cuda, cuda:N or mps
-    layerwise: bool = False  # stream the layers even when the whole model fits on the device
-    greedy: bool = False
-    keep: str | None = None  # greedy only: K (count or share)
-    method: str = "mean-prob"  # greedy only: how each layer is sliced before the next is scored
-    pool: int | None = None  # route each row's document inside its own top-P pool (None or 0: no pool)
 
 
 def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:

@@ -20,7 +20,16 @@ from emo_slice.model.config import EmoConfig
 from emo_slice.train.config_checks import FLAGS, RANGES, check_fields
 from emo_slice.train.config_fields import TrainConfig
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "FLAGS", "RANGES", "check_fields", "train_preset", "apply_overrides"]
+__all__ = [
+    "TrainConfig",
+    "TRAIN_PRESETS",
+    "FLAGS",
+    "RANGES",
+    "check_fields",
+    "check_run",
+    "train_preset",
+    "apply_overrides",
+]
 
 
 TRAIN_PRESETS: dict[str, dict] = {
@@ -127,3 +136,20 @@ def apply_overrides(cfg: TrainConfig, overrides: dict | list[str]) -> TrainConfi
                 "or an EmoConfig key such as hidden_size"
             )
     return cfg
+
+
+def check_run(cfg: TrainConfig, world: int) -> int:
+    """Refuse (UsageError) a configuration that cannot run on `world` ranks, without touching the disk: the
+    fields, the architecture, the pools and the micro-batch split. Returns the micro-batch (rows per forward)."""
+    cfg.validate()
+    arch = cfg.model_config()
+    if cfg.router == "emo":
+        cfg.pool_range(arch)
+    cfg.eval_pool_size(arch)
+    mb = cfg.micro_batch_size or max(1, cfg.batch_size // world)
+    if cfg.batch_size % (mb * world):
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {world} "
+            f"rank(s); choose a --micro-batch-size that divides {max(1, cfg.batch_size // world)}"
+        )
+    return mb

@@ -30,7 +30,7 @@ class TrainConfig:
     out: str = ""
     """Run folder: checkpoints, token files, log.jsonl."""
     field: str = "text"
-    """Record field that holds the document text (JSONL / datasets)."""
+    """Field holding the text in JSONL records / datasets."""
     split: str | None = None
     """Dataset split to read (default: train, else the first)."""
     valid_data: str | None = None
@@ -71,7 +71,7 @@ class TrainConfig:
     """Tokens per training window: the trained context, written as max_position_embeddings unless
     `--set max_position_embeddings=N` says otherwise."""
     batch_size: int = 16
-    """Global batch: windows per optimizer step, summed over ranks and micro-batches."""
+    """Rows per batch: here windows per optimizer step (the global batch), summed over ranks and micro-batches."""
     micro_batch_size: int | None = None
     """Windows per forward pass on one rank (default: batch_size / world size, no accumulation)."""
     steps: int = 300
@@ -98,12 +98,13 @@ class TrainConfig:
     lb_over_microbatches: bool = False
     """Count experts over all micro-batches of a step for LB (exact; costs one extra no-grad forward)."""
     dtype: str = "float32"
-    """'float32', or 'bfloat16': bf16 compute with fp32 master weights (how: mixed_precision)."""
+    """Compute dtype: float32, or bfloat16 (bf16 weights cast once per optimizer step over fp32 master weights;
+    --set mixed_precision=autocast: torch.autocast instead)."""
     mixed_precision: str = "step"
     """With bfloat16: 'step' (bf16 weights cast once per optimizer step; FSDP2: MixedPrecisionPolicy with
     fp32 gradient reduction) or 'autocast' (torch.autocast over fp32 weights: casts in every micro-batch)."""
     seed: int = 0
-    """Seeds weights, data order and pool draws."""
+    """Random seed of the weights, the data order and the pool draws."""
 
     # distribution / system -----------------------------------------------------------------------
     fsdp: bool = False

@@ -59,15 +59,6 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def mean_over_ranks(values: list[float], device) -> list[float]:
-    """Mean of a few floats over all ranks (float64)."""
-    if not is_parallel():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
-
-
 def fsdp_active(fsdp: bool) -> bool:
     """Whether wrap_model shards with FSDP2: fsdp asked for, under a process group."""
     return fsdp and dist.is_initialized()

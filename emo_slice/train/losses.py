@@ -53,11 +53,6 @@ def router_z_loss(masked_logits_NR: torch.Tensor) -> torch.Tensor:
     return lse_N.pow(2).mean()
 
 
-def lm_z_loss(logits_NV: torch.Tensor) -> torch.Tensor:
-    """mean_t logsumexp(output logits_t)^2."""
-    return torch.logsumexp(logits_NV.float(), dim=-1).pow(2).mean()
-
-
 def lm_losses(logits_NV: torch.Tensor, targets_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy, LM z-loss), both means over the N tokens, sharing one float32 logsumexp over the
     vocabulary (one pass over the [N, V] logits instead of two)."""

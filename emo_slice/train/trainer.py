@@ -38,7 +38,7 @@ from emo_slice.train.checkpointing import (
     prepare_run_folder,
     save_checkpoint,
 )
-from emo_slice.train.config import TrainConfig
+from emo_slice.train.config import TrainConfig, check_run
 from emo_slice.train.corpus import (
     TokenWindows,
     check_position,
@@ -73,21 +73,11 @@ class Trainer:
     step and rank), out (run folder), raw (the unwrapped model), model (what trains: DDP / FSDP2 / raw), step."""
 
     def __init__(self, cfg: TrainConfig):
-        cfg.validate()
         if not cfg.data or not cfg.out:
             raise UsageError("pretraining needs --data SRC and --out DIR")
         self.cfg = cfg
         self.rank, self.world, self.device, self._own_pg = init_distributed(cfg.device)
-        arch = cfg.model_config()  # validate everything that can be checked before touching the disk
-        if cfg.router == "emo":
-            cfg.pool_range(arch)
-        cfg.eval_pool_size(arch)
-        mb = cfg.micro_batch_size or max(1, cfg.batch_size // self.world)
-        if cfg.batch_size % (mb * self.world):
-            raise UsageError(
-                f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {self.world} "
-                f"rank(s); choose a --micro-batch-size that divides {max(1, cfg.batch_size // self.world)}"
-            )
+        mb = check_run(cfg, self.world)  # everything that can be checked before touching the disk
         self.mb, self.accum = mb, cfg.batch_size // (mb * self.world)
         self.out = Path(cfg.out).expanduser().absolute()
         self._found = prepare_run_folder(cfg, self.out) if self.rank == 0 else None

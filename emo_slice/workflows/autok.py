@@ -14,9 +14,15 @@ Both return (K, record); the record (what was tried, the assumption, the split) 
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from emo_slice.errors import UsageError
+from emo_slice.eval.settings import EvalSettings
+from emo_slice.specs import param
+from emo_slice.workflows.scoring import headline_metrics, score_full, score_slice
 
 MONOTONE = (
     "bisection over K assumes the share of the full score kept does not fall as K grows; K = all experts is "
@@ -29,9 +35,10 @@ def k_range(ckpt) -> tuple[int, int]:
     return cfg.num_shared_experts + 1, min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
 
 
-def check_target(value: float | None, flag: str) -> None:
+def check_target(value: float | None, name: str) -> None:
+    """A share of the full model's (target, target_mass) in (0, 1]."""
     if value is not None and not 0 < value <= 1:
-        raise UsageError(f"{flag} {value} is a share of the full model's; choose a number in (0, 1], e.g. 0.99")
+        raise UsageError(f"`{name}={value}` is a share of the full model's; choose a number in (0, 1], e.g. 0.99")
 
 
 def mass_held(profiles: list[dict], kept: list[list[int]]) -> list[float]:
@@ -49,7 +56,7 @@ def mass_held(profiles: list[dict], kept: list[list[int]]) -> list[float]:
 
 def by_mass(ckpt, planner: Callable, profiles: list[dict], target_mass: float) -> tuple[int, dict]:
     """The smallest K whose plan holds target_mass of the routing mass in every layer."""
-    check_target(target_mass, "--target-mass")
+    check_target(target_mass, "target_mass")
     lo, hi = k_range(ckpt)
     tried = []
     for k in range(lo, hi + 1):
@@ -70,7 +77,7 @@ def by_mass(ckpt, planner: Callable, profiles: list[dict], target_mass: float) -
 
 def by_score(ckpt, score: Callable[[int], tuple[float, dict]], target: float) -> tuple[int, dict]:
     """The smallest K with score(K)[0] >= target, by bisection (see MONOTONE); score(K) -> (share kept, details)."""
-    check_target(target, "--target")
+    check_target(target, "target")
     lo, hi = k_range(ckpt)
     tried = []
     while lo < hi:
@@ -92,36 +99,48 @@ def by_score(ckpt, score: Callable[[int], tuple[float, dict]], target: float) ->
     }
 
 
-def choose(ckpt, planner, profiles, target, target_mass, tasks=(), lm=(), metric=None, eval_opts=None):
-    """K for `extract --keep auto`: by_mass from the profiles, or by_score on held-out items of tasks / lm."""
-    if target_mass is not None:
-        return by_mass(ckpt, planner, profiles, target_mass)
-    import tempfile
-    from pathlib import Path
+@dataclass(frozen=True)
+class AutoKSpec:
+    """How `extract --keep auto` picks K: a score target on held-out items, or a routing-mass target."""
 
-    from emo_slice.workflows.sweep import headline_metrics, score_full, score_slice
+    target: float | None = param(None, "With --keep auto: smallest K keeping this share of the full score.")
+    target_mass: float | None = param(
+        None, "With --keep auto: smallest K holding this share of the routing mass per layer."
+    )
+    tasks: tuple[str, ...] = param(
+        (), "Task scored with --keep auto --target (calibration items held out). Repeatable.", flag="--task"
+    )
+    lm: tuple[str, ...] = param((), "Text scored by bits per byte with --keep auto --target. Repeatable.")
+    metric: tuple[str, ...] = param(
+        (), "Metric(s) the --target share is kept on (default: acc_per_char / bits_per_byte)."
+    )
+    scoring: EvalSettings = param(EvalSettings(), "How the full model and each tried slice are scored.")
 
-    check_target(target, "--target")
+
+def choose(ckpt, planner, profiles, spec: AutoKSpec) -> tuple[int, dict]:
+    """K for `extract --keep auto`: by_mass from the profiles, or by_score on held-out items of spec.tasks / lm."""
+    if spec.target_mass is not None:
+        return by_mass(ckpt, planner, profiles, spec.target_mass)
+    check_target(spec.target, "target")
     calibrations = [p.get("inputs") for p in profiles]
+    full, split, scored = score_full(ckpt, spec.tasks, spec.lm, calibrations, spec.scoring)
+    shown = headline_metrics(full["results"], list(spec.metric))
+    if not any(shown.values()):
+        raise UsageError(f"`metric` {', '.join(spec.metric)}: no task has it; choose one the tasks report")
     with tempfile.TemporaryDirectory(prefix="emo-slice-auto-") as tmp:
-        full, split, opts = score_full(ckpt, tasks, lm, calibrations, eval_opts, Path(tmp) / "tasks")
-        shown = headline_metrics(full["results"], metric)
-        if not any(shown.values()):
-            raise UsageError(f"--metric {', '.join(metric or [])}: no task has it; choose one the tasks report")
 
         def score(k: int) -> tuple[float | None, dict]:
-            row = score_slice(ckpt, planner(k), Path(tmp) / f"k{k}", full, opts)
+            row = score_slice(ckpt, planner(k), Path(tmp) / f"k{k}", full, (scored, list(spec.lm), spec.scoring))
             kept = {f"{t}:{m}": row["kept"][t].get(m) for t, ms in shown.items() for m in ms}
             share = None if None in kept.values() else min(kept.values())
             return share, {"bytes": row["bytes"], "share_of_bytes": row["share_of_bytes"], "kept_by_metric": kept}
 
-        k, record = by_score(ckpt, score, target)
-    names = list(tasks)
+        k, record = by_score(ckpt, score, spec.target)
     record.update(
         metrics={t: ms for t, ms in shown.items() if ms},
         full={t: {m: full["results"][t][m] for m in ms} for t, ms in shown.items()},
-        tasks=names,
-        lm=list(lm),
+        tasks=list(spec.tasks),
+        lm=list(spec.lm),
         held_out=split,
         calibration=calibrations,
     )

@@ -1,96 +1,147 @@
-"""`emo-slice generate`: continue prompts with one model or several, side by side (`complete`), and the
-prompts of `--prompt` / `--prompts` (`read_prompts`). Decoding itself is `emo_slice.model.generation.generate`.
+"""`emo-slice generate`: continue prompts with one model or several, side by side.
+
+`GenerateSpec` names the models, the prompts (`--prompt` or a `--prompts` file: `read_prompts`) and the
+decoding settings; `run(spec)` continues every prompt with each model (`complete`). Decoding itself is
+`emo_slice.model.generation.generate` (KV cache, left padding).
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
-from emo_slice.model.devices import resolve_device
-from emo_slice.model.generation import generate
+from emo_slice.artifacts import provenance
+from emo_slice.data.sources import read_records
+from emo_slice.errors import DataError, UsageError
+from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, INPUT, MODEL, POOL, Spec, param
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How to continue the prompts: length, decoding (greedy or sampled), seed, device, dtype, pool."""
+
+    max_new_tokens: int = param(64, "New tokens generated at most per prompt.")
+    sample: bool = param(False, "Sample with --temperature and --top-p instead of greedy decoding (the default).")
+    temperature: float = param(1.0, "Sampling temperature.")
+    top_p: float = param(1.0, "Nucleus sampling: keep the smallest set of tokens with this probability.")
+    seed: int = param(0, "Random seed of the sampling.")
+    dtype: str | None = param(None, DTYPE)
+    device: str = param("auto", DEVICE)
+    pool: int | None = param(
+        None,
+        POOL + " Here the pool is chosen from the PROMPT (per layer, its top P experts) and the generated tokens "
+        "route inside it, so the KV cache stays exact.",
+    )
+    batch_size: int = param(16, BATCH_SIZE)
+
+
+@dataclass(frozen=True)
+class GenerateSpec(Spec):
+    """The models `emo-slice generate` runs, the prompts they continue, and how."""
+
+    model: str = param(doc=MODEL, flag="MODEL", role=INPUT)
+    against: str | None = param(
+        None, "A second model (e.g. the full one) continuing the same prompts, shown beside it.", role=INPUT
+    )
+    prompt: str | None = param(None, "A prompt to continue.")
+    prompts: str | None = param(
+        None, "A file of prompts: one per line (.txt) or JSONL with a 'prompt' field.", role=INPUT
+    )
+    settings: GenerateSettings = param(GenerateSettings())
+
+
+def run(spec: GenerateSpec, progress=None) -> dict:
+    """Continue the prompts of spec with spec.model (and spec.against): see `complete`."""
+    paths = {"model": spec.model, **({"against": spec.against} if spec.against else {})}
+    return complete(paths, read_prompts(spec.prompt, spec.prompts), settings=spec.settings, progress=progress)
+
+
+def check_settings(s: GenerateSettings) -> None:
+    """Settings out of range: UsageError naming the parameter."""
+    if s.max_new_tokens < 1:
+        raise UsageError(f"`max_new_tokens={s.max_new_tokens}` must be at least 1")
+    if not s.temperature >= 0:  # NaN fails too
+        raise UsageError(f"`temperature={s.temperature}` must be 0 or more (0: greedy)")
+    if not 0 < s.top_p <= 1:
+        raise UsageError(f"`top_p={s.top_p}` must be in (0, 1]")
+    if s.batch_size < 1:
+        raise UsageError(f"`batch_size={s.batch_size}` must be at least 1")
 
 
 def complete(
-    paths: dict[str, str],
-    prompts: list[str],
-    *,
-    max_new_tokens: int = 64,
-    greedy: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    dtype: str | None = None,
-    device: str = "auto",
-    pool: int | None = None,
-    progress=None,
+    paths: dict[str, str], prompts: list[str], *, settings: GenerateSettings | None = None, progress=None, **options
 ) -> dict:
-    """Continue every prompt with each model ({label: checkpoint}): {"models", "prompts", "completions"}.
+    """Continue every prompt with each model ({label: checkpoint}): {"models", "prompts", "completions", "settings"}.
 
-    Each model is loaded, run and released in turn; the same prompts, seed and settings for all. Compute
-    dtype: `dtype`, else bfloat16 on a GPU and float32 on the CPU. pool: EMO's document pool, chosen from
-    each prompt (0 or None: none). Settings out of range: UsageError, before any loading."""
-    from emo_slice.artifacts import provenance
-    from emo_slice.errors import UsageError
-    from emo_slice.eval.runner import check_pool
+    settings: GenerateSettings (its field docs say what each does); `options` are its fields as keywords
+    (`max_new_tokens=32`; earlier versions' `greedy=False` means `sample=True`), applied over it. Each model is
+    loaded, run and released in turn; the same prompts, seed and settings for all. Compute dtype: `dtype`,
+    else bfloat16 on a GPU and float32 on the CPU. Settings out of range: UsageError, before any loading."""
+    import torch
+
+    from emo_slice.eval.runner import check_pool  # torch-free --help: torch loads when the command runs
     from emo_slice.io.checkpoint import Checkpoint
+    from emo_slice.model.devices import resolve_device
 
-    if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
-        raise UsageError("--max-new-tokens must be >= 1, --temperature >= 0 and --top-p in (0, 1]")
-    dev = resolve_device(device)
+    if "greedy" in options:
+        options["sample"] = not options.pop("greedy")
+    s = replace(settings or GenerateSettings(), **options)
+    check_settings(s)
+    dev = resolve_device(s.device)
     for path in paths.values():  # a pool too small for either model is refused before any loading
-        check_pool(pool, Checkpoint(path).config)
-    pool = pool or None
-    dt = dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+        check_pool(s.pool, Checkpoint(path).config)
+    dt = s.dtype or ("bfloat16" if dev.type == "cuda" else "float32")
+    recorded = {f.name: getattr(s, f.name) for f in fields(s)} | {
+        "dtype": dt,
+        "device": str(dev),
+        "pool": s.pool or None,
+    }
     out: dict = {
         "prompts": prompts,
         "completions": {},
         "models": {},
-        "settings": {
-            "max_new_tokens": max_new_tokens,
-            "greedy": greedy,
-            "temperature": temperature,
-            "top_p": top_p,
-            "seed": seed,
-            "dtype": dt,
-            "device": str(dev),
-            "pool": pool,
-        },
+        "settings": recorded | {"greedy": not s.sample},
         "provenance": provenance(command="emo-slice generate"),
     }
     for label, path in paths.items():
-        out["completions"][label], out["models"][label] = _continue(path, prompts, dev, out["settings"])
+        out["completions"][label], out["models"][label] = _continue(path, prompts, dev, out["settings"], torch)
         if progress is not None:
             progress(label)
     return out
 
 
-def _continue(path: str, prompts: list[str], dev, settings: dict) -> tuple[list[str], dict]:
-    """One model's continuations of the prompts (loaded, run, released) and its description."""
-    from emo_slice.io.loading import load_model
+def _continue(path: str, prompts: list[str], dev, settings: dict, torch) -> tuple[list[str], dict]:
+    """One model's continuations of the prompts, batch_size prompts per batch (loaded, run, released), and its
+    description. Every batch draws from one generator seeded once."""
+    from emo_slice.io.loading import load_model  # torch-free --help
     from emo_slice.io.tokenizer import load_tokenizer
+    from emo_slice.model.generation import generate
 
     tok = load_tokenizer(path)
     model = load_model(path, dtype=settings["dtype"]).to(dev)
     rows = [tok.encode(p) or [tok.eos_token_id or 0] for p in prompts]
-    ids = generate(
-        model,
-        rows,
-        settings["max_new_tokens"],
-        do_sample=not settings["greedy"],
-        temperature=settings["temperature"],
-        top_p=settings["top_p"],
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        generator=torch.Generator(device=dev).manual_seed(settings["seed"]),
-        pool=settings["pool"],
-    )
-    T = max(len(r) for r in rows)
+    generator = torch.Generator(device=dev).manual_seed(settings["seed"])
     texts = []
-    for b in range(len(rows)):
-        new = ids[b, T:].tolist()
-        if tok.eos_token_id is not None and tok.eos_token_id in new:
-            new = new[: new.index(tok.eos_token_id)]
-        texts.append(tok.decode(new))
+    for start in range(0, len(rows), settings["batch_size"]):
+        batch = rows[start : start + settings["batch_size"]]
+        ids = generate(
+            model,
+            batch,
+            settings["max_new_tokens"],
+            do_sample=settings["sample"],
+            temperature=settings["temperature"],
+            top_p=settings["top_p"],
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            generator=generator,
+            pool=settings["pool"],
+        )
+        T = max(len(r) for r in batch)
+        for b in range(len(batch)):
+            new = ids[b, T:].tolist()
+            if tok.eos_token_id is not None and tok.eos_token_id in new:
+                new = new[: new.index(tok.eos_token_id)]
+            texts.append(tok.decode(new))
     cfg = model.config
     return texts, {
         "path": str(path),
@@ -100,10 +151,6 @@ def _continue(path: str, prompts: list[str], dev, settings: dict) -> tuple[list[
 
 def read_prompts(prompt: str | None, path=None, field: str = "prompt") -> list[str]:
     """The prompts of `--prompt TEXT` or `--prompts FILE` (one per line, or JSONL records with `field`)."""
-    from pathlib import Path
-
-    from emo_slice.errors import DataError, UsageError
-
     if (prompt is None) == (path is None):
         raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
     if prompt is not None:
@@ -112,8 +159,6 @@ def read_prompts(prompt: str | None, path=None, field: str = "prompt") -> list[s
         return [prompt]
     p = Path(path)
     if p.suffix in (".jsonl", ".json"):
-        from emo_slice.data.sources import read_records
-
         texts = [r.get(field) for r in read_records(p, flag="--prompts")]
         if not all(isinstance(t, str) and t for t in texts):
             raise DataError(f"--prompts {p}: every record needs a non-empty string field {field!r}")

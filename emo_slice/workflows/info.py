@@ -1,10 +1,12 @@
-"""What a checkpoint holds: architecture, parameters (total / active per token), bytes, slice sizes."""
+"""`emo-slice info`: what a checkpoint holds: architecture, parameters (total / active per token), bytes, slice
+sizes. `run(InfoSpec(model))` returns it as a dict (`info --json`)."""
 
 from __future__ import annotations
 
-from emo_slice.io.checkpoint import Checkpoint
+from dataclasses import dataclass
+
 from emo_slice.model.config import EmoConfig
-from emo_slice.slicing.select import slice_k
+from emo_slice.specs import INPUT, MODEL, Spec, param
 
 SLICE_SHARES = (0.5, 0.25, 0.125)
 
@@ -32,9 +34,11 @@ def param_counts(cfg: EmoConfig, keep: list[int] | None = None) -> dict[str, int
     }
 
 
-def checkpoint_info(ckpt: Checkpoint) -> dict:
+def checkpoint_info(ckpt) -> dict:
     """What ckpt holds; refuses (CheckpointError) tensors that disagree with config.json. Parameter counts
     are those of the tensors themselves (which then equal what config.json implies)."""
+    from emo_slice.slicing.select import slice_k  # torch-free --help: torch loads when the command runs
+
     cfg = ckpt.config
     ckpt.check_tensors(exact=True)
     layers = [cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers)]
@@ -83,3 +87,17 @@ def checkpoint_info(ckpt: Checkpoint) -> dict:
         "stored_dtype": str(ckpt.stored_dtype).replace("torch.", ""),
         "slices": slices,
     }
+
+
+@dataclass(frozen=True)
+class InfoSpec(Spec):
+    """The checkpoint `emo-slice info` describes."""
+
+    model: str = param(doc=MODEL, flag="MODEL", role=INPUT)
+
+
+def run(spec: InfoSpec) -> dict:
+    """checkpoint_info of spec.model."""
+    from emo_slice.io.checkpoint import Checkpoint  # torch-free --help
+
+    return checkpoint_info(Checkpoint(spec.model))

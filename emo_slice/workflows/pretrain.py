@@ -1,5 +1,8 @@
-"""A pretraining run from the command line's point of view: the configuration it resolves to, checked
-before anything is written, and the summary of what it did (what `emo-slice pretrain` runs around Trainer).
+"""`emo-slice pretrain`: the configuration a run resolves to, checked before anything is written, the run
+itself, and the summary of what it did (what the command runs around Trainer).
+
+- `run(PretrainSpec(out, preset=..., options=..., settings=...))`: resolve, check the paths and the
+  configuration, train; returns the summary on rank 0 (`configure(spec)` stops after the checks).
 
 - `resolve_config(out, preset=..., options=..., settings=...)`: the preset's configuration, or with
   resume the run's own train_config.json; then the explicit options; then the `--set key=value` list.
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from emo_slice.errors import DataError, UsageError
-from emo_slice.train.config import TrainConfig, apply_overrides, check_fields, train_preset
+from emo_slice.specs import OUTPUT, OVERWRITE, Spec, param
+from emo_slice.workflows.paths import check_spec_paths
 
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "log.jsonl"
@@ -45,6 +50,61 @@ OPTION_FIELDS = (  # the fields `emo-slice pretrain` sets with flags of their ow
 )
 
 
+NOT_PATHS = ("auto", "bytes", "train")  # --tokenizer values that name no file
+
+
+@dataclass(frozen=True)
+class PretrainSpec(Spec):
+    """A pretraining run: its folder, the preset (or the resumed run's configuration), the options given and the
+    `--set key=value` overrides (TrainConfig's field docs say what each option does)."""
+
+    out: str = param(doc="Run folder: checkpoints (HF EMO layout), token files, log.jsonl.", role=OUTPUT)
+    preset: str | None = param(
+        None,
+        "Architecture (and training) preset: tiny (tests), small (CPU demo of minutes) or emo-1b14b (the release "
+        "configuration, GPU clusters); default small.",
+    )
+    resume: bool = param(False, "Continue the run in --out from its latest checkpoint.")
+    overwrite: bool = param(False, OVERWRITE)
+    fsdp: bool = param(False, "Under torchrun: shard with FSDP2 fully_shard instead of DDP.")
+    options: dict = param({}, "TrainConfig fields given by their own flags (None: not given).")
+    settings: tuple[str, ...] = param(
+        (),
+        "key=value for any training field or model (EmoConfig) key, e.g. --set lb_weight=0.05 --set "
+        "num_hidden_layers=8. Repeatable.",
+        flag="--set",
+    )
+
+    def inputs(self) -> list[tuple[str, str]]:
+        o = {k: v for k, v in self.options.items() if v is not None}
+        pairs = [(f"--{k.replace('_', '-')}", o.get(k)) for k in ("data", "valid_data", "init_from", "remote_code")]
+        if o.get("tokenizer") not in (None, *NOT_PATHS):
+            pairs.append(("--tokenizer", o["tokenizer"]))
+        return [(f, str(v)) for f, v in pairs if v]
+
+
+def configure(spec: PretrainSpec):
+    """The TrainConfig the run uses, every check made (the paths, the fields, the architecture) before anything
+    is written."""
+    check_spec_paths(spec)
+    cfg = resolve_config(
+        spec.out,
+        preset=spec.preset,
+        resume=spec.resume,
+        overwrite=spec.overwrite,
+        fsdp=spec.fsdp,
+        options=spec.options,
+        settings=list(spec.settings),
+    )
+    check_config(cfg)
+    return cfg
+
+
+def run(spec: PretrainSpec, announce: Callable[[str], None] | None = None) -> dict | None:
+    """Configure and run; the summary on rank 0 (None on the others). See `pretrain`."""
+    return pretrain(configure(spec), announce)
+
+
 def resolve_config(
     out: str | os.PathLike,
     *,
@@ -54,11 +114,13 @@ def resolve_config(
     fsdp: bool = False,
     options: dict | None = None,
     settings: list[str] | None = None,
-) -> TrainConfig:
+):
     """The configuration a run in `out` uses. options: explicit fields (None = not given), applied on the
     preset (default small; or, with resume, on the run's saved configuration); settings: `key=value` overrides,
     applied last. On resume, stop_after is only what this call gives (the saved run's stop is not inherited).
     With options['init_from'] the architecture is the checkpoint's, so a preset given too is refused."""
+    from emo_slice.train.config import apply_overrides, train_preset  # torch-free --help
+
     saved = Path(out) / CONFIG_FILE
     given = {k: v for k, v in (options or {}).items() if v is not None}
     if given.get("init_from") is not None and preset is not None:
@@ -79,8 +141,10 @@ def resolve_config(
     return cfg
 
 
-def _saved_config(saved: Path) -> TrainConfig:
+def _saved_config(saved: Path):
     """The configuration a run folder was started with, every field checked (one line if it is damaged)."""
+    from emo_slice.train.config import TrainConfig, check_fields  # torch-free --help
+
     if not saved.is_file():
         raise UsageError(
             f"--resume: {saved.parent} holds no {CONFIG_FILE}, so no run to continue; start without --resume"
@@ -96,29 +160,21 @@ def _saved_config(saved: Path) -> TrainConfig:
     return cfg
 
 
-def check_config(cfg: TrainConfig, world_size: int | None = None) -> None:
-    """Refuse (UsageError) a configuration the Trainer would refuse, without touching the disk."""
-    cfg.validate()
-    arch = cfg.model_config()
-    if cfg.router == "emo":
-        cfg.pool_range(arch)
-    cfg.eval_pool_size(arch)
-    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
-    mb = cfg.micro_batch_size or max(1, cfg.batch_size // world)
-    if mb < 1 or cfg.batch_size % (mb * world):
-        raise UsageError(
-            f"--batch-size {cfg.batch_size} is not a multiple of micro-batch {mb} x {world} rank(s); "
-            f"choose a --micro-batch-size that divides {max(1, cfg.batch_size // world)}"
-        )
+def check_config(cfg, world_size: int | None = None) -> None:
+    """Refuse (UsageError) a configuration the Trainer would refuse, without touching the disk (the Trainer's own
+    check, `train.config.check_run`, on WORLD_SIZE ranks unless told)."""
+    from emo_slice.train.config import check_run  # torch-free --help
+
+    check_run(cfg, world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1")))
 
 
-def pretrain(cfg: TrainConfig, announce: Callable[[str], None] | None = None) -> dict | None:
+def pretrain(cfg, announce: Callable[[str], None] | None = None) -> dict | None:
     """Run a configuration (`resolve_config`, checked by `check_config`): its `run_summary` on rank 0, None on
     the other ranks. announce: called on rank 0, before the first step, with one line (rich markup) saying
     what runs. Ctrl-C propagates; `interrupted_message` says what the run folder then holds."""
     if not cfg.data:
         raise UsageError("--data is required: a .txt, JSONL or dataset with the training text")
-    from emo_slice.train.trainer import Trainer
+    from emo_slice.train.trainer import Trainer  # torch-free --help
 
     trainer = Trainer(cfg)
     if trainer.rank == 0 and announce is not None:

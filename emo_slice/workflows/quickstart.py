@@ -19,10 +19,15 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from emo_slice.artifacts import MARKER, check_writable, made_by_emo_slice, output_lock, provenance
+from emo_slice.data.democorpus import DOMAINS
 from emo_slice.errors import EmoSliceError, UsageError
+from emo_slice.model.presets import preset
+from emo_slice.specs import OUTPUT, OVERWRITE, Spec, param
 
 ROUTERS = ("emo", "standard")
 DEFAULT_KEEP = "12.5%,25%,50%"
@@ -61,6 +66,34 @@ SIZES = {
 }
 
 
+@dataclass(frozen=True)
+class QuickstartSpec(Spec):
+    """Where the quickstart writes, at which size, for which domain, and the sweep's K."""
+
+    out: str = param("quickstart", "Folder for the corpus, the model, the slice and results.", role=OUTPUT)
+    size: str = param("small", "small (a few minutes on 2 cores) or tiny (seconds, for tests).")
+    domain: str = param("code", "Domain to slice for.")
+    keep: str = param(DEFAULT_KEEP, "Experts kept per layer at each step of the sweep: counts or shares.")
+    overwrite: bool = param(False, OVERWRITE)
+
+
+def commands(spec: QuickstartSpec) -> list[list[str]]:
+    """The quickstart's commands, after --keep is checked against the model it will pretrain."""
+    cmds = steps(spec.out, spec.size, spec.domain, spec.keep)
+    check_keep(spec.size, spec.keep)
+    return cmds
+
+
+def run_spec(spec: QuickstartSpec, echo: Callable[[str], None] = print) -> None:
+    """Run the quickstart: the output folder checked, locked, emptied (with overwrite, only if emo-slice made it)
+    and marked, then each command in turn (`run`)."""
+    cmds = commands(spec)
+    with output_lock(spec.out):  # a second quickstart into the same folder refuses
+        prepare_out(spec.out, spec.overwrite)
+        mark_out(spec.out)
+        run(cmds, echo)
+
+
 def steps(
     out: str | os.PathLike, size: str = "small", domain: str = "code", keep: str = DEFAULT_KEEP
 ) -> list[list[str]]:
@@ -68,15 +101,13 @@ def steps(
     the same time (`groups`)."""
     if size not in SIZES:
         raise UsageError(f"--size {size!r} is unknown; choose one of {', '.join(SIZES)}")
-    from emo_slice.data.democorpus import DOMAINS
-
     if domain not in DOMAINS:
         raise UsageError(f"--domain {domain!r} is not in the demo corpus; choose one of {', '.join(DOMAINS)}")
     s, o = SIZES[size], Path(out)
     data = o / "data"
     train = ["--data", str(data / "train.jsonl"), "--valid-data", str(data / "valid.jsonl")]
     return [
-        ["demo-data", str(data), "--chars-per-domain", str(s["chars"])],
+        ["demo-data", "--out", str(data), "--chars-per-domain", str(s["chars"])],
         *[["pretrain", *train, "--out", str(o / r), "--router", r, *s["pretrain"]] for r in ROUTERS],
         [
             "sweep",
@@ -133,8 +164,7 @@ QUICKSTART_NAMES = ("data", "emo", "standard", "*.profile.json", "emo-*", "eval-
 
 def check_keep(size: str, keep: str) -> list[int]:
     """Validate --keep (one K or several, comma-separated) against the model the quickstart will pretrain."""
-    from emo_slice.model.presets import preset
-    from emo_slice.slicing.select import parse_keep
+    from emo_slice.slicing.select import parse_keep  # torch-free --help: torch loads when the command runs
 
     args = SIZES[size]["pretrain"]
     cfg = preset(args[args.index("--preset") + 1])
@@ -145,8 +175,6 @@ def check_keep(size: str, keep: str) -> list[int]:
 def _ours(out: Path) -> bool:
     """Whether emo-slice made the folder: its marker, or (an older quickstart) only quickstart names, each
     folder among them emo-slice made, empty, or a pretraining run folder."""
-    from emo_slice.artifacts import MARKER, made_by_emo_slice
-
     if made_by_emo_slice(out):
         return True
     for p in out.iterdir():
@@ -163,8 +191,6 @@ def prepare_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Refuse an output folder that holds files unless overwrite; with overwrite, delete it, but only if emo-slice
     made it (the `.emo-slice` marker `mark_out` writes, or only what a quickstart writes): never a folder of
     other files. Also refuses a file, or a folder that cannot be written."""
-    from emo_slice.artifacts import MARKER, check_writable
-
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder path")
@@ -185,8 +211,6 @@ def prepare_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
 
 def mark_out(out: str | os.PathLike) -> None:
     """Create the quickstart folder with emo-slice's marker (so a later --overwrite may replace it)."""
-    from emo_slice.artifacts import MARKER, provenance
-
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps(provenance(created_by="emo-slice quickstart"), indent=1) + "\n")

@@ -1,11 +1,12 @@
-"""Slice end to end, one call: what `emo-slice extract` runs.
+"""`emo-slice extract`: write a checkpoint holding K experts per layer, one call over one `SliceSpec`.
 
-- `make_slice(model, out, keep=..., ...)`: validate every input (choice of experts, dtypes, sizes, the
-  output folder, the profile, K) before any long work, profile on `examples` if asked, plan, extract.
-  Several profiles / examples compose one slice (slicing/compose.py); keep="auto" picks K first
-  (workflows/autok.py: a score target on held-out items, or a routing-mass target from the profile).
+`run(spec)` validates every input (the choice of experts, dtypes, sizes, the paths and the output folder,
+the profiles, K) before any long work, profiles on `examples` if asked, plans, and extracts. Several
+profiles / examples compose one slice (slicing/compose.py); keep="auto" picks K first (workflows/autok.py:
+a score target on held-out items, or a routing-mass target from the profile). `make_slice(model, out,
+**keywords)` is its keyword form.
 
-It refuses an output inside the model folder, or an existing one without overwrite, before any work.
+It refuses an output on or around an input, or an existing one without overwrite, before any work.
 Progress is one callback, `progress(label, done, total)`, with labels "profiling" (layers) and "writing
 slice" (bytes); `warn(message)` receives what the caller should show as a warning.
 """
@@ -13,214 +14,211 @@ slice" (bytes); `warn(message)` receives what the caller should show as a warnin
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from emo_slice.errors import UsageError
-from emo_slice.workflows.common import PROFILING, WRITING, Progress
-from emo_slice.workflows.common import phase as _phase
+from emo_slice.eval.settings import EvalSettings
+from emo_slice.slicing.profile_settings import EXAMPLES, ProfileSettings
+from emo_slice.specs import INPUT, KEEP, METHOD, OUTPUT, OVERWRITE, Spec, param
+from emo_slice.workflows import autok
+from emo_slice.workflows.autok import AutoKSpec
+from emo_slice.workflows.common import PROFILING, WRITING, Progress, phase
+from emo_slice.workflows.paths import check_spec_paths, local_path
 
 PER_LAYER_NOTE = (
     "--per-layer writes num_experts_per_layer, which only EMO's own model code reads (not vLLM or other runtimes)"
 )
+COMPOSE = (
+    "With several domains: union (round robin over the domains' rankings; the default) or sum (of each domain's "
+    "scores divided by their layer total)."
+)
 
 
-def _check_choice(profile_path, examples, experts, method: str, greedy: bool, dtype) -> None:
-    """Exactly one way to choose the experts (or --method random), a known method, options that apply."""
-    from emo_slice.slicing.select import METHODS
+@dataclass(frozen=True)
+class SliceSpec(Spec):
+    """The slice `emo-slice extract` writes: the source, K, how the experts are chosen, and how it is stored."""
 
-    given = [
-        f for f, v in (("--profile", profile_path), ("--examples", examples), ("--experts", experts)) if v is not None
+    model: str = param(doc="Checkpoint folder or Hub id to slice (never modified).", flag="MODEL", role=INPUT)
+    out: str = param(doc="Folder for the sliced checkpoint (absent or empty, and outside the source).", role=OUTPUT)
+    keep: str | None = param(None, KEEP + " auto: the smallest K meeting --target or --target-mass.")
+    profiles: tuple[str, ...] = param(
+        (), "Profile file from `emo-slice profile`; once per domain to compose a slice.", flag="--profile", role=INPUT
+    )
+    examples: tuple[str, ...] = param((), EXAMPLES + " Profiled now; once per domain to compose a slice.", role=INPUT)
+    experts: str | None = param(
+        None, "Routed experts to keep by hand: '1,3,4,6' in every layer, or one list per layer separated by ';'."
+    )
+    method: str = param("mean-prob", METHOD)
+    compose: str | None = param(None, COMPOSE)
+    per_layer: bool = param(
+        False,
+        "Rank experts across layers (different K per layer, written as num_experts_per_layer): EMO's own model code "
+        "only.",
+    )
+    calibration: ProfileSettings = param(ProfileSettings(), "How --examples are profiled (and the --seed).")
+    auto: AutoKSpec = param(AutoKSpec(), "How --keep auto picks K.")
+    save_dtype: str | None = param(
+        None, "Stored dtype of the written weights (default: unchanged, bytes copied verbatim)."
+    )
+    max_shard_size: str | int = param("5GB", "Largest weight file, e.g. 500MB, 5GB.")
+    overwrite: bool = param(False, OVERWRITE)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        tasks = [("--task", p) for p in map(local_path, self.auto.tasks) if p]
+        return super().inputs() + tasks + [("--lm", p) for p in self.auto.lm]
+
+
+def run(spec: SliceSpec, progress: Progress | None = None, warn: Callable[[str], None] | None = None) -> dict:
+    """Write spec's slice; returns its manifest (slice.json)."""
+    from emo_slice.artifacts import output_lock  # torch-free --help: torch loads when the command runs
+
+    profiles, examples, calib = list(spec.profiles), list(spec.examples), spec.calibration
+    if _auto(spec) and spec.auto.target is not None and not (profiles or examples or spec.experts) and spec.auto.tasks:
+        examples = [spec.auto.tasks[0]]  # calibrate on the task; those items are held out of the scoring
+        calib = replace(calib, shots=calib.shots or 5)
+    _check_choice(spec, bool(profiles), bool(examples))
+    _check_compose(spec, len(profiles) + len(examples))
+    auto = _check_auto(spec)
+    check_spec_paths(spec)
+    ckpt = _check_output(spec)
+    settings = [
+        replace(calib, examples=src, keep=spec.keep if calib.greedy else None, method=spec.method) for src in examples
     ]
+    with output_lock(spec.out):  # held from here to the end: a second writer of the same folder refuses
+        profs = _scores(ckpt, spec, not auto, profiles, settings, progress)
+        planner = _planner(ckpt, profs, profiles + examples, spec)
+        plan = _plan(ckpt, planner, profs, spec.keep, spec.auto if auto else None)
+        return _write(ckpt, plan, spec, warn, progress)
+
+
+def _auto(spec: SliceSpec) -> bool:
+    return spec.keep is not None and str(spec.keep).strip().lower() == "auto"
+
+
+def _check_choice(spec: SliceSpec, profiles: bool, examples: bool) -> None:
+    """Exactly one way to choose the experts (or method random), a known method, options that apply."""
+    from emo_slice.slicing.select import METHODS  # torch-free --help
+
+    given = [f"`{n}`" for n, v in (("profiles", profiles), ("examples", examples), ("experts", spec.experts)) if v]
     if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} both choose the experts; give only one of them")
+    if not given and spec.method != "random":
         raise UsageError(
-            f"{' and '.join(given)} both choose the experts; give only one of --profile, --examples, --experts"
+            "say how to choose the experts: `profiles` FILE, `examples` SRC, `experts` LIST, or `method=random`"
         )
-    if not given and method != "random":
+    if spec.method not in METHODS:
+        raise UsageError(f"`method={spec.method!r}` is unknown; choose one of {', '.join(METHODS)}")
+    if spec.calibration.greedy and not examples:
         raise UsageError(
-            "say how to choose the experts: --profile FILE, --examples SRC, --experts LIST, or --method random"
+            "`greedy` applies with `examples` (or make a greedy profile with `emo-slice profile --greedy`)"
         )
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    if greedy and examples is None:
+    if spec.calibration.dtype is not None and not examples and not _auto(spec):
         raise UsageError(
-            "--greedy applies with --examples (or make a greedy profile with `emo-slice profile --greedy`)"
-        )
-    if dtype is not None and examples is None:
-        raise UsageError(
-            f"--dtype {dtype} is the compute dtype of profiling --examples, and nothing runs here; "
-            "to store the slice in another dtype pass --save-dtype"
+            f"`dtype={spec.calibration.dtype}` is the compute dtype of profiling `examples` (and of scoring with "
+            "`keep=auto`), and nothing runs here; to store the slice in another dtype pass `save_dtype`"
         )
 
 
-def _as_list(x) -> list:
-    if x is None:
-        return []
-    return [x] if isinstance(x, (str, os.PathLike)) else list(x)
-
-
-def _check_compose(n_domains: int, compose, method, greedy, per_layer: bool = False) -> None:
+def _check_compose(spec: SliceSpec, n_domains: int) -> None:
     """Several domains need a rule (union by default), and one-pass profiles."""
-    from emo_slice.slicing.compose import RULES, check_composable
+    from emo_slice.slicing.compose import RULES, check_composable  # torch-free --help
 
-    if compose is not None and compose not in RULES:
-        raise UsageError(f"--compose {compose!r} is unknown; choose one of {', '.join(RULES)}")
-    if compose is not None and n_domains < 2:
-        raise UsageError("--compose combines several domains: give --profile (or --examples) once per domain")
-    if n_domains > 1 and greedy:
-        raise UsageError("--greedy slices for one input; compose one-pass profiles instead")
+    if spec.compose is not None and spec.compose not in RULES:
+        raise UsageError(f"`compose={spec.compose!r}` is unknown; choose one of {', '.join(RULES)}")
+    if spec.compose is not None and n_domains < 2:
+        raise UsageError("`compose` combines several domains: give `profiles` (or `examples`) once per domain")
+    if n_domains > 1 and spec.calibration.greedy:
+        raise UsageError("`greedy` slices for one input; compose one-pass profiles instead")
     if n_domains > 1:
-        check_composable([], method, compose or "union", per_layer)
+        check_composable([], spec.method, spec.compose or "union", spec.per_layer)
 
 
-def _check_auto(keep, target, target_mass, tasks, lm, experts, method, greedy) -> bool:
-    """Whether K is chosen automatically (--keep auto); it needs exactly one target, and scores."""
-    auto = keep is not None and str(keep).strip().lower() == "auto"
-    if not auto:
-        if target is not None or target_mass is not None:
-            raise UsageError("--target and --target-mass choose K: use them with --keep auto")
+def _check_auto(spec: SliceSpec) -> bool:
+    """Whether K is chosen automatically (keep auto); it needs exactly one target, and scores."""
+    a = spec.auto
+    if not _auto(spec):
+        if a.target is not None or a.target_mass is not None:
+            raise UsageError("`target` and `target_mass` choose K: use them with `keep=auto`")
         return False
-    from emo_slice.workflows.autok import check_target
-
-    check_target(target, "--target")
-    check_target(target_mass, "--target-mass")
-    if (target is None) == (target_mass is None):
-        raise UsageError("--keep auto needs one of --target SHARE (scored on --task) or --target-mass SHARE (free)")
-    if target is not None and not tasks and not lm:
-        raise UsageError("--keep auto --target scores slices: give the --task (or --lm) to keep the score on")
-    if experts is not None or method == "random" or greedy:
+    autok.check_target(a.target, "target")
+    autok.check_target(a.target_mass, "target_mass")
+    if (a.target is None) == (a.target_mass is None):
+        raise UsageError("`keep=auto` needs one of `target=SHARE` (scored on `tasks`) or `target_mass=SHARE` (free)")
+    if a.target is not None and not a.tasks and not a.lm:
+        raise UsageError("`keep=auto` `target` scores slices: give the `tasks` (or `lm`) to keep the score on")
+    if spec.experts is not None or spec.method == "random" or spec.calibration.greedy:
         raise UsageError(
-            "--keep auto ranks experts by scores: use --profile or --examples (not --experts, "
-            "--method random or --greedy)"
+            "`keep=auto` ranks experts by scores: use `profiles` or `examples` (not `experts`, `method=random` or "
+            "`greedy`)"
         )
     return True
 
 
-def _check_output(model, out, save_dtype, dtype, max_shard_size, overwrite: bool):
+def _check_output(spec: SliceSpec):
     """The dtypes, the shard size and the output folder, checked before any work; returns the Checkpoint."""
-    from emo_slice.artifacts import check_output, parse_size
+    from emo_slice.artifacts import check_output, parse_size  # torch-free --help
     from emo_slice.io.checkpoint import Checkpoint, parse_dtype
     from emo_slice.slicing.extract import copied_files
 
-    parse_dtype(save_dtype, "--save-dtype")
-    parse_dtype(dtype, "--dtype")
-    parse_size(max_shard_size)
-    ckpt = model if isinstance(model, Checkpoint) else Checkpoint(model)
-    check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
+    parse_dtype(spec.save_dtype, "`save_dtype`")
+    parse_dtype(spec.calibration.dtype, "`dtype`")
+    parse_size(spec.max_shard_size)
+    ckpt = Checkpoint(spec.model)
+    check_output(spec.out, inputs=[ckpt.path], overwrite=spec.overwrite, folder=True)
     copied_files(ckpt.path)  # refuses a link out of the folder before any work
     return ckpt
 
 
-def make_slice(
-    model,
-    out: str | os.PathLike,
-    *,
-    keep: str | int | None = None,
-    profile_path=None,
-    examples=None,
-    experts: str | None = None,
-    method: str = "mean-prob",
-    compose: str | None = None,
-    target: float | None = None,
-    target_mass: float | None = None,
-    tasks=(),
-    lm=(),
-    metric: list[str] | None = None,
-    eval_opts: dict | None = None,
-    per_layer: bool = False,
-    greedy: bool = False,
-    seed: int = 0,
-    save_dtype: str | None = None,
-    max_shard_size: str | int = "5GB",
-    overwrite: bool = False,
-    field: str = "text",
-    split: str | None = None,
-    shots: int | None = None,
-    max_length: int | None = None,
-    dtype: str | None = None,
-    progress: Progress | None = None,
-    warn: Callable[[str], None] | None = None,
-) -> dict:
-    """Write a checkpoint of `model` holding `keep` experts per layer to `out`; returns the manifest (slice.json).
-
-    The experts come from one of: `profile_path` (a profile file), `examples` (profiled now, with field,
-    split, shots, max_length, dtype = compute dtype, greedy), `experts` (ids by hand), or method "random".
-    Several profiles / examples (one per domain) make one composed slice (`compose`: union or sum, see
-    slicing/compose.py). keep="auto" picks K (workflows/autok.py): `target` (share of the full model's score
-    on `tasks` / `lm`, scored with `eval_opts`, on items held out of the calibration; with no profile or
-    examples the first task's `shots` (default 5) items calibrate) or `target_mass` (routing mass, free).
-    save_dtype: stored dtype of the slice (None: unchanged, bytes copied verbatim).
-    """
-    from emo_slice.artifacts import output_lock
-
-    profiles, examples = _as_list(profile_path), _as_list(examples)
-    if str(keep).strip().lower() == "auto" and target is not None and not (profiles or examples or experts) and tasks:
-        examples, shots = [tasks[0]], shots or 5  # calibrate on the task; those items are held out of the scoring
-    _check_choice(profiles or None, examples or None, experts, method, greedy, dtype)
-    _check_compose(len(profiles) + len(examples), compose, method, greedy, per_layer)
-    auto = _check_auto(keep, target, target_mass, tasks, lm, experts, method, greedy)
-    ckpt = _check_output(model, out, save_dtype, dtype, max_shard_size, overwrite)
-    calib = dict(field=field, split=split, shots=shots, seed=seed, max_length=max_length, dtype=dtype, greedy=greedy)
-    settings = _profile_settings(examples, calib, keep, method)
-    with output_lock(out):  # held from here to the end: a second writer of the same folder refuses
-        profs = _scores(ckpt, keep, not auto, profiles, settings, experts, per_layer, seed, progress)
-        sources = [str(p) for p in profiles] + examples
-        planner = _planner(ckpt, profs, sources, experts, method, per_layer, seed, compose or "union")
-        targets = (target, target_mass, tasks, lm, metric, eval_opts) if auto else None
-        plan = _plan(ckpt, planner, profs, keep, targets)
-        return _write(ckpt, plan, out, per_layer, warn, save_dtype, overwrite, max_shard_size, progress)
-
-
-def _profile_settings(examples: list, calib: dict, keep, method: str) -> list:
-    """One ProfileSettings per --examples source (a greedy one slices earlier layers to keep by method)."""
-    from emo_slice.slicing.profile import ProfileSettings
-
-    greedy_keep = keep if calib["greedy"] else None
-    return [ProfileSettings(examples=src, **calib, keep=greedy_keep, method=method) for src in examples]
-
-
-def _plan(ckpt, planner, profs: list[dict], keep, targets: tuple | None):
-    """planner(keep); with targets (--keep auto: target, target_mass, tasks, lm, metric, eval_opts) K is chosen
-    first (workflows/autok.py) and what was tried is recorded in the plan's profile as auto_keep."""
-    if targets is None:
+def _plan(ckpt, planner, profs: list[dict], keep, auto: AutoKSpec | None):
+    """planner(keep); with auto (keep auto) K is chosen first (workflows/autok.py) and what was tried is
+    recorded in the plan's profile as auto_keep."""
+    if auto is None:
         return planner(keep)
-    from emo_slice.workflows import autok
-
-    keep, record = autok.choose(ckpt, planner, profs, *targets)
+    keep, record = autok.choose(ckpt, planner, profs, auto)
     plan = planner(keep)
     plan.profile = {**(plan.profile or {}), "auto_keep": record}
     return plan
 
 
-def _write(ckpt, plan, out, per_layer: bool, warn, save_dtype, overwrite: bool, max_shard_size, progress) -> dict:
+def _write(ckpt, plan, spec: SliceSpec, warn, progress) -> dict:
     """Pass on the plan's warnings (and the --per-layer note), then write the slice; returns its manifest."""
-    from emo_slice.slicing.extract import extract
+    from emo_slice.slicing.extract import extract  # torch-free --help
 
-    for message in plan.warnings + ([PER_LAYER_NOTE] if per_layer else []):
+    for message in plan.warnings + ([PER_LAYER_NOTE] if spec.per_layer else []):
         if warn is not None:
             warn(message)
-    writing = _phase(progress, WRITING)
     return extract(
-        ckpt, plan, out, dtype=save_dtype, overwrite=overwrite, max_shard_size=max_shard_size, progress=writing
+        ckpt,
+        plan,
+        spec.out,
+        dtype=spec.save_dtype,
+        overwrite=spec.overwrite,
+        max_shard_size=spec.max_shard_size,
+        progress=phase(progress, WRITING),
     )
 
 
-def _planner(ckpt, profs: list[dict], sources: list[str], experts, method, per_layer, seed, rule):
+def _planner(ckpt, profs: list[dict], sources: list[str], spec: SliceSpec):
     """keep -> SlicePlan: composed over the domains when there are several profiles, else plan_slice."""
+    from emo_slice.slicing.compose import check_composable, compose_plan  # torch-free --help
     from emo_slice.slicing.select import plan_slice
 
+    method, per_layer, rule = spec.method, spec.per_layer, spec.compose or "union"
     if len(profs) > 1:
-        from emo_slice.slicing.compose import check_composable, compose_plan
-
         check_composable(profs, method, rule, per_layer)
-        return lambda k: compose_plan(ckpt, k, profs, sources, method, rule)
+        return lambda k: compose_plan(ckpt, k, profs, [str(s) for s in sources], method, rule)
     prof = profs[0] if profs else None
-    return lambda k: plan_slice(ckpt, k, experts=experts, profile=prof, method=method, per_layer=per_layer, seed=seed)
+    seed = spec.calibration.seed
+    return lambda k: plan_slice(
+        ckpt, k, experts=spec.experts, profile=prof, method=method, per_layer=per_layer, seed=seed
+    )
 
 
-def _scores(ckpt, keep, check_keep: bool, profile_paths, settings, experts, per_layer, seed, progress) -> list[dict]:
+def _scores(ckpt, spec: SliceSpec, check_keep: bool, profile_paths, settings, progress) -> list[dict]:
     """The profiles the plan ranks by: loaded from profile_paths (checked against the model), then made now from
-    each settings (after --keep is validated, so nothing long runs on a bad --keep); [] for none."""
-    from emo_slice.slicing.profile import profile_model
+    each settings (after keep is validated, so nothing long runs on a bad keep); [] for none."""
+    from emo_slice.slicing.profile import profile_model  # torch-free --help
     from emo_slice.slicing.profile_file import check_profile_matches, load_profile
     from emo_slice.slicing.select import plan_slice
 
@@ -229,8 +227,40 @@ def _scores(ckpt, keep, check_keep: bool, profile_paths, settings, experts, per_
         prof = load_profile(path)
         check_profile_matches(prof, ckpt)
         profs.append(prof)
-    if experts is None and check_keep:  # validate --keep before running anything long
-        plan_slice(ckpt, keep, method="random", per_layer=per_layer, seed=seed)
+    if spec.experts is None and check_keep:  # validate keep before running anything long
+        plan_slice(ckpt, spec.keep, method="random", per_layer=spec.per_layer, seed=spec.calibration.seed)
     for s in settings:
-        profs.append(profile_model(ckpt, s, progress=_phase(progress, PROFILING)))
+        profs.append(profile_model(ckpt, s, progress=phase(progress, PROFILING)))
     return profs
+
+
+# ---- the keyword form ---------------------------------------------------------------------------------
+
+_CALIBRATION = ("field", "split", "shots", "seed", "max_length", "dtype", "greedy", "device", "layerwise", "pool")
+_AUTO = ("target", "target_mass", "tasks", "lm", "metric")
+
+
+def make_slice(model, out: str | os.PathLike, *, progress: Progress | None = None, warn=None, **options) -> dict:
+    """The keyword form of `run` (earlier versions' signature): SliceSpec's fields, the calibration's (field,
+    split, shots, seed, max_length, dtype, greedy, device, layerwise, pool) and auto-K's (target, target_mass,
+    tasks, lm, metric) as keywords; `profile_path` (one path or several) for `profiles`; `eval_opts` (a dict of
+    EvalSettings fields) for the scoring of keep="auto"."""
+    calib = {k: options.pop(k) for k in _CALIBRATION if k in options}
+    auto = {
+        k: tuple(options.pop(k) or ()) if k in ("tasks", "lm", "metric") else options.pop(k)
+        for k in _AUTO
+        if k in options
+    }
+    scoring = {k: v for k, v in (options.pop("eval_opts", None) or {}).items() if v is not None}
+    for old, new in (("profile_path", "profiles"), ("examples", "examples")):
+        if old in options:
+            value = options.pop(old)
+            options[new] = tuple(map(str, [value] if isinstance(value, (str, os.PathLike)) else value or ()))
+    spec = SliceSpec(
+        model=str(getattr(model, "path", model)),
+        out=str(out),
+        calibration=replace(ProfileSettings(), **calib),
+        auto=AutoKSpec(**auto, scoring=replace(EvalSettings(), **scoring)),
+        **options,
+    )
+    return run(spec, progress, warn)

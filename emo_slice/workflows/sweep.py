@@ -1,15 +1,16 @@
-"""The memory-accuracy sweep: how much of the full model's score each K keeps, against random experts.
+"""`emo-slice sweep`: how much of the full model's score each K keeps, against random experts.
 
-`run_sweep(model, keeps=[...], ...)` profiles the model once (or reads a profile), scores the full model
-ONCE, then for every K writes the slice the profile chooses (to a temporary folder, or `keep_slices`),
-scores it on the very same items and compares it with the full model; `controls` random slices per K
-(experts drawn per layer by a seeded generator, `select.rank_experts`, seeds seed, seed+1, ...) are the
-control arm. Every evaluation goes through `eval.harness.simple_evaluate` with the same options, so a
-sweep row equals `emo-slice extract` + `emo-slice eval SLICE --against FULL` on the same items.
+`run(SweepSpec(...))` profiles each model once (or reads a profile), scores the full model ONCE, then for every K
+writes the slice the profile chooses (to a temporary folder, or `keep_slices`), scores it on the very same
+items and compares it with the full model; `controls` random slices per K (experts drawn per layer by a
+seeded generator, `select.rank_experts`, seeds seed, seed+1, ...) are the control arm. Every evaluation goes
+through `eval.harness.simple_evaluate` with the same `EvalSettings`, so a sweep row equals `emo-slice extract`
++ `emo-slice eval SLICE --against FULL` on the same items. It then writes the results (JSON) and the picture.
 
 Held-out items: when the calibration input is a multiple-choice task that is also evaluated (the
 profile's `inputs.source` is the task's file), the calibration items (the profile's demonstration ids)
-are removed from that task before anything is scored, and `held_out` records the split.
+are removed from that task before anything is scored (the task is handed to every evaluation as a Task
+object, in memory), and `held_out` records the split.
 
 The results dict (`format: emo-slice-sweep`) holds per row: K, kind (profile / random, with the seed),
 bytes of weights and their share of the full model's, every metric, the share of the full model's score
@@ -18,159 +19,73 @@ kept (`eval.metrics.compare`), tokens/s and the original ids of the experts kept
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
-import shutil
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
 
 from emo_slice.errors import UsageError
+from emo_slice.eval.settings import EvalSettings
+from emo_slice.slicing.profile_settings import ProfileSettings
+from emo_slice.specs import INPUT, METHOD, MODEL, OUTPUT, OVERWRITE, Spec, param
+from emo_slice.workflows.common import PROFILING, SCORED, Progress, phase
+from emo_slice.workflows.paths import check_spec_paths, local_path
+from emo_slice.workflows.scoring import HEADLINE, headline_metrics, score_full, score_slice  # noqa: F401
 
-Progress = Callable[[str, int, Optional[int]], None]
 FORMAT = "emo-slice-sweep"
-# the metric a table shows per task by default: bits per byte for texts, accuracy per character for tasks
-HEADLINE = ("acc_per_char", "bits_per_byte")
+KEEPS = "Experts kept per layer at each step, counts or shares: 8,16,32,64 or 12.5%,25%,50%."
+METRIC = "Metric(s) the table and picture show (default: acc_per_char / bits_per_byte)."
+
+
+@dataclass(frozen=True)
+class SweepSpec(Spec):
+    """The models `emo-slice sweep` slices, at which K, chosen how, scored on what, and its files."""
+
+    models: tuple[str, ...] = param(
+        doc=MODEL + " Several: the same sweep for each, side by side.", flag="MODEL", role=INPUT
+    )
+    keeps: str = param(doc=KEEPS, flag="--keep")
+    tasks: tuple[str, ...] = param((), "Task scored at every K (as in `eval --task`). Repeatable.", flag="--task")
+    lm: tuple[str, ...] = param((), "Text scored by bits per byte at every K (as in `eval --lm`). Repeatable.")
+    profile: str | None = param(
+        None, "Profile file from `emo-slice profile` of the (one) model, instead of --examples.", role=INPUT
+    )
+    calibration: ProfileSettings | None = param(None, "How each model is profiled (--examples and its options).")
+    method: str = param("mean-prob", METHOD + " The swept slices' ranking (random: see --controls).")
+    controls: int = param(1, "Random-expert slices per K (seeds --seed, --seed+1, ...).")
+    seed: int = param(0, "Random seed of the random controls and of the demonstrations draw.")
+    scoring: EvalSettings = param(EvalSettings(), "How every slice and the full model are scored.")
+    metric: tuple[str, ...] = param((), METRIC)
+    keep_slices: str | None = param(None, "Keep the slices in this folder (default: a temporary one).", role=OUTPUT)
+    out: str | None = param(None, "Write the results here (JSON).", role=OUTPUT)
+    plot: str | None = param(
+        None, "PNG of score vs memory (default: --out with .png; needs emo-slice[plot]).", role=OUTPUT
+    )
+    overwrite: bool = param(False, OVERWRITE)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        texts = [("--task", p) for p in map(local_path, self.tasks) if p] + [("--lm", p) for p in self.lm]
+        return super().inputs() + texts
+
+    def png(self) -> str | None:
+        """The picture's path: --plot, else --out with .png, else none."""
+        return self.plot if self.plot is not None else (str(Path(self.out).with_suffix(".png")) if self.out else None)
+
+    def outputs(self) -> list[tuple[str, str]]:
+        pairs = [("--out", self.out), ("--plot", self.png()), ("--keep-slices", self.keep_slices)]
+        return [(f, p) for f, p in pairs if p is not None]
 
 
 def parse_keeps(text: str | list, ckpt) -> list[int]:
     """'8,16,32' or '12.5%,25%' (or a list) -> experts kept per layer, ascending, each validated once."""
-    from emo_slice.slicing.select import parse_keep
+    from emo_slice.slicing.select import parse_keep  # torch-free --help: torch loads when a sweep runs
 
     cfg = ckpt.config
     E_min = min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else map(str, text)) if str(p).strip()]
     if not parts:
-        raise UsageError("--keep lists no K; write e.g. --keep 8,16,32 or --keep 12.5%,25%,50%")
+        raise UsageError("`keeps` lists no K; write e.g. 8,16,32 or 12.5%,25%,50%")
     return sorted({parse_keep(p, E_min, cfg.num_shared_experts) for p in parts})
-
-
-def evaluate(model, **opts) -> dict:
-    """simple_evaluate with the options it takes (None: its default); an option it lacks is refused if given
-    (not None/False). Device placement, and streaming layers when a model does not fit, are its own."""
-    from emo_slice.eval.harness import simple_evaluate
-
-    params = inspect.signature(simple_evaluate).parameters
-    unknown = [k for k, v in opts.items() if k not in params and v not in (None, False)]
-    if unknown:
-        raise UsageError(f"--{unknown[0].replace('_', '-')} is not supported by this version's evaluation; drop it")
-    return simple_evaluate(str(model), **{k: v for k, v in opts.items() if k in params and v is not None})
-
-
-def headline_metrics(results: dict, chosen: list[str] | None = None) -> dict[str, list[str]]:
-    """task -> the metrics a table shows: `chosen` (those the task has), else the first of HEADLINE it has."""
-    out = {}
-    for name, metrics in results.items():
-        pick = [m for m in (chosen or []) if m in metrics]
-        if not chosen:
-            pick = [m for m in HEADLINE if m in metrics][:1]
-        out[name] = pick
-    return out
-
-
-# ---- held-out items ---------------------------------------------------------------------------------
-
-
-def _same_source(spec: str, calib: dict) -> bool:
-    """Whether a task spec is the calibration's source: the same spec, the same file, or a file of the same bytes."""
-    from emo_slice.data.sources import file_hash
-
-    source = calib.get("source")
-    if source is None:
-        return False
-    if spec == source:
-        return True
-    a, b = Path(spec).expanduser(), Path(source).expanduser()
-    if a.exists() and b.exists() and a.resolve() == b.resolve():
-        return True
-    return a.is_file() and calib.get("file_hash") is not None and file_hash(a) == calib["file_hash"]
-
-
-def held_out_tasks(
-    specs, calibrations: list[dict], folder: Path, fields=None, fmt: str = "auto", split: str | None = None
-) -> tuple[list[str], list[dict], dict]:
-    """Task specs with the calibration items removed: if any task is a calibration source, every task is
-    written as plain JSONL under folder (so one format reads them all). Returns (specs, split records,
-    overrides of simple_evaluate's field_map/fmt)."""
-    from dataclasses import asdict
-
-    from emo_slice.data.sources import items_hash
-    from emo_slice.data.tasks import load_items, task_name
-
-    calib = [c for c in calibrations if c and c.get("kind") == "multiple-choice"]
-    if not any(_same_source(s, c) for s in specs for c in calib):
-        return list(specs), [], {}
-    out_specs, records = [], []
-    for i, spec in enumerate(specs):
-        items, _ = load_items(spec, fields, fmt, split)
-        drop = {str(x) for c in calib if _same_source(spec, c) for x in c.get("ids", [])}
-        rest = [it for it in items if it.id not in drop]
-        if any(it.contexts for it in rest):
-            raise UsageError(f"--task {spec} has per-choice contexts; calibrate on another source than the task")
-        if not rest:
-            raise UsageError(f"--task {spec}: every item was used for calibration; nothing is left to score")
-        path = folder / str(i) / f"{task_name(spec)}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            "".join(json.dumps({k: v for k, v in asdict(it).items() if k != "contexts"}) + "\n" for it in rest)
-        )
-        out_specs.append(str(path))
-        if drop:
-            records.append(
-                {
-                    "task": spec,
-                    "calibration_ids": sorted(drop),
-                    "items": len(items),
-                    "held_out": len(rest),
-                    "held_out_hash": items_hash(rest),
-                }
-            )
-    return out_specs, records, {"field_map": None, "fmt": "auto"}
-
-
-def score_full(ckpt, tasks, lm, calibrations: list, eval_opts: dict | None, folder: Path) -> tuple[dict, list, dict]:
-    """Hold the calibration items out of `tasks` (copies under folder), then score the full model once. Returns its
-    results, the held-out records (held_out_tasks) and the evaluation options every slice is scored with."""
-    opts = dict(eval_opts or {})
-    specs, split, over = held_out_tasks(
-        list(tasks), calibrations, folder, opts.get("field_map"), opts.get("fmt", "auto"), opts.get("split")
-    )
-    opts.update(over, tasks=specs, lm=list(lm))
-    return evaluate(ckpt.path, **opts), split, opts
-
-
-# ---- one slice, scored against the full model -------------------------------------------------------
-
-
-def score_slice(
-    ckpt, plan, path: Path, full: dict, eval_opts: dict, keep: bool = False, overwrite: bool = False
-) -> dict:
-    """Write the plan's slice to path, score it with eval_opts, compare with the full model's results."""
-    from emo_slice.eval.metrics import compare
-    from emo_slice.slicing.extract import extract
-
-    manifest = extract(ckpt, plan, path, overwrite=overwrite)
-    try:
-        data = evaluate(path, **eval_opts)
-    finally:
-        if not keep:
-            shutil.rmtree(path, ignore_errors=True)
-    desc = data["models"]["model"]
-    full_bytes = full["models"]["model"]["weight_bytes"]
-    return {
-        "keep": manifest["keep"],
-        "bytes": desc["weight_bytes"],
-        "share_of_bytes": desc["weight_bytes"] / full_bytes,
-        "results": data["results"],
-        "kept": {
-            n: {m: c["kept"] for m, c in compare(data["results"][n], full["results"][n]).items()}
-            for n in data["results"]
-        },
-        "tokens_per_s": desc["tokens_per_s"],
-        "kept_experts": manifest["kept_experts"],
-        "path": str(path) if keep else None,
-    }
 
 
 def label_of(model) -> str:
@@ -183,31 +98,21 @@ def label_of(model) -> str:
 # ---- the sweep ----------------------------------------------------------------------------------------
 
 
-def _profile(ckpt, profile_path, settings, method: str, progress: Progress | None) -> dict:
-    from emo_slice.slicing.profile import profile_model
+def _profile(ckpt, spec: SweepSpec, progress: Progress | None) -> dict:
+    from emo_slice.slicing.profile import profile_model  # torch-free --help
     from emo_slice.slicing.profile_file import check_profile_matches, load_profile
 
-    if method == "random":
-        raise UsageError("--method random is the control arm (--controls N); choose a scored method to sweep")
-    if (profile_path is None) == (settings is None):
-        raise UsageError("say how to choose the experts: --examples SRC (profiled once) or --profile FILE")
-    if profile_path is not None:
-        prof = load_profile(profile_path)
+    if spec.method == "random":
+        raise UsageError("`method=random` is the control arm (`controls`); choose a scored method to sweep")
+    if (spec.profile is None) == (spec.calibration is None):
+        raise UsageError("say how to choose the experts: `examples` (profiled once) or `profile` (a file)")
+    if spec.profile is not None:
+        prof = load_profile(spec.profile)
         check_profile_matches(prof, ckpt)
         if prof.get("greedy"):
-            raise UsageError("a --greedy profile holds for one K only; sweep with a one-pass profile")
+            raise UsageError("a greedy profile holds for one K only; sweep with a one-pass profile")
         return prof
-    cb = None if progress is None else (lambda done, total: progress("profiling", done, total))
-    return profile_model(ckpt, settings, progress=cb)
-
-
-def _original_specs(described: dict, specs: list[str]) -> None:
-    """Task descriptions name the user's spec (and its file's hash), not the temporary held-out copy."""
-    from emo_slice.data.sources import file_hash
-
-    for info, spec in zip(described.values(), specs):
-        if info.get("spec") != spec:
-            info.update(spec=spec, file_hash=file_hash(spec) if Path(spec).is_file() else None, held_out_copy=True)
+    return profile_model(ckpt, spec.calibration, progress=phase(progress, PROFILING))
 
 
 def _arms(ks: list[int], controls: int, seed: int) -> list[tuple[int, str, int | None]]:
@@ -216,54 +121,33 @@ def _arms(ks: list[int], controls: int, seed: int) -> list[tuple[int, str, int |
     ]
 
 
-def run_sweep(
-    model,
-    *,
-    keeps,
-    tasks=(),
-    lm=(),
-    profile_path=None,
-    settings=None,
-    method: str = "mean-prob",
-    controls: int = 1,
-    seed: int = 0,
-    keep_slices: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    eval_opts: dict | None = None,
-    progress: Progress | None = None,
-) -> dict:
-    """Sweep one model over `keeps` (see the module docstring); returns its results dict."""
-    from emo_slice.artifacts import provenance
+def sweep_one(model, spec: SweepSpec, keep_slices: Path | None, progress: Progress | None = None) -> dict:
+    """Sweep one model over spec.keeps (see the module docstring); returns its results dict."""
+    from emo_slice.artifacts import provenance  # torch-free --help
     from emo_slice.io.checkpoint import Checkpoint
 
     ckpt = Checkpoint(model)
-    ks = parse_keeps(keeps, ckpt)
-    if controls < 0:
-        raise UsageError(f"--controls {controls} must be 0 or more")
-    if not tasks and not lm:
-        raise UsageError("nothing to score: give at least one --task FILE or --lm FILE")
-    prof = _profile(ckpt, profile_path, settings, method, progress)
-    arms = _arms(ks, controls, seed)
+    ks = parse_keeps(spec.keeps, ckpt)
+    if spec.controls < 0:
+        raise UsageError(f"`controls={spec.controls}` must be 0 or more")
+    if not spec.tasks and not spec.lm:
+        raise UsageError("nothing to score: give at least one of `tasks` or `lm`")
+    prof = _profile(ckpt, spec, progress)
+    arms = _arms(ks, spec.controls, spec.seed)
+    full, split, scored = score_full(ckpt, spec.tasks, spec.lm, [prof["inputs"]], spec.scoring)
     with tempfile.TemporaryDirectory(prefix="emo-slice-sweep-") as tmp:
-        full, split, opts = score_full(ckpt, tasks, lm, [prof["inputs"]], eval_opts, Path(tmp) / "tasks")
-        root = Path(keep_slices) if keep_slices is not None else Path(tmp)
-        rows = _score_arms(
-            ckpt, model, prof, method, arms, root, full, opts, keep_slices is not None, overwrite, progress
-        )
-    _original_specs(full["tasks"], list(tasks))
+        root = keep_slices if keep_slices is not None else Path(tmp)
+        scoring = (scored, list(spec.lm), spec.scoring)
+        rows = _score_arms(ckpt, model, prof, spec, arms, root, full, scoring, keep_slices is not None, progress)
     return {
         "model": str(ckpt.path),
         "label": label_of(model),
         "fingerprint": ckpt.fingerprint(),
-        "method": method,
+        "method": spec.method,
         "keeps": ks,
         "num_experts": ckpt.config.num_experts,
-        "controls": {"n": controls, "seeds": [seed + c for c in range(controls)], "method": "random"},
-        "profile": {
-            "path": str(profile_path) if profile_path else None,
-            "inputs": prof.get("inputs"),
-            "tokens": prof.get("tokens"),
-        },
+        "controls": {"n": spec.controls, "seeds": [spec.seed + c for c in range(spec.controls)], "method": "random"},
+        "profile": {"path": spec.profile, "inputs": prof.get("inputs"), "tokens": prof.get("tokens")},
         "held_out": split,
         **_full_record(full),
         "rows": rows,
@@ -286,39 +170,102 @@ def _full_record(full: dict) -> dict:
     }
 
 
-def _score_arms(ckpt, model, prof, method, arms, root: Path, full, opts, keep: bool, overwrite, progress) -> list[dict]:
+def _score_arms(ckpt, model, prof, spec, arms, root: Path, full, scoring, keep: bool, progress) -> list[dict]:
     """One row per arm (K, kind, seed): the slice the profile (or the seeded random control) chooses, written
     under root and scored against the full model."""
-    from emo_slice.slicing.select import plan_slice
+    from emo_slice.slicing.select import plan_slice  # torch-free --help
 
     rows = []
     for i, (k, kind, s) in enumerate(arms):
         if progress is not None:
-            progress("slices scored", i, len(arms))
-        plan = plan_slice(ckpt, k, profile=prof, method=method if kind == "profile" else "random", seed=s or 0)
+            progress(SCORED, i, len(arms))
+        plan = plan_slice(ckpt, k, profile=prof, method=spec.method if kind == "profile" else "random", seed=s or 0)
         name = f"{label_of(model)}-{k}" + (f"-random{s}" if kind == "random" else "")
-        row = score_slice(ckpt, plan, root / name, full, opts, keep, overwrite)
+        row = score_slice(ckpt, plan, root / name, full, scoring, keep, spec.overwrite)
         rows.append({"kind": kind, "seed": s, **row})
     if progress is not None:
-        progress("slices scored", len(arms), len(arms))
+        progress(SCORED, len(arms), len(arms))
     return rows
 
 
-def sweep_models(models, **kwargs) -> dict:
+def sweep_all(spec: SweepSpec, progress: Progress | None = None) -> dict:
     """The same sweep for each model in turn (each profiled on the same input): {format, sweeps}."""
-    from emo_slice.artifacts import provenance
+    from emo_slice.artifacts import provenance  # torch-free --help
 
-    keep_slices = kwargs.pop("keep_slices", None)
     sweeps = []
-    for m in models:
-        where = None if keep_slices is None else Path(keep_slices) / (label_of(m) if len(models) > 1 else "")
-        sweeps.append(run_sweep(m, keep_slices=where, **kwargs))
+    for m in spec.models:
+        where = None
+        if spec.keep_slices is not None:
+            where = Path(spec.keep_slices) / (label_of(m) if len(spec.models) > 1 else "")
+        sweeps.append(sweep_one(m, spec, where, progress))
     return {
         "format": FORMAT,
         "format_version": 1,
         "sweeps": sweeps,
         "provenance": provenance(command="emo-slice sweep"),
     }
+
+
+def check_outputs(spec: SweepSpec) -> None:
+    """Every output of the sweep checked before any work (no output on an input, each writable and, without
+    overwrite, absent)."""
+    from emo_slice.artifacts import check_output  # torch-free --help
+    from emo_slice.io.checkpoint import resolve_checkpoint
+
+    if spec.profile is not None and len(spec.models) > 1:
+        raise UsageError("`profile` belongs to one model; with several models give `examples` (each is profiled)")
+    if len(set(spec.models)) != len(spec.models):
+        raise UsageError("a model is listed twice; list each once")
+    check_spec_paths(spec)
+    inputs = [resolve_checkpoint(m) for m in spec.models]
+    png = spec.png()
+    if spec.out is not None:
+        check_output(spec.out, inputs=inputs, overwrite=spec.overwrite, suffixes=(".json",))
+    if png is not None:
+        check_output(png, inputs=inputs, overwrite=spec.overwrite, flag="--plot", suffixes=(".png",))
+    if spec.keep_slices is not None:
+        check_output(spec.keep_slices, inputs=inputs, overwrite=spec.overwrite, flag="--keep-slices", folder=True)
+
+
+def run(spec: SweepSpec, progress: Progress | None = None, warn=None) -> dict:
+    """Check every path, sweep every model (locked outputs), write --out and the picture; returns the results."""
+    import json
+
+    from emo_slice.artifacts import atomic_write_text, locked  # torch-free --help
+
+    check_outputs(spec)
+    png = spec.png()
+    with locked((spec.out, "--out"), (png, "--plot"), (spec.keep_slices, "--keep-slices")):
+        data = sweep_all(spec, progress)
+        if spec.out is not None:
+            atomic_write_text(spec.out, json.dumps(data, indent=1, default=str) + "\n")
+        if png is not None and not write_plot(data, png, list(spec.metric) or None) and warn is not None:
+            warn(PLOT_HINT)
+    return data
+
+
+def run_sweep(model, *, keeps, progress=None, **options) -> dict:
+    """The keyword form of one model's sweep (earlier versions' run_sweep): SweepSpec's fields as keywords, with
+    `profile_path` for `profile`, `settings` (ProfileSettings) for `calibration` and `eval_opts` (a dict of
+    EvalSettings fields) for `scoring`. Writes no file (except the slices kept in keep_slices)."""
+    spec = _spec_of([model], keeps, options)
+    return sweep_one(model, spec, None if spec.keep_slices is None else Path(spec.keep_slices), progress)
+
+
+def sweep_models(models, *, keeps, progress=None, **options) -> dict:
+    """The keyword form of `sweep_all` (earlier versions' sweep_models): run_sweep's keywords for each model."""
+    return sweep_all(_spec_of(list(models), keeps, options), progress)
+
+
+def _spec_of(models: list, keeps, options: dict) -> SweepSpec:
+    renamed = {"profile_path": "profile", "settings": "calibration"}
+    fields = {renamed.get(k, k): v for k, v in options.items() if k != "eval_opts"}
+    scoring = replace(EvalSettings(), **{k: v for k, v in (options.get("eval_opts") or {}).items() if v is not None})
+    for k in ("tasks", "lm", "metric"):
+        fields[k] = tuple(fields.get(k) or ())
+    for k in ("profile", "keep_slices"):
+        fields[k] = None if fields.get(k) is None else str(fields[k])
+    return SweepSpec(models=tuple(map(str, models)), keeps=keeps, scoring=scoring, **fields)
 
 
 # ---- the picture ----------------------------------------------------------------------------------------
@@ -336,7 +283,7 @@ def write_plot(data: dict, path: str | os.PathLike, metrics: list[str] | None = 
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    from emo_slice.artifacts import atomic_output_file
+    from emo_slice.artifacts import atomic_output_file  # torch-free --help
 
     panels = [(t, m) for t, ms in headline_metrics(data["sweeps"][0]["full"]["results"], metrics).items() for m in ms]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)

@@ -296,7 +296,8 @@ def test_extract_malformed_profile_or_a_folder_is_one_line(tiny_ckpt, tmp_path):
         r = invoke("extract", tiny_ckpt, "--keep", "4", "--profile", path, "--out", out)
         assert_one_line_error(r, "--profile")
         assert not out.exists(), name
-    r = invoke("extract", tiny_ckpt, "--keep", "4", "--profile", tmp_path, "--out", tmp_path / "s")
+    (tmp_path / "a-folder").mkdir()
+    r = invoke("extract", tiny_ckpt, "--keep", "4", "--profile", tmp_path / "a-folder", "--out", tmp_path / "s")
     assert_one_line_error(r, "is a folder")
 
 

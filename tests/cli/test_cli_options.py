@@ -52,7 +52,7 @@ def test_enums_are_the_library_lists():
     [
         ("profile", "--method", Method),
         ("extract", "--method", Method),
-        ("eval", "--format", TaskFormat),
+        ("eval", "--task-format", TaskFormat),
         ("eval", "--lm-mode", LMMode),
         ("eval", "--dtype", DType),
         ("profile", "--dtype", DType),

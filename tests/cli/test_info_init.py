@@ -27,21 +27,21 @@ def test_info_json_counts(fixtures):
 
 
 def test_info_table_and_init(tmp_path):
-    proc = invoke("init", tmp_path / "m", "--preset", "tiny", "--max-shard-size", "100KB")
+    proc = invoke("init", "--out", tmp_path / "m", "--preset", "tiny", "--max-shard-size", "100KB")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m" / "model.safetensors.index.json").exists()
     model = emo_slice.load_model(tmp_path / "m")
     assert model.config.num_experts == 9
     proc = invoke("info", tmp_path / "m")
     assert proc.returncode == 0 and "experts per layer" in proc.stdout and "12.5%" in proc.stdout
-    assert_one_line_error(invoke("init", tmp_path / "m"), "--overwrite")
+    assert_one_line_error(invoke("init", "--out", tmp_path / "m"), "--overwrite")
 
 
 def test_init_save_dtype_is_the_stored_dtype(tmp_path):
-    proc = invoke("init", tmp_path / "bf", "--preset", "tiny", "--save-dtype", "bfloat16", "--json")
+    proc = invoke("init", "--out", tmp_path / "bf", "--preset", "tiny", "--save-dtype", "bfloat16", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["save_dtype"] == "bfloat16"
     assert str(Checkpoint(tmp_path / "bf").stored_dtype) == "torch.bfloat16"
     # --dtype means the compute dtype everywhere; init computes nothing, so it has no --dtype
-    assert_one_line_error(invoke("init", tmp_path / "x", "--dtype", "bfloat16"), "No such option: --dtype")
+    assert_one_line_error(invoke("init", "--out", tmp_path / "x", "--dtype", "bfloat16"), "No such option: --dtype")
     assert not (tmp_path / "x").exists()

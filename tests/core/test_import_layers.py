@@ -1,5 +1,6 @@
 """The package's layers import only downward, no two modules import each other (directly or round a circle),
-and `import emo_slice.cli` (what `emo-slice --help` loads) loads no torch.
+`import emo_slice.cli` (what `emo-slice --help` loads) loads no torch, and an import inside a function is there
+only to keep it so: in a module --help loads, marked with a comment saying why.
 
 Layers, bottom to top (a module may import its own package and earlier ones):
 core < model < io < data < eval < slicing < train < export < analysis < workflows < cli.
@@ -40,16 +41,18 @@ def owner(target: str) -> str | None:
 
 
 def imports(module: str):
-    """(target module, line, inside a function, the line's text) for every emo_slice import in module."""
+    """(target module, line, the line of the function it is in (0: module level), the statement's text) for every
+    emo_slice import in module."""
     path = MODULES[module]
     source = path.read_text()
     lines = source.splitlines()
     tree = ast.parse(source)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
 
-    def visit(node, in_function: bool):
+    def visit(node, in_function: int):
         for child in ast.iter_child_nodes(node):
-            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            is_def = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            inner = in_function or (child.lineno if is_def else 0)
             names = []
             if isinstance(child, ast.Import):
                 names = [a.name for a in child.names]
@@ -66,7 +69,7 @@ def imports(module: str):
                     yield target, child.lineno, in_function, text
             yield from visit(child, inner)
 
-    yield from visit(tree, False)
+    yield from visit(tree, 0)
 
 
 EDGES = [(m, *imp) for m in MODULES for imp in imports(m)]
@@ -88,6 +91,25 @@ def test_no_import_circle_between_modules():
             graph[m].add(t)
     circles = strongly_connected(graph)
     assert not circles, circles
+
+
+LAZY_MARK = "torch-free --help"  # the comment on an import inside a function
+
+
+def light_modules() -> set[str]:
+    """The emo_slice modules `import emo_slice.cli` loads (what `emo-slice --help` costs)."""
+    code = "import sys, emo_slice.cli; print(' '.join(m for m in sys.modules if m.startswith('emo_slice')))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_imports_inside_functions_only_keep_help_light():
+    light = light_modules()
+    inside = {(m, line, fn, text) for m, t, line, fn, text in EDGES if fn}
+    marked = {(m, fn) for m, line, fn, text in inside if LAZY_MARK in text}  # one mark per function body
+    misplaced = [f"{m}:{line}: {text.strip()}" for m, line, fn, text in sorted(inside) if m not in light]
+    unmarked = [f"{m}:{line}: {text.strip()}" for m, line, fn, text in sorted(inside) if (m, fn) not in marked]
+    assert not misplaced, "import at module level (--help does not load this module):\n" + "\n".join(misplaced)
+    assert not unmarked, f"say why with `# {LAZY_MARK}`:\n" + "\n".join(unmarked)
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:

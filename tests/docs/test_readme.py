@@ -1,4 +1,4 @@
-"""Every `emo-slice` command the README shows names a real command and real flags (litgpt-style).
+"""Every `emo-slice` command the README (and docs/) shows names a real command and real flags (litgpt-style).
 
 Running them all would take minutes (the quickstart test runs the main flow); this catches the
 README drifting from the CLI: a renamed flag, a removed command, a typo.
@@ -12,11 +12,12 @@ import typer.main
 
 from emo_slice.cli import app
 
-README = Path(__file__).parents[2] / "README.md"
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
 
 
 def readme_commands() -> list[list[str]]:
-    text = README.read_text()
+    text = "\n".join(p.read_text() for p in [README, *sorted((ROOT / "docs").glob("*.md"))])
     blocks = re.findall(r"```(?:bash|console)\n(.*?)```", text, flags=re.S)
     commands = []
     for block in blocks:

@@ -8,7 +8,7 @@ import pytest
 from conftest import assert_one_line_error, invoke
 
 from emo_slice.slicing.profile_file import save_profile
-from emo_slice.workflows import autok, sweep
+from emo_slice.workflows import autok, scoring
 
 
 class FakeConfig:
@@ -78,17 +78,17 @@ def test_target_scores_held_out_items_and_picks_the_known_smallest_k(tiny_ckpt, 
     task.write_text("".join(json.dumps(it) + "\n" for it in items))
     seen = []
 
-    def fake_evaluate(model, **opts):
-        seen.append([json.loads(l)["id"] for spec in opts["tasks"] for l in open(spec)])
-        return {"results": {"t": {"acc_per_char": 1.0}}, "models": {"model": {"weight_bytes": 100}}}
+    def fake_evaluate(model, tasks, lm, settings):
+        seen.append([it.id for t in tasks for it in t.items])  # the held-out task, handed over as a Task object
+        return {"results": {"t": {"acc_per_char": 1.0}}, "models": {"model": {"weight_bytes": 100}}, "tasks": {}}
 
-    def fake_score(ckpt, plan, path, full, opts, *a, **k):
-        fake_evaluate(path, **opts)
+    def fake_score(ckpt, plan, path, full, scored, *a, **k):
+        fake_evaluate(path, *scored)
         share = 0.99 if plan.keep >= 4 else 0.9
         return {"bytes": plan.keep, "share_of_bytes": plan.keep / 9, "kept": {"t": {"acc_per_char": share}}}
 
-    monkeypatch.setattr(sweep, "evaluate", fake_evaluate)
-    monkeypatch.setattr(sweep, "score_slice", fake_score)
+    monkeypatch.setattr(scoring, "evaluate", fake_evaluate)
+    monkeypatch.setattr(autok, "score_slice", fake_score)
     r = invoke(
         "extract",
         tiny_ckpt,

@@ -1,5 +1,5 @@
-"""The library calls behind the thin commands: workflows/slice.py (profile, extract) and workflows/pretrain.py
-(pretrain's configuration and summary)."""
+"""The workflows behind the thin commands: profile, extract (workflows/slice.py) and pretrain's configuration and
+summary (workflows/pretrain.py); library errors name the parameters, the command line shows its flags."""
 
 import json
 
@@ -36,11 +36,11 @@ def test_extract_save_dtype_is_the_stored_dtype(fixtures, tmp_path):
 def test_make_slice_checks_everything_before_work(fixtures, tmp_path):
     out = tmp_path / "s"
     for kwargs, needle in [
-        (dict(experts="1,2", save_dtype="int8"), "--save-dtype"),
-        (dict(examples="x.txt", keep="4", dtype="int8"), "--dtype"),
-        (dict(experts="1,2", dtype="bfloat16"), "--save-dtype"),  # the old meaning of --dtype
+        (dict(experts="1,2", save_dtype="int8"), "`save_dtype` 'int8'"),
+        (dict(examples="x.txt", keep="4", dtype="int8"), "`dtype` 'int8'"),
+        (dict(experts="1,2", dtype="bfloat16"), "pass `save_dtype`"),  # the old meaning of --dtype
         (dict(experts="1,2", max_shard_size="lots"), "--max-shard-size"),
-        (dict(keep="4", method="random", greedy=True), "--greedy"),
+        (dict(keep="4", method="random", greedy=True), "`greedy` applies with `examples`"),
         (dict(keep="99", examples=str(tmp_path / "never-read.txt")), "more than"),
     ]:
         with pytest.raises(UsageError, match=needle):

@@ -6,10 +6,12 @@ import sys
 import pytest
 from conftest import assert_one_line_error, invoke
 
-from emo_slice.data.sources import MCItem
+from emo_slice.data.sources import Task
+from emo_slice.data.tasks import load_items, task_of_items
+from emo_slice.eval.settings import EvalSettings
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.slicing.select import plan_slice
-from emo_slice.workflows import sweep
+from emo_slice.workflows import scoring, sweep
 
 
 def write_jsonl(path, rows):
@@ -96,13 +98,16 @@ def test_sweep_rows_equal_separate_extract_and_eval(tiny_ckpt, data, tmp_path, m
 
 
 def test_held_out_tasks_drop_the_calibration_items(tmp_path, data):
+    """A task that is the calibration's source is handed over as a Task object of its other items (in memory, read
+    with the settings' few-shot draw and limit); any other task stays a spec, read as `eval` reads it."""
     task, _, _ = data
     other = write_jsonl(tmp_path / "other.jsonl", [{"context": "a", "choices": [" b", " c"], "label": 1}] * 2)
     calib = [{"kind": "multiple-choice", "source": str(task), "ids": ["s1", "s4"]}]
-    specs, records, over = sweep.held_out_tasks([str(task), str(other)], calib, tmp_path / "h")
-    assert over == {"field_map": None, "fmt": "auto"} and len(specs) == 2
-    kept = [json.loads(l)["id"] for l in open(specs[0])]
-    assert kept == ["s0", "s2", "s3", "s5"] and specs[0].endswith("sums.jsonl")
+    tasks, records = scoring.held_out_tasks([str(task), str(other)], calib, EvalSettings())
+    assert isinstance(tasks[0], Task) and tasks[1] == str(other)
+    assert [it.id for it in tasks[0].items] == ["s0", "s2", "s3", "s5"] and tasks[0].name == "sums"
+    assert tasks[0].spec == str(task) and tasks[0].demos == []
+    assert [f.name for f in tmp_path.rglob("*")] == ["other.jsonl"]  # nothing written to hand the items over
     assert records == [
         {
             "task": str(task),
@@ -112,9 +117,13 @@ def test_held_out_tasks_drop_the_calibration_items(tmp_path, data):
             "held_out_hash": records[0]["held_out_hash"],
         }
     ]
-    assert [MCItem(**json.loads(l)).label for l in open(specs[1])] == [1, 1]  # other tasks: read the same way
+    two_shot, _ = scoring.held_out_tasks([str(task)], calib, EvalSettings(shots=2, seed=3, limit=1))
+    expected = task_of_items(
+        str(task), "plain", [it for it in load_items(str(task))[0] if it.id not in ("s1", "s4")], 2, 3, 1
+    )
+    assert two_shot[0] == expected and len(expected.demos) == 2 and len(expected.items) == 1
     # calibration on another source: the specs pass through untouched
-    assert sweep.held_out_tasks([str(other)], calib, tmp_path / "h2") == ([str(other)], [], {})
+    assert scoring.held_out_tasks([str(other)], calib, EvalSettings()) == ([str(other)], [])
 
 
 @pytest.mark.slow  # importing matplotlib takes seconds
