@@ -150,3 +150,58 @@ def join_gloo(rank: int, world: int, port: int) -> None:
     )
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+
+
+# ---- other families, built with transformers' own model classes ------------------------------------------
+
+HF_IMPL = dict(attn_implementation="sdpa", experts_implementation="eager")
+FAMILY_CONFIGS = {  # tiny shapes; keys are each family's own config.json keys
+    "olmoe": dict(intermediate_size=16, num_experts=8, num_experts_per_tok=2),
+    "qwen3_moe": dict(
+        moe_intermediate_size=16, intermediate_size=24, num_experts=8, num_experts_per_tok=3, head_dim=12
+    ),
+    "qwen2_moe": dict(
+        moe_intermediate_size=16,
+        intermediate_size=24,
+        shared_expert_intermediate_size=20,
+        num_experts=8,
+        num_experts_per_tok=2,
+    ),
+    "mixtral": dict(intermediate_size=16, num_local_experts=6, num_experts_per_tok=2),
+}
+
+
+def hf_model(family: str, seed: int = 0, dtype: str = "float32", **overrides):
+    """A random transformers model of `family` (SDPA attention, transformers' default, and the modelling file's
+    own expert loop), weights drawn so routing and norms matter (std 0.15, norm weights around 1)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = dict(
+        vocab_size=300,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        pad_token_id=1,
+        eos_token_id=0,
+        bos_token_id=None,
+    )
+    cfg = AutoConfig.for_model(family, **{**base, **FAMILY_CONFIGS[family], **overrides})
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, **HF_IMPL)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.15 * noise)
+    return model.to(getattr(torch, dtype)).eval()
+
+
+def hf_checkpoint(out, family: str, seed: int = 0, dtype: str = "float32", **overrides):
+    """`hf_model(...)` saved with save_pretrained at `out` (the per-expert layout users' checkpoints have)."""
+    model = hf_model(family, seed, dtype, **overrides)
+    model.save_pretrained(out)
+    return Path(out)

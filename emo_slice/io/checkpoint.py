@@ -1,7 +1,10 @@
-"""EMO checkpoints: a safetensors folder (or Hub id) plus its config.json, opened lazily.
+"""Checkpoints (EMO, OLMoE, Qwen2-MoE, Qwen3-MoE, Mixtral): a safetensors folder (or Hub id) plus its
+config.json, opened lazily.
 
 `Checkpoint` = `SafetensorsIndex` (shard headers, a few KB each; see io/safetensors.py) + `EmoConfig` +
-`fingerprint()`, refusing on opening tensors that disagree with config.json (`check_tensors`). Every file
+`fingerprint()`, refusing on opening tensors that disagree with config.json (`check_tensors`). Tensors
+are named per expert, the family's own names (`canonical_infos` turns transformers 5's fused experts and
+renamed routers into those names, each a byte range of its file, so nothing downstream sees the layout). Every file
 is read through io/safefiles.py: inside the folder, a regular file. Tensors are read one at a time with
 plain file reads when asked. `resolve_checkpoint` turns a local folder or a Hugging Face Hub id (cache
 first) into a folder. Writing lives in io/writer.py (`ShardWriter`) and io/build.py.
@@ -15,6 +18,7 @@ import math
 import os
 import re
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +27,14 @@ from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.safefiles import folder_file, member_stat, parse_json_bytes
 from emo_slice.io.safetensors import INDEX_NAME, SINGLE_NAME, SafetensorsIndex, TensorInfo, read_into, read_tensor
 from emo_slice.model.config import EmoConfig
-from emo_slice.model.hf_names import hf_tensor_shapes
+from emo_slice.model.hf_names import (
+    expert_name,
+    fused_names,
+    hf_tensor_shapes,
+    implied_tensor_count,
+    router_aliases,
+    router_name,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -81,8 +92,52 @@ def _snapshot(repo_id: str) -> Path:
         ) from None
 
 
+def canonical_infos(infos: dict[str, TensorInfo], cfg: EmoConfig) -> dict[str, TensorInfo]:
+    """The tensors under the family's per-expert names: a layer stored with transformers 5's fused experts
+    (`experts.gate_up_proj` [E, 2F, D], `experts.down_proj` [E, D, F]) becomes E x 3 views, each expert's gate,
+    up and down a contiguous byte range of the fused tensor; a router saved under `mlp.gate` is renamed."""
+    out = dict(infos)
+    if cfg.num_hidden_layers > 100_000:
+        return out  # refused by check_tensors (a hostile config): nothing to map
+    for l in cfg.moe_layers():
+        want = router_name(cfg, l)
+        for alias in router_aliases(cfg, l):
+            if want not in out and alias in out:
+                out[want] = replace(out.pop(alias), name=want)
+        if expert_name(cfg, l, 0, "gate") in out:
+            continue
+        for gate_up, down in fused_names(cfg, l):
+            if gate_up in out and down in out:
+                out.update(_unfused(cfg, l, out.pop(gate_up), out.pop(down)))
+                break
+    return out
+
+
+def _unfused(cfg: EmoConfig, l: int, gate_up: TensorInfo, down: TensorInfo) -> dict[str, TensorInfo]:
+    E = cfg.experts_in_layer(l)
+    if len(gate_up.shape) != 3 or gate_up.shape[0] != E or len(down.shape) != 3 or down.shape[0] != E:
+        raise CheckpointError(
+            f"{gate_up.file}: fused experts {gate_up.name} {list(gate_up.shape)} / {down.name} {list(down.shape)} "
+            f"do not hold the {E} experts config.json implies; re-download the checkpoint"
+        )
+    if gate_up.shape[1] % 2:
+        raise CheckpointError(f"{gate_up.file}: {gate_up.name} has an odd gate/up width {gate_up.shape[1]}")
+    F_, D = gate_up.shape[1] // 2, gate_up.shape[2]
+    half, whole = gate_up.nbytes // (2 * E), down.nbytes // E
+    out = {}
+    for e in range(E):
+        for kind, src, start, n, shape in (
+            ("gate", gate_up, gate_up.start + 2 * e * half, half, (F_, D)),
+            ("up", gate_up, gate_up.start + (2 * e + 1) * half, half, (F_, D)),
+            ("down", down, down.start + e * whole, whole, tuple(down.shape[1:])),
+        ):
+            name = expert_name(cfg, l, e, kind)
+            out[name] = TensorInfo(name, src.file, src.dtype, shape, start, start + n)
+    return out
+
+
 class Checkpoint:
-    """An EMO checkpoint folder (or Hub id), opened lazily: config.json and the shard headers only."""
+    """A checkpoint folder (or Hub id), opened lazily: config.json and the shard headers only."""
 
     def __init__(self, path_or_id: str | os.PathLike):
         self.source = str(path_or_id)
@@ -91,7 +146,7 @@ class Checkpoint:
             folder_file(self.path, "config.json", "config")  # inside the folder, a regular file
         self.config = EmoConfig.from_file(self.path / "config.json")
         self.index = SafetensorsIndex(self.path)
-        self.infos: dict[str, TensorInfo] = self.index.infos
+        self.infos: dict[str, TensorInfo] = canonical_infos(self.index.infos, self.config)
         self.check_tensors()
 
     # ---- queries -------------------------------------------------------------------------
@@ -106,7 +161,8 @@ class Checkpoint:
             return self.infos[name]
         except KeyError:
             raise CheckpointError(
-                f"tensor {name} is missing from {self.path}: the checkpoint is incomplete or not an EMO layout"
+                f"tensor {name} is missing from {self.path}: the checkpoint is incomplete or config.json belongs to "
+                "another model"
             ) from None
 
     @property
@@ -133,9 +189,7 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path} holds no tensors although config.json describes a model; re-download the checkpoint"
             )
-        per_layer = cfg.num_experts_per_layer
-        experts = sum(per_layer) if per_layer is not None else cfg.num_experts * cfg.num_hidden_layers
-        implied = 3 * experts + 7 * cfg.num_hidden_layers + 2 + (0 if cfg.tie_word_embeddings else 1)
+        implied = implied_tensor_count(cfg)
         if implied > n + 100_000:  # refused before listing the names: a hostile config may imply billions
             raise CheckpointError(
                 f"{self.path} holds {n} tensors but config.json implies {implied}; the checkpoint is incomplete "
@@ -158,7 +212,7 @@ class Checkpoint:
             if info.dtype not in FLOAT_ST:
                 raise CheckpointError(
                     f"{self.path}: tensor {name} is stored as {info.dtype}, not a float type ({', '.join(FLOAT_ST)}); "
-                    "this is not an EMO checkpoint emo-slice can read"
+                    "emo-slice reads unquantised checkpoints only: use the original (bf16/fp16/fp32) weights"
                 )
         extra = sorted(set(self.infos) - set(shapes) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set()))
         if exact and extra:
@@ -175,9 +229,9 @@ class Checkpoint:
             numel.pop("lm_head.weight", None)  # tied: the embedding's own values
         embed = numel["model.embed_tokens.weight"] + numel.get("lm_head.weight", 0)
         experts = inactive = 0
-        for l in range(cfg.num_hidden_layers):
+        for l in cfg.moe_layers():
             per_expert = [
-                sum(numel[f"model.layers.{l}.mlp.experts.{e}.{k}_proj.weight"] for k in ("gate", "up", "down"))
+                sum(numel[expert_name(cfg, l, e, k)] for k in ("gate", "up", "down"))
                 for e in range(cfg.experts_in_layer(l))
             ]
             experts += sum(per_expert)

@@ -24,8 +24,9 @@ from emo_slice.errors import CheckpointError
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.context import make_context
-from emo_slice.model.hf_names import expected_hf_names, hf_to_stacked_view
+from emo_slice.model.hf_names import expected_hf_names, layer_tensors, model_tensors
 from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm
+from emo_slice.model.modeling import norm as make_norm
 
 DEVICE, STREAMED = "device", "streamed"  # placements: the whole model on the device, or layer streaming
 MARGIN_FRACTION, MARGIN_BYTES = 0.20, 1 << 30  # kept free besides the weights: activations, workspace
@@ -169,9 +170,10 @@ def load_model(
     model = _empty(lambda: EmoForCausalLM(ckpt.config), dt, dev)
     if ckpt.config.tie_word_embeddings:  # to_empty gives lm_head its own storage: tie it again
         model.lm_head.weight = model.model.embed_tokens.weight
+    params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
-        for name in expected_hf_names(ckpt.config):
-            target = hf_to_stacked_view(model, name)
+        for ours, e, name in model_tensors(ckpt.config):
+            target = params[ours].data if e is None else params[ours].data[e]
             if dev.type == "cpu":
                 ckpt.read_into(name, target)
             else:
@@ -186,15 +188,10 @@ def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype, pin: bool = Fal
     if pin:
         for p in mod.parameters():
             p.data = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
-    p = f"model.layers.{layer}."
-    kinds = {"mlp.w_gate_EFD": "gate", "mlp.w_up_EFD": "up", "mlp.w_down_EDF": "down"}
+    params = dict(mod.named_parameters())
     with torch.no_grad():
-        for name, param in mod.named_parameters():
-            if name in kinds:
-                for e in range(param.shape[0]):
-                    ckpt.read_into(f"{p}mlp.experts.{e}.{kinds[name]}_proj.weight", param.data[e])
-            else:
-                ckpt.read_into(p + name, param.data)
+        for ours, e, name, _ in layer_tensors(ckpt.config, layer):  # the family's tensor names (model/hf_names.py)
+            ckpt.read_into(name, params[ours].data if e is None else params[ours].data[e])
     return mod.eval()
 
 
@@ -255,7 +252,7 @@ class LayerwiseModel:
         if self.model is not None:
             return self.model.head(x_BTD)
         if self._head is None:
-            norm = _empty(lambda: RMSNorm(self.config.hidden_size, self.config.rms_norm_eps), self.dtype, self.device)
+            norm = _empty(lambda: make_norm(self.config, self.config.hidden_size), self.dtype, self.device)
             with torch.no_grad():
                 norm.weight.copy_(self.ckpt.get("model.norm.weight"))
             tied = self.config.tie_word_embeddings

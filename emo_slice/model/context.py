@@ -16,7 +16,7 @@ Shape letters: see the legend in `emo_slice/__init__.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -78,6 +78,17 @@ class Context:
     trace: Callable[[LayerTrace], None] | None = None
     expert_norms: bool = False  # compute LayerTrace.expert_norm_NK
     documents: DocumentMask | None = None  # causal within documents (no dense mask until a kernel needs one)
+    mask_inputs: tuple | None = None  # what the mask was made from: a sliding window's mask is made from it too
+    windowed: dict = field(default_factory=dict)  # window -> its mask, made on first use (shared by layers)
+
+    def attention_for(self, window: int | None):
+        """(mask_BTS, documents) for a layer attending within a sliding window (None: no window). A window at
+        least as long as the keys changes nothing; a shorter one gets an explicit mask, made once."""
+        if window is None or self.mask_inputs is None or self.mask_inputs[2] + self.mask_inputs[1] <= window:
+            return self.mask_BTS, self.documents
+        if window not in self.windowed:
+            self.windowed[window] = _attention_mask(*self.mask_inputs, window=window)
+        return self.windowed[window], None
 
     def pool_for(self, layer: int):
         """The pool size(s) of this layer: drawn per layer when pool_size is a callable."""
@@ -123,6 +134,8 @@ def make_context(
         position_ids_BT = torch.arange(past, past + T, device=device)[None]
     cos, sin = rope_cos_sin(position_ids_BT, config.head_dim, config.rope_theta, dtype)
     docs = None
+    windowed = any(config.window_in_layer(l) is not None for l in range(config.num_hidden_layers))
+    mask_inputs = (B, T, past, device, attention_mask, document_ids_BT) if windowed else None
     if document_ids_BT is not None and attention_mask is None and past == 0 and cache is None:
         docs, document_ids_BT = DocumentMask(document_ids_BT), None  # the kernel picks dense mask or flex
     mask = _attention_mask(B, T, past, device, attention_mask, document_ids_BT)
@@ -134,21 +147,25 @@ def make_context(
         G = getattr(pool_size, "num_segments", None)  # a pretraining draw knows it: no host sync
         if G is None:
             G = int(seg_N.max()) + 1 if seg_N.numel() else 0  # host sync, once per forward (not per layer)
-    return Context(cos[:, None], sin[:, None], mask, cache, seg_N, G, pool_size, trace, expert_norms, docs)
+    return Context(cos[:, None], sin[:, None], mask, cache, seg_N, G, pool_size, trace, expert_norms, docs, mask_inputs)
 
 
-def _attention_mask(B: int, T: int, past: int, device, attention_mask, document_ids_BT) -> torch.Tensor | None:
-    """Boolean [B, 1, T, S] (True = attend), or None for plain causal attention over T positions."""
+def _attention_mask(
+    B: int, T: int, past: int, device, attention_mask, document_ids_BT, window: int | None = None
+) -> torch.Tensor | None:
+    """Boolean [B, 1, T, S] (True = attend), or None for plain causal attention over T positions. window: keys
+    more than window - 1 positions before the query are masked too (transformers' sliding window)."""
     S = past + T
+    q_T = torch.arange(past, S, device=device)
+    k_S = torch.arange(S, device=device)
+    band_TS = None if window is None else k_S[None, :] > q_T[:, None] - window
     if attention_mask is not None and attention_mask.dim() == 3:
         mask_BTS = attention_mask.bool()
         if mask_BTS.shape[-1] != S:
             raise ValueError(f"attention_mask covers {mask_BTS.shape[-1]} keys but there are {S} (cached + new)")
-        return mask_BTS[:, None]
-    if attention_mask is None and document_ids_BT is None and past == 0:
+        return (mask_BTS if band_TS is None else mask_BTS & band_TS)[:, None]
+    if attention_mask is None and document_ids_BT is None and past == 0 and window is None:
         return None
-    q_T = torch.arange(past, S, device=device)
-    k_S = torch.arange(S, device=device)
     mask_BTS = (k_S[None, :] <= q_T[:, None])[None].expand(B, T, S)
     if attention_mask is not None:
         if attention_mask.shape != (B, S):
@@ -158,5 +175,7 @@ def _attention_mask(B: int, T: int, past: int, device, attention_mask, document_
         if past:
             raise ValueError("document_ids cannot be combined with a KV cache; pass a full attention_mask")
         mask_BTS = mask_BTS & (document_ids_BT[:, :, None] == document_ids_BT[:, None, :])
+    if band_TS is not None:
+        mask_BTS = mask_BTS & band_TS
     mask_BTS = mask_BTS | (k_S[None, :] == q_T[:, None])[None]  # a query always sees itself: no empty row
     return mask_BTS[:, None]

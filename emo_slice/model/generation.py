@@ -65,14 +65,17 @@ def prompt_pools(model, rows: list[list[int]], pool: int) -> list[torch.Tensor]:
     for r in rows:
         routings: list = []  # the routing is all that is needed: no output head, no logits
         model.hidden_states(torch.tensor([r], device=device), routings, pool_size=pool)
-        per_row.append([torch.isfinite(rt.masked_logits_NR[-1]) for rt in routings])
-    return [torch.stack([row[layer] for row in per_row]) for layer in range(len(per_row[0]))]
+        per_row.append([None if rt is None else torch.isfinite(rt.masked_logits_NR[-1]) for rt in routings])
+    return [
+        None if per_row[0][layer] is None else torch.stack([row[layer] for row in per_row])
+        for layer in range(len(per_row[0]))
+    ]  # None for a dense layer (no experts)
 
 
 @contextlib.contextmanager
-def restricted_routing(model, pools_L_BR: list[torch.Tensor]):
+def restricted_routing(model, pools_L_BR: list[torch.Tensor | None]):
     """Within the block, row b of every forward routes only among the experts pools_L_BR[layer][b] (router
-    logits of the others set to -inf before the softmax, as the document pool does)."""
+    logits of the others set to -inf before the softmax, as the document pool does); None: layer unrestricted."""
 
     def hook_for(layer: int):
         def hook(_module, _inputs, logits_NE):
@@ -84,7 +87,11 @@ def restricted_routing(model, pools_L_BR: list[torch.Tensor]):
 
         return hook
 
-    handles = [m.mlp.gate.register_forward_hook(hook_for(l)) for l, m in enumerate(model.model.layers)]
+    handles = [
+        m.mlp.gate.register_forward_hook(hook_for(l))
+        for l, m in enumerate(model.model.layers)
+        if pools_L_BR[l] is not None and hasattr(m.mlp, "gate")
+    ]
     try:
         yield
     finally:

@@ -1,4 +1,8 @@
-"""The EMO model in PyTorch: pre-norm decoder, GQA attention with RoPE, MoE of SwiGLU experts.
+"""The model in PyTorch: pre-norm decoder, GQA attention with RoPE, MoE of SwiGLU experts.
+
+EMO, OLMoE, Qwen2-MoE, Qwen3-MoE and Mixtral run through this one forward pass: where they differ (q/k
+norms, biases, routing rule, a gated shared expert, dense layers, a sliding window, the RMSNorm cast) is a
+typed field of the config (model/config.py, read per family in model/families.py).
 
 One forward path. `DecoderLayer.forward(x, ctx, layer)` is the only place a layer's computation is
 written; `EmoForCausalLM.hidden_states` loops over the layers in memory and `LayerwiseModel` (io/loading.py)
@@ -6,10 +10,11 @@ loops over them streamed from the checkpoint, both around that step. Profiling, 
 and training all call these. The `Context` (model/context.py) carries positions, attention mask, KV
 cache, document pool and the per-layer trace hook.
 
-Parameter names equal the Hugging Face checkpoint's except the experts, which one layer keeps stacked
-(`mlp.w_gate_EFD` / `mlp.w_up_EFD` / `mlp.w_down_EDF`, see model/hf_names.py). Everything numerical follows
-AllenAI's reference `EmoForCausalLM` (the EMO checkpoint spec); tests check it against the reference's
-outputs. Shape letters: the legend in `emo_slice/__init__.py`.
+Parameter names equal an EMO checkpoint's except the experts, which one layer keeps stacked
+(`mlp.w_gate_EFD` / `mlp.w_up_EFD` / `mlp.w_down_EDF`); model/hf_names.py maps them to each family's
+names. Everything numerical follows AllenAI's reference `EmoForCausalLM` for EMO (the EMO checkpoint spec)
+and transformers' own model classes for the other families; tests check both. Shape letters: the legend
+in `emo_slice/__init__.py`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "EmoForCausalLM",
     "DecoderLayer",
     "MoE",
+    "MLP",
     "Attention",
     "RMSNorm",
     "KVCache",
@@ -44,16 +50,26 @@ __all__ = [
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMSNorm in float32. cast_first=False (EMO): the weight multiplies the float32 result, then the cast;
+    cast_first=True (OLMoE, Qwen, Mixtral, as Llama): the result is cast first, then multiplied."""
+
+    def __init__(self, dim: int, eps: float, cast_first: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.cast_first = cast_first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.cast_first:
+            return self.weight * x32.to(dtype)
         return (self.weight * x32).to(dtype)  # weight multiply before the cast back
+
+
+def norm(cfg: EmoConfig, dim: int) -> RMSNorm:
+    return RMSNorm(dim, cfg.rms_norm_eps, cfg.norm_cast == "cast-first")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -62,24 +78,39 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: EmoConfig):
+    """GQA attention with RoPE; the family's variations: q/k/v(/o) biases, q/k RMSNorm over the whole
+    projection ("full", OLMoE) or per head ("head", Qwen3), clip_qkv, a sliding window."""
+
+    def __init__(self, cfg: EmoConfig, layer: int = 0):
         super().__init__()
         D, H, Hkv, Dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.H, self.Hkv, self.Dh = H, Hkv, Dh
-        self.q_proj = nn.Linear(D, H * Dh, bias=False)
-        self.k_proj = nn.Linear(D, Hkv * Dh, bias=False)
-        self.v_proj = nn.Linear(D, Hkv * Dh, bias=False)
-        self.o_proj = nn.Linear(H * Dh, D, bias=False)
+        self.q_proj = nn.Linear(D, H * Dh, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(D, Hkv * Dh, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(D, Hkv * Dh, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(H * Dh, D, bias=cfg.o_bias)
+        self.qk_norm, self.clip, self.window = cfg.qk_norm, cfg.clip_qkv, cfg.window_in_layer(layer)
+        if cfg.qk_norm != "none":
+            self.q_norm = norm(cfg, H * Dh if cfg.qk_norm == "full" else Dh)
+            self.k_norm = norm(cfg, Hkv * Dh if cfg.qk_norm == "full" else Dh)
 
     def forward(self, x_BTD: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
         B, T, _ = x_BTD.shape
-        q_BHTDh = self.q_proj(x_BTD).view(B, T, self.H, self.Dh).transpose(1, 2)
-        k_BHTDh = self.k_proj(x_BTD).view(B, T, self.Hkv, self.Dh).transpose(1, 2)
-        v_BHTDh = self.v_proj(x_BTD).view(B, T, self.Hkv, self.Dh).transpose(1, 2)
+        q, k, v = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.clip is not None:
+            q, k, v = (t.clamp(-self.clip, self.clip) for t in (q, k, v))
+        q_BTHDh, k_BTHDh = q.view(B, T, self.H, self.Dh), k.view(B, T, self.Hkv, self.Dh)
+        if self.qk_norm == "head":
+            q_BTHDh, k_BTHDh = self.q_norm(q_BTHDh), self.k_norm(k_BTHDh)
+        q_BHTDh, k_BHTDh = q_BTHDh.transpose(1, 2), k_BTHDh.transpose(1, 2)
+        v_BHTDh = v.view(B, T, self.Hkv, self.Dh).transpose(1, 2)
         q_BHTDh = q_BHTDh * ctx.cos_BTDh + _rotate_half(q_BHTDh) * ctx.sin_BTDh
         k_BHTDh = k_BHTDh * ctx.cos_BTDh + _rotate_half(k_BHTDh) * ctx.sin_BTDh
         k_BHSDh, v_BHSDh = (k_BHTDh, v_BHTDh) if ctx.cache is None else ctx.cache.update(layer, k_BHTDh, v_BHTDh)
-        o_BHTDh = attend(q_BHTDh, k_BHSDh, v_BHSDh, ctx.mask_BTS, ctx.documents, self.Hkv != self.H)
+        mask_BTS, docs = ctx.attention_for(self.window)
+        o_BHTDh = attend(q_BHTDh, k_BHSDh, v_BHSDh, mask_BTS, docs, self.Hkv != self.H)
         return self.o_proj(o_BHTDh.transpose(1, 2).reshape(B, T, self.H * self.Dh))
 
 
@@ -128,9 +159,37 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
         norm_NK = torch.empty(N * K, dtype=torch.float64, device=x_ND.device)
         norm_NK[order_M] = y_MD.double().norm(dim=-1)
         norm_NK = norm_NK.view(N, K)
-    y_MD = y_MD * weights_NK.reshape(-1)[order_M, None]
-    out_ND = torch.zeros_like(x_ND).index_add_(0, tok_M, y_MD)
+    y_MD = y_MD * weights_NK.reshape(-1)[order_M, None]  # float32 weights (Mixtral): a float32 product, then cast
+    out_ND = _sum_by_expert(y_MD.to(x_ND.dtype), order_M, experts_NK)
     return (out_ND, norm_NK) if norms else out_ND
+
+
+def _sum_by_expert(y_MD: torch.Tensor, order_M: torch.Tensor, experts_NK: torch.Tensor) -> torch.Tensor:
+    """out_ND: each token's K weighted expert outputs added in ascending expert order, rounded after every add,
+    as transformers' per-expert loop adds them (bf16 results equal it bit for bit; one index_add_ of all pairs
+    would accumulate a token's outputs at another precision, and on a GPU in no fixed order)."""
+    N, K = experts_NK.shape
+    pos_M = torch.empty_like(order_M)
+    pos_M[order_M] = torch.arange(order_M.numel(), device=order_M.device)  # where pair (n, j) sits in y_MD
+    pos_NK = pos_M.view(N, K).gather(1, experts_NK.argsort(dim=1, stable=True))
+    out_ND = y_MD[pos_NK[:, 0]]
+    for j in range(1, K):
+        out_ND = out_ND + y_MD[pos_NK[:, j]]
+    return out_ND
+
+
+class MLP(nn.Module):
+    """A SwiGLU MLP: a dense layer's feed-forward, or Qwen2-MoE's shared expert."""
+
+    def __init__(self, D: int, F_: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(D, F_, bias=False)
+        self.up_proj = nn.Linear(D, F_, bias=False)
+        self.down_proj = nn.Linear(F_, D, bias=False)
+
+    def forward(self, x_ND: torch.Tensor, ctx: Context | None = None, layer: int = 0):
+        """(out_ND, None, None): the MoE block's return with no routing."""
+        return self.down_proj(F.silu(self.gate_proj(x_ND)) * self.up_proj(x_ND)), None, None
 
 
 class MoE(nn.Module):
@@ -139,16 +198,26 @@ class MoE(nn.Module):
         E, D, F_ = cfg.experts_in_layer(layer), cfg.hidden_size, cfg.intermediate_size
         self.n_experts, self.n_shared = E, cfg.num_shared_experts
         self.top_k, self.norm_topk_prob = cfg.top_k_in_layer(layer), cfg.norm_topk_prob
+        self.rule = cfg.routing
         self.gate = nn.Linear(D, E, bias=False)
         self.w_gate_EFD = nn.Parameter(torch.empty(E, F_, D))
         self.w_up_EFD = nn.Parameter(torch.empty(E, F_, D))
         self.w_down_EDF = nn.Parameter(torch.empty(E, D, F_))
+        if cfg.shared_expert_intermediate_size:  # Qwen2-MoE: sigmoid(gate(x)) * MLP(x), outside the routing
+            self.shared_expert = MLP(D, cfg.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(D, 1, bias=False)
         self.impl = "auto"
 
     def forward(self, x_ND: torch.Tensor, ctx: Context, layer: int):
         """(out_ND, routing, norm_NK or None) for N tokens."""
         r = route(
-            self.gate(x_ND), self.n_shared, self.top_k, self.norm_topk_prob, ctx.segment_ids_N, ctx.pool_for(layer)
+            self.gate(x_ND),
+            self.n_shared,
+            self.top_k,
+            self.norm_topk_prob,
+            ctx.segment_ids_N,
+            ctx.pool_for(layer),
+            self.rule,
         )
         w = (self.w_gate_EFD, self.w_up_EFD, self.w_down_EDF)
         x_in = x_ND
@@ -157,25 +226,29 @@ class MoE(nn.Module):
             x_in, w = x_ND.to(dt), tuple(t.to(dt) for t in w)
         out = expert_mix(x_in, r.experts_NK, r.weights_NK, *w, self.impl, norms=ctx.expert_norms)
         out_ND, norm_NK = out if ctx.expert_norms else (out, None)
-        return out_ND.to(x_ND.dtype), r, norm_NK
+        out_ND = out_ND.to(x_ND.dtype)
+        if hasattr(self, "shared_expert"):
+            out_ND = out_ND + torch.sigmoid(self.shared_expert_gate(x_ND)) * self.shared_expert(x_ND)[0]
+        return out_ND, r, norm_NK
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: EmoConfig, layer: int):
         super().__init__()
-        self.pre_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
-        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = MoE(cfg, layer)
+        self.pre_attention_layernorm = norm(cfg, cfg.hidden_size)
+        self.self_attn = Attention(cfg, layer)
+        self.pre_feedforward_layernorm = norm(cfg, cfg.hidden_size)
+        self.mlp = MoE(cfg, layer) if cfg.is_moe_layer(layer) else MLP(cfg.hidden_size, cfg.dense_intermediate_size)
 
-    def forward(self, x_BTD: torch.Tensor, ctx: Context, layer: int) -> tuple[torch.Tensor, Routing]:
-        """The layer's output and routing; calls ctx.trace with everything it computed."""
+    def forward(self, x_BTD: torch.Tensor, ctx: Context, layer: int) -> tuple[torch.Tensor, Routing | None]:
+        """The layer's output and routing (None in a dense layer); calls ctx.trace with everything an MoE layer
+        computed."""
         B, T, D = x_BTD.shape
         h_BTD = x_BTD + self.self_attn(self.pre_attention_layernorm(x_BTD), ctx, layer)
         xn_ND = self.pre_feedforward_layernorm(h_BTD).reshape(B * T, D)
         moe_ND, routing, norm_NK = self.mlp(xn_ND, ctx, layer)
         y_BTD = h_BTD + moe_ND.view(B, T, D)
-        if ctx.trace is not None:
+        if ctx.trace is not None and routing is not None:
             ctx.trace(LayerTrace(layer, routing, h_BTD, xn_ND, y_BTD, norm_NK))
         return y_BTD, routing
 
@@ -185,7 +258,7 @@ class EmoBackbone(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = norm(cfg, cfg.hidden_size)
 
 
 class EmoForCausalLM(nn.Module):

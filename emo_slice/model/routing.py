@@ -7,6 +7,8 @@ With no pool, `route` is exactly the reference model's inference routing:
   n_shared > 0: p = softmax(logits[:, :R]) in float32, top k' of p (not renormalised), and each shared
                 expert weighted by softmax(logits[:, R:]) (exactly 1.0 with one shared expert);
   n_shared = 0: p = softmax(logits) in float32, top k, renormalised only if norm_topk_prob.
+rule "topk-softmax" (Mixtral): the top k of the logits, weighted by a softmax over those k alone (equal to
+  renormalising the top-k probabilities), the weights kept in float32 as transformers' Mixtral keeps them.
 With a pool (pretraining, pool-restricted evaluation), per document segment the top-P experts by
 summed probability form the pool and the logits of all other routed experts are set to -inf before
 the softmax (the EMO pretraining spec).
@@ -25,7 +27,7 @@ class Routing:
     masked_logits_NR: torch.Tensor  # float32 routed logits, -inf outside the pool (== logits when no pool)
     probs_NR: torch.Tensor  # float32 softmax of masked_logits_NR
     experts_NK: torch.Tensor  # int64, chosen routed experts (best first) then the shared ones
-    weights_NK: torch.Tensor  # model dtype, matching experts_NK
+    weights_NK: torch.Tensor  # model dtype (float32 for "topk-softmax"), matching experts_NK
     n_routed_k: int  # k': routed experts per token
 
 
@@ -83,8 +85,12 @@ def route(
     norm_topk_prob: bool = False,
     segment_ids_N: torch.Tensor | None = None,
     pool_size=None,
+    rule: str = "softmax-topk",
 ) -> Routing:
-    """Choose experts for N tokens from raw router logits [N, E] (the last n_shared are the shared experts)."""
+    """Choose experts for N tokens from raw router logits [N, E] (the last n_shared are the shared experts).
+
+    rule: "softmax-topk" (EMO, OLMoE, Qwen: top-k of the softmax, renormalised with norm_topk_prob) or
+    "topk-softmax" (Mixtral: always renormalised, weights in float32)."""
     N, E = logits_NE.shape
     R = E - n_shared
     k_routed = min(top_k - n_shared, R)
@@ -98,6 +104,9 @@ def route(
             masked_NR = z_NR.masked_fill(~keep_NR, float("-inf"))
     probs_NR = torch.softmax(masked_NR, dim=-1)
     w_NK, idx_NK = torch.topk(probs_NR, k_routed, dim=-1)
+    if rule == "topk-softmax":
+        w_NK = w_NK / w_NK.sum(dim=-1, keepdim=True)
+        return Routing(logits_NE, masked_NR, probs_NR, idx_NK, w_NK, k_routed)
     if n_shared == 0 and norm_topk_prob:
         w_NK = w_NK / w_NK.sum(dim=-1, keepdim=True)
     if n_shared > 0:

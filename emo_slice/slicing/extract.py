@@ -19,7 +19,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import shutil
 import stat
 from pathlib import Path
@@ -34,12 +33,11 @@ from emo_slice.io.safetensors import TensorInfo
 from emo_slice.io.tokenizer import load_tokenizer, write_tokenizer_files
 from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
-from emo_slice.model.hf_names import EXPERT_KEY, expected_hf_names, hf_order
+from emo_slice.model.hf_names import expected_hf_names, expert_name, hf_order, parse_expert, parse_router
 from emo_slice.slicing.profile_file import router_digest
 from emo_slice.slicing.select import SlicePlan
 
 MANIFEST = "slice.json"
-ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,14 +46,18 @@ ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 
 def sliced_config(ckpt: Checkpoint, plan: SlicePlan, dtype: torch.dtype | None) -> dict:
-    """The source's config.json, verbatim except the keys a slice changes (validated as an EmoConfig)."""
-    d = ckpt.side_json("config.json") or ckpt.config.to_dict()
-    sizes = [len(x) for x in plan.kept]
-    k = ckpt.config.num_experts_per_tok
+    """The source's config.json, verbatim except the keys a slice changes (validated as an EmoConfig): the
+    family's expert count (`num_experts`, Mixtral's `num_local_experts`), top-k lowered to K where needed."""
+    cfg = ckpt.config
+    d = ckpt.side_json("config.json") or cfg.to_dict()
+    moe = cfg.moe_layers()
+    sizes = [len(plan.kept[l]) for l in moe]
+    k = cfg.num_experts_per_tok
     if plan.per_layer:
-        d.update(num_experts=max(sizes), num_experts_per_layer=sizes, num_experts_per_tok=min(k, min(sizes)))
+        per_layer = [len(x) if cfg.is_moe_layer(l) else 0 for l, x in enumerate(plan.kept)]
+        d.update(num_experts=max(sizes), num_experts_per_layer=per_layer, num_experts_per_tok=min(k, min(sizes)))
     else:
-        d.update(num_experts=sizes[0], num_experts_per_tok=min(k, sizes[0]))
+        d.update({key: sizes[0] for key in cfg.family.count_keys_in(d)}, num_experts_per_tok=min(k, sizes[0]))
         if d.get("num_experts_per_layer") is not None:
             d["num_experts_per_layer"] = None
     d["output_router_logits"] = False
@@ -67,32 +69,37 @@ def sliced_config(ckpt: Checkpoint, plan: SlicePlan, dtype: torch.dtype | None) 
 
 def _check_layout(ckpt: Checkpoint) -> None:
     """Refuse checkpoints whose tensors we do not fully understand (no silent corruption)."""
-    want = set(expected_hf_names(ckpt.config))
-    have = set(ckpt.infos)
+    cfg = ckpt.config
+    want = set(expected_hf_names(cfg))
+    have = set(ckpt.infos) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
     unknown = sorted(have - want)
     missing = sorted(want - have)
     if missing or unknown:
-        what = f"lacks {missing[0]}" if missing else f"holds {unknown[0]}, which is not part of the EMO layout"
+        layout = f"the {cfg.model_type} layout config.json describes"
+        what = f"lacks {missing[0]}" if missing else f"holds {unknown[0]}, which is not part of {layout}"
         raise CheckpointError(
             f"{ckpt.path} {what} ({len(missing)} missing, {len(unknown)} unexpected tensors); "
-            "emo-slice only slices the released EMO layout and will not guess"
+            "emo-slice only slices tensors it knows and will not guess"
         )
 
 
 def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None]]:
     """What the slice holds, in checkpoint order: (new name, source tensor, router rows kept or None)."""
+    cfg = ckpt.config
     new_index = [{old: new for new, old in enumerate(kept)} for kept in plan.kept]
     entries = []
     for name in sorted(ckpt.infos, key=hf_order):
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # tied: the embedding is the head (a stored copy is not part of the stock layout)
         info = ckpt.infos[name]
-        m = EXPERT_KEY.match(name)
+        m = parse_expert(cfg, name)
         if m:
-            l, e, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+            l, e, kind = m
             if e in new_index[l]:
-                entries.append((f"model.layers.{l}.mlp.experts.{new_index[l][e]}.{kind}_proj.weight", info, None))
+                entries.append((expert_name(cfg, l, new_index[l][e], kind), info, None))
             continue
-        r = ROUTER_KEY.match(name)
-        entries.append((name, info, plan.kept[int(r.group(1))] if r else None))
+        r = parse_router(cfg, name)
+        entries.append((name, info, plan.kept[r] if r is not None else None))
     entries.sort(key=lambda x: hf_order(x[0]))
     return entries
 

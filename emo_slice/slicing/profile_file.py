@@ -10,6 +10,7 @@ from pathlib import Path
 from emo_slice.artifacts import atomic_write_text
 from emo_slice.errors import DataError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.model.hf_names import router_name
 
 PROFILE_FORMAT = "emo-slice-profile"
 
@@ -84,8 +85,8 @@ def router_digest(ckpt: Checkpoint) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for l in range(ckpt.config.num_hidden_layers):
-        info = ckpt.info(f"model.layers.{l}.mlp.gate.weight")
+    for l in ckpt.config.moe_layers():
+        info = ckpt.info(router_name(ckpt.config, l))
         with open(info.file, "rb") as f:
             f.seek(info.start)
             h.update(f.read(info.nbytes))

@@ -71,8 +71,11 @@ def choose_experts(
 
 
 def slice_layer(layer: DecoderLayer, kept: list[int]) -> DecoderLayer:
-    """Slice a loaded decoder layer in place to the experts `kept` (original ids, shared last)."""
+    """Slice a loaded decoder layer in place to the experts `kept` (original ids, shared last); a dense layer
+    (no router) is left as it is."""
     mlp = layer.mlp
+    if not hasattr(mlp, "w_gate_EFD"):
+        return layer
     idx = torch.tensor(kept, dtype=torch.long)
     mlp.gate.weight = nn.Parameter(mlp.gate.weight.data[idx].clone(), requires_grad=False)
     mlp.gate.out_features = len(kept)
@@ -112,11 +115,16 @@ def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> lis
             f"{flag} gives {len(parts)} lists separated by ';' but the model has {L} layers; "
             "give one list for every layer or one per layer"
         )
-    out = []
+    out: list[list[int]] = []
     for l in range(L):
         part = parts[0] if len(parts) == 1 else parts[l]
         E = cfg.experts_in_layer(l)
         R = E - n_shared
+        if not cfg.is_moe_layer(l):  # a dense layer: nothing to keep or drop
+            if len(parts) > 1 and part.strip():
+                raise UsageError(f"{flag}: layer {l} is a dense layer (no experts); leave its list empty")
+            out.append([])
+            continue
         try:
             ids = [int(x) for x in part.replace(" ", "").split(",") if x != ""]
         except ValueError:
@@ -149,12 +157,17 @@ def plan_slice(
     cfg = ckpt.config
     if method not in METHODS:
         raise UsageError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if per_layer and not cfg.family.per_layer_k:
+        raise UsageError(
+            f"--per-layer: a {cfg.model_type} checkpoint has one expert count for every layer (stock "
+            f"{cfg.family.architecture} loads no other); a different K per layer is for EMO checkpoints only"
+        )
     if experts is not None:
         plan = _plan_by_hand(cfg, keep, experts, per_layer)
     else:
         plan = _plan_ranked(cfg, keep, profile, method, per_layer, seed)
     k = cfg.num_experts_per_tok
-    smallest = min(len(x) for x in plan.kept)
+    smallest = min(len(plan.kept[l]) for l in cfg.moe_layers())
     if smallest <= k:
         plan.warnings.append(
             f"keeping {smallest} <= {k} experts per token: every kept expert fires on every token "
@@ -164,15 +177,16 @@ def plan_slice(
 
 
 def _smallest_layer(cfg: EmoConfig) -> int:
-    """Experts in the smallest layer: what --keep is checked against."""
-    return min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
+    """Experts in the smallest MoE layer: what --keep is checked against."""
+    return cfg.fewest_experts()
 
 
 def _plan_by_hand(cfg: EmoConfig, keep, experts: str, per_layer: bool) -> SlicePlan:
     """--experts: the listed routed ids plus the shared ones in every layer; --keep, if given, must agree."""
     n_shared = cfg.num_shared_experts
     routed = parse_expert_list(experts, cfg)
-    sizes = {len(r) + n_shared for r in routed}
+    moe = cfg.moe_layers()
+    sizes = {len(routed[l]) + n_shared for l in moe}
     if len(sizes) > 1 and not per_layer:
         raise UsageError(
             "--experts keeps a different number of experts per layer; pass --per-layer to allow "
@@ -180,14 +194,15 @@ def _plan_by_hand(cfg: EmoConfig, keep, experts: str, per_layer: bool) -> SliceP
         )
     if keep is not None and not per_layer:
         n_keep = parse_keep(keep, _smallest_layer(cfg), n_shared)
-        if n_keep != len(routed[0]) + n_shared:
+        listed = len(routed[moe[0]])
+        if n_keep != listed + n_shared:
             raise UsageError(
-                f"--keep {keep} is {n_keep} experts but --experts lists {len(routed[0])} routed + {n_shared} "
-                f"shared = {len(routed[0]) + n_shared}; drop --keep or make them agree"
+                f"--keep {keep} is {n_keep} experts but --experts lists {listed} routed + {n_shared} "
+                f"shared = {listed + n_shared}; drop --keep or make them agree"
             )
     kept = [r + list(range(cfg.experts_in_layer(l) - n_shared, cfg.experts_in_layer(l))) for l, r in enumerate(routed)]
     sizes_l = [len(x) for x in kept]
-    return SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[0], per_layer)
+    return SlicePlan(kept, "experts", sizes_l if per_layer else sizes_l[moe[0]], per_layer)
 
 
 def _plan_ranked(cfg: EmoConfig, keep, profile: dict | None, method: str, per_layer: bool, seed: int) -> SlicePlan:
@@ -205,6 +220,8 @@ def _plan_ranked(cfg: EmoConfig, keep, profile: dict | None, method: str, per_la
             choose_experts(
                 scores[l] if scores else None, cfg.experts_in_layer(l) - n_shared, n_shared, n_keep, method, seed, l
             )
+            if cfg.is_moe_layer(l)
+            else []  # a dense layer keeps its MLP
             for l in range(L)
         ]
         plan = SlicePlan(kept, method, n_keep, False, scores)

@@ -144,7 +144,7 @@ def test_checkpoint_read_into_checks_shape_and_casts(fixtures):
     assert torch.equal(dst, want.bfloat16())
     with pytest.raises(CheckpointError, match="config.json implies"):
         ck.read_into(name, torch.empty(1, 2))
-    with pytest.raises(CheckpointError, match="not an EMO layout"):
+    with pytest.raises(CheckpointError, match="is missing from"):
         ck.get("model.no.such.weight")
 
 
@@ -181,7 +181,7 @@ def test_bad_inputs(fixtures, tmp_path):
     cfg = json.loads((tmp_path / "llama" / "config.json").read_text())
     cfg["model_type"] = "llama"
     (tmp_path / "llama" / "config.json").write_text(json.dumps(cfg))
-    assert_one_line_error(run_cli("info", str(tmp_path / "llama")), "'llama'", "not an EMO model")
+    assert_one_line_error(run_cli("info", str(tmp_path / "llama")), "'llama'", "does not read", "qwen3_moe")
     # unknown Hub id, offline
     assert_one_line_error(run_cli("info", "allenai/no-such-model-xyz"), "allenai/no-such-model-xyz", "hf download")
     # a missing shard
