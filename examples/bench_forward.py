@@ -5,6 +5,7 @@ per expert, gather, index_add), same model, same weights, same run; float32 and 
     python examples/bench_forward.py            # both sizes (~2-4 minutes on 2 cores)
     python examples/bench_forward.py --quick    # small size only
     python examples/bench_forward.py --device cuda
+    python examples/bench_forward.py --family qwen3_moe    # a Qwen3-MoE checkpoint against transformers' own class
 
 Prints a table and, as its last line, one JSON object with the figures and the ratios.
 """
@@ -85,7 +86,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small size only")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    ap.add_argument(
+        "--family",
+        choices=("olmoe", "qwen3_moe", "qwen2_moe", "mixtral", "all"),
+        help="instead: that family's checkpoint, emo-slice against transformers' own class (bench_families.py)",
+    )
     args = ap.parse_args()
+    if args.family:
+        import bench_families  # beside this script
+
+        extra = ["--quick"] if args.quick else []
+        bench_families.main(["--family", args.family, "--reps", str(args.reps), "--device", args.device, *extra])
+        return
     torch.manual_seed(0)
     results = {}
     for size, spec in SIZES.items():

@@ -100,16 +100,45 @@ def human(n: float, unit: str = "B") -> str:
     return str(n)
 
 
+def family_text(fam: dict) -> str:
+    """One line: the stock class and how the family's layers differ (q/k norm, biases, routing, extras)."""
+    bias = fam["attention_bias"]
+    parts = [
+        fam["architecture"],
+        f"q/k norm {fam['qk_norm']}",
+        "q/k/v/o biases" if bias["o"] else ("q/k/v biases" if bias["qkv"] else "no biases"),
+        {"softmax-topk": "softmax then top-k", "topk-softmax": "top-k then softmax"}[fam["routing"]]
+        + (" (renormalised)" if fam["norm_topk_prob"] or fam["routing"] == "topk-softmax" else ""),
+    ]
+    if fam["shared_expert_mlp"]:
+        parts.append(f"gated shared expert (width {fam['shared_expert_mlp']})")
+    if fam["dense_layers"]:
+        parts.append(f"dense layers {fam['dense_layers']}")
+    if fam["sliding_window"]:
+        parts.append(f"sliding window {fam['sliding_window']}")
+    return "; ".join(parts)
+
+
 def info_tables(data: dict) -> list[Table]:
     a, e, p = data["architecture"], data["experts"], data["parameters"]
     per_layer = e["per_layer"]
-    layers_txt = f"{per_layer[0]} in every layer" if len(set(per_layer)) == 1 else ", ".join(map(str, per_layer))
     t = Table(title=f"{data['path']}  ({data['model_type']}, fingerprint {data['fingerprint']})", show_header=False)
     t.add_row("layers / hidden / expert hidden", f"{a['layers']} / {a['hidden_size']} / {a['intermediate_size']}")
     t.add_row("heads / kv heads / head dim", f"{a['heads']} / {a['kv_heads']} / {a['head_dim']}")
     t.add_row("vocab", str(a["vocab_size"]))
-    t.add_row("experts per layer", f"{layers_txt} ({e['shared']} shared, last)")
-    t.add_row("experts per token", f"{e['per_token']} ({e['routed_per_token']} routed + {e['shared']} shared)")
+    fam = data.get("family")
+    if fam is not None:
+        t.add_row("family", family_text(fam))
+    moe = [E for E in per_layer if E]
+    layers_txt = ", ".join(map(str, per_layer))
+    if len(set(moe)) == 1:
+        layers_txt = f"{moe[0]} in every layer" if len(moe) == len(per_layer) else f"{moe[0]} in every MoE layer"
+    if e["shared"]:
+        t.add_row("experts per layer", f"{layers_txt} ({e['shared']} shared, last)")
+        t.add_row("experts per token", f"{e['per_token']} ({e['routed_per_token']} routed + {e['shared']} shared)")
+    else:
+        t.add_row("experts per layer", layers_txt)
+        t.add_row("experts per token", str(e["per_token"]))
     t.add_row("parameters total", f"{p['total']:,} ({human(p['total'], '')})")
     t.add_row("active per token", f"{p['active']:,} ({human(p['active_non_embedding'], '')} without embeddings)")
     t.add_row("on disk", f"{human(data['bytes_on_disk'])} in {data['tensors']} tensors, {data['stored_dtype']}")

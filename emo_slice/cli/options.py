@@ -84,6 +84,16 @@ class Preset(str, Enum):
     emo_1b14b = "emo-1b14b"
 
 
+class Family(str, Enum):
+    """Model families (emo_slice.model.families.FAMILIES) a random checkpoint can have."""
+
+    emo = "emo"
+    olmoe = "olmoe"
+    qwen2_moe = "qwen2_moe"
+    qwen3_moe = "qwen3_moe"
+    mixtral = "mixtral"
+
+
 class QuickstartSize(str, Enum):
     """Quickstart sizes (emo_slice.workflows.quickstart.SIZES)."""
 

@@ -19,6 +19,7 @@ from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.safetensors import TensorInfo
 from emo_slice.io.tokenizer import load_tokenizer, write_tokenizer_files
+from emo_slice.model.families import EMO_TYPES
 from emo_slice.model.hf_names import expected_hf_names
 
 TOKENIZER_FILES = (
@@ -41,6 +42,8 @@ def open_checkpoint(model) -> Checkpoint:
 def check_exportable(ckpt: Checkpoint, target: str) -> None:
     """Refuse, in one line, a checkpoint `target` cannot represent."""
     cfg = ckpt.config
+    if cfg.model_type not in EMO_TYPES:
+        refuse_stock_family(ckpt, target)
     counts = [cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers)]
     if len(set(counts)) > 1:
         raise UsageError(
@@ -62,6 +65,21 @@ def check_exportable(ckpt: Checkpoint, target: str) -> None:
         raise CheckpointError(
             f"{ckpt.path} stores {odd[0]} tensors; export reads float32, float16 or bfloat16 weights only"
         )
+
+
+def refuse_stock_family(ckpt: Checkpoint, target: str) -> None:
+    """An OLMoE / Qwen / Mixtral checkpoint (or a slice of one) is already stock: say in one line what loads it."""
+    fam = ckpt.config.family
+    if "gguf" in target or "llama.cpp" in target:
+        raise UsageError(
+            f"{ckpt.path} is a stock {fam.architecture} checkpoint, which llama.cpp's own converter turns into "
+            f"GGUF (architecture {fam.gguf_arch}): python convert_hf_to_gguf.py {ckpt.path} --outfile OUT.gguf; "
+            "emo-slice's gguf export is for EMO checkpoints"
+        )
+    raise UsageError(
+        f"{ckpt.path} is already a stock {fam.architecture} checkpoint that transformers, vLLM and SGLang load "
+        "without remote code: use the folder as it is (the qwen2-moe export converts EMO checkpoints)"
+    )
 
 
 def routed(cfg) -> tuple[int, int]:

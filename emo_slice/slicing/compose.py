@@ -81,7 +81,7 @@ def compose_plan(
     check_composable(profiles, method, rule, False)
     cfg = ckpt.config
     L, n_shared = cfg.num_hidden_layers, cfg.num_shared_experts
-    n_keep = parse_keep(keep, min(cfg.experts_in_layer(l) for l in range(L)), n_shared)
+    n_keep = parse_keep(keep, cfg.fewest_experts(), n_shared)
     kept, summed = [], []
     contributed: list[list[list[int]]] = [[] for _ in profiles]
     for l in range(L):

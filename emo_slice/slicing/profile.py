@@ -126,8 +126,7 @@ def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:
         raise UsageError(
             "--greedy slices each layer before scoring the next, so it needs --keep K (e.g. --keep 16 or 25%)"
         )
-    E_min = min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
-    return parse_keep(settings.keep, E_min, cfg.num_shared_experts)
+    return parse_keep(settings.keep, cfg.fewest_experts(), cfg.num_shared_experts)
 
 
 def _calibration(ckpt: Checkpoint, settings: ProfileSettings):
@@ -200,7 +199,9 @@ def profile_model(
         def after_layer(l: int, layer, c=c):
             if progress is not None:
                 progress(c * L + l + 1, len(chunks) * L)
-            if n_keep is None:
+            if n_keep is None or not cfg.is_moe_layer(l):
+                if n_keep is not None:
+                    greedy_kept.append([])  # a dense layer: nothing to slice
                 return None
             kept = choose_experts(
                 stats[l].scores().get(settings.method),
@@ -256,7 +257,7 @@ def _profile_dict(ckpt: Checkpoint, settings: ProfileSettings, stats, inputs, ru
         "greedy": {"keep": n_keep, "method": settings.method, "seed": settings.seed, "kept": greedy_kept}
         if settings.greedy
         else None,
-        "tokens": layers_out[0]["tokens"] if layers_out else 0,
+        "tokens": layers_out[cfg.moe_layers()[0]]["tokens"] if layers_out else 0,  # a dense layer counts none
         "layers": layers_out,
         "provenance": provenance(),
     }

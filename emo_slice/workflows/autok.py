@@ -32,7 +32,7 @@ MONOTONE = (
 
 def k_range(ckpt) -> tuple[int, int]:
     cfg = ckpt.config
-    return cfg.num_shared_experts + 1, min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
+    return cfg.num_shared_experts + 1, cfg.fewest_experts()
 
 
 def check_target(value: float | None, name: str) -> None:

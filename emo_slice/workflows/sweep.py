@@ -81,7 +81,7 @@ def parse_keeps(text: str | list, ckpt) -> list[int]:
     from emo_slice.slicing.select import parse_keep  # torch-free --help: torch loads when a sweep runs
 
     cfg = ckpt.config
-    E_min = min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
+    E_min = cfg.fewest_experts()
     parts = [p.strip() for p in (text.split(",") if isinstance(text, str) else map(str, text)) if str(p).strip()]
     if not parts:
         raise UsageError("`keeps` lists no K; write e.g. 8,16,32 or 12.5%,25%,50%")
