@@ -154,7 +154,18 @@ def join_gloo(rank: int, world: int, port: int) -> None:
 
 # ---- other families, built with transformers' own model classes ------------------------------------------
 
-HF_IMPL = dict(attn_implementation="sdpa", experts_implementation="eager")
+
+def _hf_impl() -> dict:
+    """SDPA attention and, from transformers 5 (which fuses experts and picks a kernel), its own expert loop."""
+    try:
+        import transformers
+    except ImportError:
+        return {}
+    major = int(transformers.__version__.split(".")[0])
+    return dict(attn_implementation="sdpa", **({"experts_implementation": "eager"} if major >= 5 else {}))
+
+
+HF_IMPL = _hf_impl()
 FAMILY_CONFIGS = {  # tiny shapes; keys are each family's own config.json keys
     "olmoe": dict(intermediate_size=16, num_experts=8, num_experts_per_tok=2),
     "qwen3_moe": dict(

@@ -80,7 +80,9 @@ def extract(
     router rows sliced, nothing rescaled. Tensors whose dtype does not change are copied as byte
     ranges; of the other files only what a checkpoint needs is copied (tokenizer, generation config,
     remote code, README/LICENSE: never other weights or training state); slice.json records what was
-    kept and why. Stock EMO model code and its vLLM plugin load the result unchanged. --field, --split,
+    kept and why. Stock EMO model code and its vLLM plugin load the result unchanged; an OLMoE, Qwen-MoE or
+    Mixtral slice stays a stock checkpoint of its family (count field set, top-k lowered to K where needed).
+    --field, --split,
     --shots, --max-length and --greedy apply to --examples; --device, --dtype, --layerwise and --pool to
     every model run (profiling --examples, scoring for --keep auto). Several --profile/--examples compose
     one slice for all those domains (--compose). --keep auto picks K: --target (scored on --task items held

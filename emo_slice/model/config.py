@@ -269,19 +269,28 @@ _POSITIVE_INTS = (
 _BOOLS = ("norm_topk_prob", "tie_word_embeddings", "output_router_logits")
 
 
-def _check_field_types(cfg: EmoConfig) -> None:
-    """ConfigError naming the key, its value and what it must be, for a value of the wrong type or range."""
+def _bad_value(cfg: EmoConfig):
+    """bad(key, value, want): a ConfigError naming the key as the family's config.json spells it."""
+    fam = FAMILIES.get(cfg.model_type)
+    names = {} if fam is None else {**fam.keys, "num_experts": fam.count_keys_in(cfg.extra)[0]}
 
     def bad(key: str, value, want: str) -> ConfigError:
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         return ConfigError(
-            f"config.json sets {key}={shown} ({type(value).__name__}); expected {want}: "
+            f"config.json sets {names.get(key, key)}={shown} ({type(value).__name__}); expected {want}: "
             "fix config.json or re-download the checkpoint"
         )
 
-    def is_int(v) -> bool:
-        return type(v) is int  # JSON true/false are not counts
+    return bad
 
+
+def _is_int(v) -> bool:
+    return type(v) is int  # JSON true/false are not counts
+
+
+def _check_field_types(cfg: EmoConfig) -> None:
+    """ConfigError naming the key, its value and what it must be, for a value of the wrong type or range."""
+    bad, is_int = _bad_value(cfg), _is_int
     for key in _POSITIVE_INTS:
         v = getattr(cfg, key)
         if not is_int(v) or v < 1:
@@ -295,7 +304,7 @@ def _check_field_types(cfg: EmoConfig) -> None:
             per_layer,
             f"null or a list of {cfg.num_hidden_layers} positive integers (one expert count per layer)",
         )
-    for key in _BOOLS:
+    for key in (*_BOOLS, "qkv_bias", "o_bias"):
         if not isinstance(getattr(cfg, key), bool):
             raise bad(key, getattr(cfg, key), "true or false")
     for key in ("rope_theta", "rms_norm_eps"):
@@ -314,9 +323,12 @@ def _check_field_types(cfg: EmoConfig) -> None:
             f"gives an odd head size {cfg.head_dim}; rotary embeddings need an even one: fix config.json or "
             "re-download the checkpoint"
         )
-    for key in ("qkv_bias", "o_bias"):
-        if not isinstance(getattr(cfg, key), bool):
-            raise bad(key, getattr(cfg, key), "true or false")
+    _check_variation_types(cfg, bad)
+
+
+def _check_variation_types(cfg: EmoConfig, bad) -> None:
+    """The family fields' types and ranges (see _check_field_types)."""
+    is_int = _is_int
     for key, allowed in (("qk_norm", QK_NORMS), ("routing", ROUTINGS), ("norm_cast", NORM_CASTS)):
         if getattr(cfg, key) not in allowed:
             raise bad(key, getattr(cfg, key), " or ".join(map(repr, allowed)))

@@ -227,9 +227,10 @@ def _refuse_common(d: dict[str, Any], fam: Family) -> None:
         )
     if len({repr(d[k]) for k in keys}) > 1:
         raise refuse(keys[1], d[keys[1]], f"it disagrees with {keys[0]}={d[keys[0]]!r}; keep one expert count")
-    if fam.model_type == "qwen3_moe" and d.get("layer_types") not in (None, []):
-        if any(t != "full_attention" for t in d["layer_types"] if isinstance(d["layer_types"], list)):
-            raise refuse("layer_types", d["layer_types"], "qwen3_moe windows every layer or none (use_sliding_window)")
+    types = d.get("layer_types")
+    if fam.model_type == "qwen3_moe" and types not in (None, []):
+        if not isinstance(types, list) or any(t != "full_attention" for t in types):
+            raise refuse("layer_types", types, "qwen3_moe windows every layer or none (use_sliding_window)")
 
 
 def _rope_theta(d: dict[str, Any], fam: Family):

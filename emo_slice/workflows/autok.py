@@ -31,8 +31,8 @@ MONOTONE = (
 
 
 def k_range(ckpt) -> tuple[int, int]:
-    cfg = ckpt.config
-    return cfg.num_shared_experts + 1, cfg.fewest_experts()
+    cfg = ckpt.config  # the smallest MoE layer bounds K (a dense layer has 0 experts)
+    return cfg.num_shared_experts + 1, min(E for l in range(cfg.num_hidden_layers) if (E := cfg.experts_in_layer(l)))
 
 
 def check_target(value: float | None, name: str) -> None:

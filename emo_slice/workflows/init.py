@@ -32,6 +32,7 @@ class InitSpec(Spec):
 def run(spec: InitSpec) -> str:
     """Write the checkpoint; returns its folder."""
     from emo_slice.io.build import random_checkpoint  # torch-free --help: torch loads when the command runs
+
     check_spec_paths(spec)
     path = random_checkpoint(
         spec.out,

@@ -192,9 +192,10 @@ def test_fused_expert_layout_reads_and_slices_to_the_stock_layout(ckpts, tmp_pat
     fused = tmp_path / "fused"
     fused.mkdir()
     hf = _hf(path)
+    if not any("gate_up_proj" in k for k in hf.state_dict()):
+        pytest.skip("transformers before 5 keeps experts apart in memory")
     save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, fused / "model.safetensors")
     (fused / "config.json").write_text((path / "config.json").read_text())
-    assert any("gate_up_proj" in k for k in hf.state_dict())
     ids = _ids()
     with torch.no_grad():
         assert torch.equal(load_model(fused)(ids), load_model(path)(ids))
