@@ -27,7 +27,10 @@ def usage_map(path: Path, models: list[dict], domains: list[str], title: str = "
     vmax = max(float(np.max(m["usage"])) for m in models) or 1.0
     C = max(m["columns"][-1] for m in models)
     fig, axes = plt.subplots(
-        len(models), 1, figsize=(min(4 + C / 12, 18), 0.9 + 0.45 * len(domains) * len(models) + 0.5), squeeze=False
+        len(models),
+        1,
+        figsize=(max(7.5, min(4 + C / 12, 18)), 1.4 + (0.45 * len(domains) + 0.6) * len(models)),
+        squeeze=False,
     )
     im = None
     for ax, m in zip(axes[:, 0], models):
@@ -41,9 +44,12 @@ def usage_map(path: Path, models: list[dict], domains: list[str], title: str = "
         ax.set_xticks(mids, [f"layer {l}" for l, (a, b) in enumerate(zip(cols[:-1], cols[1:])) if b > a])
         ax.tick_params(axis="x", length=0)
         ax.set_title(m["label"], loc="left", fontsize=11)
-    fig.suptitle(title or "Share of each domain's tokens routed to each expert (experts ordered by dominant domain)")
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
-    cax = fig.add_axes((0.915, 0.12, 0.015, 0.74))
+    fig.suptitle(
+        title
+        or "Share of each domain's tokens routed to each expert\n(each layer's experts ordered by dominant domain)"
+    )
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    cax = fig.add_axes((0.885, 0.12, 0.018, 0.7))
     fig.colorbar(im, cax=cax, label="share of the domain's tokens")
     fig.savefig(path, dpi=130)
     plt.close(fig)

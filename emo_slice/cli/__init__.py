@@ -178,6 +178,8 @@ COMMANDS = (
     "demo",
     "pretrain",
     "quickstart",
+    "map",
+    "stability",
 )
 for _module in COMMANDS:
     importlib.import_module(f"emo_slice.cli.{_module}")

@@ -1,0 +1,1 @@
+"""Workflows: one module per user workflow, each taking one frozen typed spec (the CLI only calls these)."""

@@ -1,0 +1,194 @@
+"""`emo-slice map`: what the experts specialise in, for one model or two side by side on the same documents.
+
+Per model (same documents, same settings): router logits of every token (analysis.capture, streamed to
+disk), document means and the domain x expert usage map (analysis.represent), token clusters
+(analysis.cluster), and the figures (analysis.measures). Then, for all models together: the usage-map and
+document-spread PNGs on one shared scale, `summary.json` with every figure, and the explorer
+`index.html`. The output folder is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from emo_slice.analysis.capture import CaptureSettings, Documents
+from emo_slice.analysis.cluster import ClusterSettings
+from emo_slice.errors import UsageError
+
+MAX_MODELS = 4
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """What `emo-slice map` does: the models, the documents, the settings, where it writes."""
+
+    models: tuple[str, ...]
+    docs: tuple[str, ...]
+    out: Path
+    labels: tuple[str, ...] | None = None  # one per model; default: the shortest distinct path ends
+    field: str = "text"
+    domain_field: str = "domain"
+    split: str | None = None
+    docs_limit: int | None = None  # documents of each domain
+    capture: CaptureSettings = dataclasses.field(default_factory=CaptureSettings)
+    cluster: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
+    html_docs: int = 200  # documents the explorer shows with their tokens (every document is in summary.json)
+    overwrite: bool = False
+
+
+def model_labels(models: tuple[str, ...], labels: tuple[str, ...] | None) -> list[str]:
+    """Labels for the models: as given, else the last path part that tells them apart (emo/final and
+    standard/final -> emo, standard)."""
+    if labels is not None:
+        if len(labels) != len(models) or len(set(labels)) != len(labels) or not all(labels):
+            raise UsageError(f"--labels needs {len(models)} distinct non-empty names, one per model")
+        return [str(x) for x in labels]
+    parts = [Path(m).expanduser().absolute().parts for m in models]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = [p[-depth] if depth <= len(p) else "" for p in parts]
+        if len(set(names)) == len(names) and all(names):
+            return names
+    return [f"model{i + 1}" for i in range(len(models))]
+
+
+def _check(spec: MapSpec) -> list[str]:
+    from emo_slice.analysis.cluster import require_sklearn
+    from emo_slice.artifacts import check_output
+
+    if not 1 <= len(spec.models) <= MAX_MODELS:
+        raise UsageError(f"give one model, or two (e.g. EMO and its standard twin), at most {MAX_MODELS}")
+    if len(set(spec.models)) != len(spec.models):
+        raise UsageError("the same model is given twice; give different models")
+    if spec.html_docs < 1:
+        raise UsageError(f"--html-docs {spec.html_docs} must be at least 1")
+    require_sklearn()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("emo-slice map needs matplotlib for its PNGs: pip install 'emo-slice[map]'") from None
+    labels = model_labels(spec.models, spec.labels)
+    check_output(spec.out, inputs=[*spec.models, *spec.docs], overwrite=spec.overwrite, folder=True)
+    return labels
+
+
+def map_model(model: str, label: str, docs: Documents, folder: Path, spec: MapSpec, progress=None) -> dict:
+    """One model: capture, represent, cluster, measure. Arrays go to `folder`; returns the model's figures."""
+    from emo_slice.analysis import measures, represent
+    from emo_slice.analysis.capture import capture, token_strings
+    from emo_slice.analysis.cluster import TokenClusters
+
+    folder.mkdir()
+    bar = None if progress is None else (lambda done, total: progress(f"{label}: router logits", done, total))
+    info = capture(model, docs, folder, spec.capture, bar)
+    logits = np.load(folder / "router_logits.npy", mmap_mode="r")
+    offsets, tokens = np.load(folder / "doc_offsets.npy"), np.load(folder / "tokens.npy")
+    cols, k = info["columns"], info["routed_top_k"]
+    names = docs.domain_names
+    doc_domain = np.array([names.index(d) for d in docs.domains])
+    token_domain = np.repeat(doc_domain, np.diff(offsets))
+    doc_probs, doc_topk = represent.document_means(logits, offsets, cols, k)
+    np.save(folder / "doc_probs.npy", doc_probs)
+    np.save(folder / "doc_topk.npy", doc_topk)
+    usage = represent.domain_usage(doc_topk, offsets, doc_domain, len(names))
+    tc = TokenClusters(logits, cols, spec.cluster)
+    labels = tc.assign(logits)
+    np.save(folder / "assignments.npy", labels)
+    K = spec.cluster.clusters
+    figs = measures.cluster_figures(measures.contingency(labels, token_domain, K, len(names)))
+    spread = measures.document_spread(labels, offsets, K)
+    strings = token_strings(model, tokens)
+    typical = measures.typical_tokens(labels, tokens, K)
+    for c, t in zip(figs["clusters"], typical):
+        c["frequent"] = [[strings[i], n] for i, n in t["frequent"]]
+        c["enriched"] = [[strings[i], x] for i, x in t["enriched"]]
+    info.update(label=label, clustering=tc.describe() | {"silhouette_cosine": tc.silhouette()})
+    info["figures"] = {
+        **{k: figs[k] for k in ("purity", "source_entropy_bits", "clusters_used")},
+        **{k: spread[k] for k in ("mean_clusters_per_doc", "median_clusters_per_doc", "mean_top_cluster_share")},
+        "spread_histogram": spread["histogram"],
+        **{k: v for k, v in measures.specialisation(usage).items() if k != "dominant_domain"},
+    }
+    info["clusters"] = figs["clusters"]
+    info["documents"] = {k: spread[k] for k in ("clusters_per_doc", "top_cluster", "top_cluster_share")}
+    info["usage"] = {"values": np.round(usage, 5).tolist(), "order": represent.order_by_domain(usage, cols)}
+    info["projection"] = _projection(tc, token_domain, doc_probs, spec.cluster.seed)
+    info["_view"] = {"labels": labels, "tokens": tokens, "offsets": offsets, "strings": strings}
+    return info
+
+
+def _projection(tc, token_domain: np.ndarray, doc_probs: np.ndarray, seed: int, points: int = 2000) -> dict:
+    """The first two PCA components of a sample of tokens (with cluster and domain) and of every document."""
+    from emo_slice.analysis.cluster import sample
+
+    idx = sample(len(tc.fit_rows), points, seed + 2)
+    doc_xy = tc.pca.transform(doc_probs)[:, :2]
+    return {
+        "tokens": {
+            "x": np.round(tc.fit_xy[idx, 0], 4).tolist(),
+            "y": np.round(tc.fit_xy[idx, 1], 4).tolist(),
+            "cluster": tc.fit_labels[idx].tolist(),
+            "domain": token_domain[tc.fit_rows[idx]].tolist(),
+        },
+        "documents": {"x": np.round(doc_xy[:, 0], 4).tolist(), "y": np.round(doc_xy[:, 1], 4).tolist()},
+    }
+
+
+def run_map(spec: MapSpec, progress: Callable[[str, int, int | None], None] | None = None) -> dict:
+    """Map every model on the same documents; write the output folder; return the summary."""
+    from emo_slice.analysis import explorer, plots
+    from emo_slice.analysis.capture import read_documents
+    from emo_slice.artifacts import atomic_output_dir, provenance
+
+    labels = _check(spec)
+    docs = read_documents(spec.docs, spec.field, spec.domain_field, spec.split, spec.docs_limit)
+    with atomic_output_dir(spec.out, overwrite=spec.overwrite) as tmp:
+        results = [map_model(m, lab, docs, tmp / lab, spec, progress) for m, lab in zip(spec.models, labels)]
+        views = [r.pop("_view") for r in results]
+        names = docs.domain_names
+        shared = {"domains": names, "doc_domains": [names.index(d) for d in docs.domains]}
+        summary = {
+            "format": "emo-slice-map",
+            "format_version": 1,
+            "models": results,
+            "documents": docs.inputs | shared,
+            "settings": {"capture": asdict(spec.capture), "cluster": asdict(spec.cluster), "html_docs": spec.html_docs},
+            "files": {"explorer": "index.html", "usage_map": "usage_map.png", "doc_spread": "doc_spread.png"},
+            "provenance": provenance(),
+        }
+        usage = [dict(label=r["label"], usage=np.array(r["usage"]["values"]), **_layout(r)) for r in results]
+        plots.usage_map(tmp / "usage_map.png", usage, names)
+        hists = [{"label": r["label"], "histogram": r["figures"]["spread_histogram"]} for r in results]
+        plots.spread_histogram(tmp / "doc_spread.png", hists, spec.cluster.clusters)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        explorer.write(tmp / "index.html", summary, views, docs, spec.html_docs)
+    return summary
+
+
+def _layout(r: dict) -> dict:
+    return {"columns": r["columns"], "order": r["usage"]["order"]}
+
+
+def headline(summary: dict) -> list[dict]:
+    """One row per model: the figures that say at a glance whether its experts are modular."""
+    rows = []
+    for m in summary["models"]:
+        f = m["figures"]
+        rows.append(
+            {
+                "model": m["label"],
+                "tokens": m["tokens"],
+                "purity": f["purity"],
+                "source_entropy_bits": f["source_entropy_bits"],
+                "clusters_per_doc": f["mean_clusters_per_doc"],
+                "top_cluster_share": f["mean_top_cluster_share"],
+                "expert_specialisation": f["mean_expert_specialisation"],
+                "silhouette": m["clustering"]["silhouette_cosine"],
+            }
+        )
+    return rows
