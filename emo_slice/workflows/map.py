@@ -78,36 +78,40 @@ def _check(spec: MapSpec) -> list[str]:
 
 
 def map_model(model: str, label: str, docs: Documents, folder: Path, spec: MapSpec, progress=None) -> dict:
-    """One model: capture, represent, cluster, measure. Arrays go to `folder`; returns the model's figures."""
-    from emo_slice.analysis import measures, represent
+    """One model: capture its router logits into `folder`, then `analyse` them; returns the model's figures."""
     from emo_slice.analysis.capture import capture, token_strings
-    from emo_slice.analysis.cluster import TokenClusters
 
     folder.mkdir()
     bar = None if progress is None else (lambda done, total: progress(f"{label}: router logits", done, total))
     info = capture(model, docs, folder, spec.capture, bar)
+    strings = token_strings(model, np.load(folder / "tokens.npy"))
+    return analyse(folder, info | {"label": label}, docs, spec.cluster, strings)
+
+
+def analyse(folder: Path, info: dict, docs: Documents, settings: ClusterSettings, strings: dict[int, str]) -> dict:
+    """From a capture folder (router_logits.npy, tokens.npy, doc_offsets.npy; info: columns, routed_top_k):
+    representations, clusters and figures. Arrays go to `folder`; returns `info` with the figures."""
+    from emo_slice.analysis import measures, represent
+    from emo_slice.analysis.cluster import TokenClusters
+
     logits = np.load(folder / "router_logits.npy", mmap_mode="r")
     offsets, tokens = np.load(folder / "doc_offsets.npy"), np.load(folder / "tokens.npy")
-    cols, k = info["columns"], info["routed_top_k"]
-    names = docs.domain_names
+    cols, k, K, names = info["columns"], info["routed_top_k"], settings.clusters, docs.domain_names
     doc_domain = np.array([names.index(d) for d in docs.domains])
     token_domain = np.repeat(doc_domain, np.diff(offsets))
     doc_probs, doc_topk = represent.document_means(logits, offsets, cols, k)
     np.save(folder / "doc_probs.npy", doc_probs)
     np.save(folder / "doc_topk.npy", doc_topk)
     usage = represent.domain_usage(doc_topk, offsets, doc_domain, len(names))
-    tc = TokenClusters(logits, cols, spec.cluster)
+    tc = TokenClusters(logits, cols, settings)
     labels = tc.assign(logits)
     np.save(folder / "assignments.npy", labels)
-    K = spec.cluster.clusters
     figs = measures.cluster_figures(measures.contingency(labels, token_domain, K, len(names)))
     spread = measures.document_spread(labels, offsets, K)
-    strings = token_strings(model, tokens)
-    typical = measures.typical_tokens(labels, tokens, K)
-    for c, t in zip(figs["clusters"], typical):
+    for c, t in zip(figs["clusters"], measures.typical_tokens(labels, tokens, K)):
         c["frequent"] = [[strings[i], n] for i, n in t["frequent"]]
         c["enriched"] = [[strings[i], x] for i, x in t["enriched"]]
-    info.update(label=label, clustering=tc.describe() | {"silhouette_cosine": tc.silhouette()})
+    info = info | {"clustering": tc.describe() | {"silhouette_cosine": tc.silhouette()}}
     info["figures"] = {
         **{k: figs[k] for k in ("purity", "source_entropy_bits", "clusters_used")},
         **{k: spread[k] for k in ("mean_clusters_per_doc", "median_clusters_per_doc", "mean_top_cluster_share")},
@@ -117,7 +121,7 @@ def map_model(model: str, label: str, docs: Documents, folder: Path, spec: MapSp
     info["clusters"] = figs["clusters"]
     info["documents"] = {k: spread[k] for k in ("clusters_per_doc", "top_cluster", "top_cluster_share")}
     info["usage"] = {"values": np.round(usage, 5).tolist(), "order": represent.order_by_domain(usage, cols)}
-    info["projection"] = _projection(tc, token_domain, doc_probs, spec.cluster.seed)
+    info["projection"] = _projection(tc, token_domain, doc_probs, settings.seed)
     info["_view"] = {"labels": labels, "tokens": tokens, "offsets": offsets, "strings": strings}
     return info
 

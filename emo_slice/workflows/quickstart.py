@@ -4,7 +4,8 @@ demo-data -> pretrain an EMO model and a standard MoE trained the same way (the 
 parallel processes, one CPU thread each) -> sweep both (profile each on a 5-shot example of one domain,
 slice to 12.5%, 25% and 50% of the experts and score every slice, and a random-experts control, against
 its full model on that domain's held-out documents: bits per byte, since accuracies of models this small
-sit at chance). `steps` returns the commands; `groups` says which run at the same time; `shell_lines`
+sit at chance) -> map both on the held-out documents of every domain (`emo-slice map`: token clusters,
+document spread, the usage map, an HTML explorer). `steps` returns the commands; `groups` says which run at the same time; `shell_lines`
 writes them as lines to paste into a shell; `check_keep` validates --keep before anything runs;
 `prepare_out` checks (and with overwrite empties, only if emo-slice made it) the output folder; `run`
 runs each command as a separate `emo-slice` process, echoing it first, and stops at the first failure.
@@ -38,6 +39,7 @@ SIZES = {
         chars=20_000,
         pretrain=["--preset", "tiny", "--steps", "30", "--set", "eval_every=30", "--set", "save_every=30"],
         eval=["--limit", "8"],
+        map=["--docs-limit", "4", "--max-tokens-per-doc", "48", "--clusters", "4"],
     ),
     # a few minutes on 2 cores, each model on one: 33 experts (32 routed + 1 shared), top 4 + shared, byte-level
     # tokens, 150 steps of 16 x 256 tokens
@@ -62,6 +64,7 @@ SIZES = {
             "save_every=150",
         ],
         eval=[],
+        map=[],
     ),
 }
 
@@ -126,6 +129,16 @@ def steps(
             str(o / f"sweep-{domain}.json"),
             *s["eval"],
         ],
+        # what the experts specialise in: both models mapped on the held-out documents of every domain
+        [
+            "map",
+            *[str(o / r / "final") for r in ROUTERS],
+            "--docs",
+            str(data / "valid.jsonl"),
+            "--out",
+            str(o / "map"),
+            *s["map"],
+        ],
     ]
 
 
@@ -159,7 +172,9 @@ def shell_lines(commands: list[list[str]]) -> list[str]:
 
 
 # what a quickstart writes in its folder (older quickstart folders, made before the marker, are recognised by it)
-QUICKSTART_NAMES = ("data", "emo", "standard", "*.profile.json", "emo-*", "eval-*.json", "sweep-*.json", "sweep-*.png")
+QUICKSTART_NAMES = (
+    "data", "emo", "standard", "*.profile.json", "emo-*", "eval-*.json", "sweep-*.json", "sweep-*.png", "map",
+)  # fmt: skip
 
 
 def check_keep(size: str, keep: str) -> list[int]:
@@ -220,6 +235,9 @@ def run(commands: list[list[str]], echo: Callable[[str], None] = print) -> None:
     """Run each command as `python -m emo_slice ...` (the same as typing `emo-slice ...`); a group of commands
     runs at the same time, each with its share of the CPU threads, its output shown when all have finished."""
     for group in groups(commands):
+        if group[0][0] == "map" and not map_extra():
+            echo("skipped `emo-slice map`: it needs scikit-learn and matplotlib (pip install 'emo-slice[map]')")
+            continue
         if len(group) == 1:
             echo("$ emo-slice " + shlex.join(group[0]))
             _check(group[0], subprocess.run([sys.executable, "-m", "emo_slice", *group[0]]).returncode)
@@ -247,6 +265,13 @@ def run(commands: list[list[str]], echo: Callable[[str], None] = print) -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
             _check(args, p.returncode)
+
+
+def map_extra() -> bool:
+    """Whether `emo-slice map`'s optional packages (scikit-learn, matplotlib) are installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("sklearn", "matplotlib"))
 
 
 def _check(args: list[str], code: int) -> None:

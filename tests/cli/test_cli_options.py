@@ -93,9 +93,20 @@ def test_shared_options_mean_the_same_everywhere():
         "pretrain",
         "quickstart",
         "sweep",
+        "map",
+        "stability",
     }
     assert len({h for _, h in helps["--overwrite"]}) == 1
-    assert {n for n, _ in helps["--dtype"]} == {"profile", "extract", "eval", "generate", "pretrain", "sweep"}
+    assert {n for n, _ in helps["--dtype"]} == {
+        "profile",
+        "extract",
+        "eval",
+        "generate",
+        "pretrain",
+        "sweep",
+        "map",
+        "stability",
+    }
     assert {h for _, h in helps["--dtype"]} == {"Compute dtype"}
     assert {n for n, _ in helps["--save-dtype"]} == {"extract", "init"}
     assert {h for _, h in helps["--save-dtype"]} == {"Stored dtype of the written weights "}
@@ -120,7 +131,7 @@ def test_help_imports_no_torch():
         "for args in [['--help'], ['--version']] + [[c, '--help'] for c in names]:\n"
         "    r = CliRunner().invoke(app, args)\n"
         "    assert r.exit_code == 0, (args, r.output)\n"
-        "heavy = [m for m in ('torch', 'datasets', 'tokenizers', 'numpy') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'datasets', 'tokenizers', 'numpy', 'sklearn', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

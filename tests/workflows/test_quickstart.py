@@ -29,7 +29,10 @@ def test_quickstart_tiny(tmp_path):
     steps = quickstart.steps(out, "tiny")
     for args in steps:
         assert shlex.join(args) in proc.stdout
-    assert proc.stdout.count("$ emo-slice ") == 2 and proc.stdout.count("$ OMP_NUM_THREADS=1 emo-slice pretrain") == 2
+    assert (
+        proc.stdout.count("$ emo-slice ") == 2 + quickstart.map_extra()
+        and proc.stdout.count("$ OMP_NUM_THREADS=1 emo-slice pretrain") == 2
+    )
 
     # 1. the corpus: four domains, tasks and per-domain held-out documents
     data = out / "data"
@@ -65,6 +68,13 @@ def test_quickstart_tiny(tmp_path):
     assert " emo " in table and " standard " in table  # both models, side by side
     assert (out / "sweep-code.png").exists() or "pip install 'emo-slice[plot]'" in proc.stderr
 
+    # 4. both models mapped on the same held-out documents of every domain
+    if quickstart.map_extra():
+        summary = json.loads((out / "map" / "summary.json").read_text())
+        assert [m["label"] for m in summary["models"]] == list(quickstart.ROUTERS)
+        assert sorted(summary["documents"]["domains"]) == sorted(domains)
+        assert (out / "map" / "index.html").is_file() and (out / "map" / "usage_map.png").is_file()
+
 
 def test_quickstart_refuses_a_used_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
@@ -88,7 +98,7 @@ def test_dry_run_prints_one_pasteable_line_per_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     steps = quickstart.steps(out, "small", "docs", "12.5%")
-    assert len(steps) == 4 and len(lines) == 5 and lines[3] == "wait" and max(map(len, lines)) > 200
+    assert len(steps) == 5 and len(lines) == 6 and lines[3] == "wait" and max(map(len, lines)) > 200
     group = typer.main.get_command(app)
     threads = f"OMP_NUM_THREADS={quickstart.threads_each(2)}"
     for line, args in zip(lines[:3] + lines[4:], steps):
