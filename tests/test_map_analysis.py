@@ -128,3 +128,12 @@ def test_typical_tokens_count_and_enrichment():
     # token 5: 3/4 of cluster 0 vs 3/8 overall = 2.0; token 9: 1/4 vs 1/8 = 2.0; token 7 in cluster 1: 3/4 / 4/8
     assert dict(t[0]["enriched"])[5] == 2.0
     assert dict(t[1]["enriched"]) == {9: 2.0, 7: 1.5}
+
+
+def test_documents_cluster_by_domain_in_the_modular_world():
+    from emo_slice.workflows.map import _document_clusters
+
+    logits, offsets, doc_domain, _ = planted("modular")
+    doc_probs, _ = represent.document_means(logits, offsets, COLS, [2, 2])
+    figs = _document_clusters(doc_probs, COLS, doc_domain, DOMAINS, ClusterSettings(seed=0, n_init=2))
+    assert figs == {"document_clusters": DOMAINS, "document_purity": 1.0}

@@ -57,14 +57,14 @@ def sample(n: int, m: int, seed: int) -> np.ndarray:
 class TokenClusters:
     """The fitted PCA (cut at the variance share) and k-means; `assign` maps logits rows to clusters."""
 
-    def __init__(self, logits, cols: list[int], settings: ClusterSettings):
+    def __init__(self, logits, cols: list[int], settings: ClusterSettings, softmax: bool = True):
         from sklearn.cluster import KMeans
         from sklearn.decomposition import PCA
 
         check_settings(settings, logits.shape[0])
-        self.cols, self.settings = cols, settings
+        self.cols, self.settings, self.softmax = cols, settings, softmax
         self.fit_rows = sample(logits.shape[0], settings.fit_tokens, settings.seed)
-        x = probs(np.asarray(logits[self.fit_rows]), cols)
+        x = self.represent(np.asarray(logits[self.fit_rows]))
         solver = "covariance_eigh" if x.shape[0] > 4 * x.shape[1] else "full"
         self.pca = PCA(svd_solver=solver, random_state=settings.seed).fit(x)
         cum = np.cumsum(self.pca.explained_variance_ratio_)
@@ -74,6 +74,10 @@ class TokenClusters:
         z = self.reduce(x, pca_only=False)
         self.kmeans = KMeans(settings.clusters, n_init=settings.n_init, random_state=settings.seed).fit(z)
         self.fit_z, self.fit_labels = z, self.kmeans.labels_
+
+    def represent(self, rows: np.ndarray) -> np.ndarray:
+        """Rows -> what is clustered: router probabilities (softmax of logits), or the rows as they are."""
+        return probs(rows, self.cols) if self.softmax else np.asarray(rows, dtype=np.float32)
 
     def reduce(self, x_NC: np.ndarray, pca_only: bool = False) -> np.ndarray:
         """Probabilities -> the clustered representation (PCA cut at the variance share, then L2)."""
@@ -86,7 +90,7 @@ class TokenClusters:
         """The cluster of every token (int32 [N]), a chunk at a time."""
         out = np.empty(logits.shape[0], dtype=np.int32)
         for a, b in chunks(logits.shape[0]):
-            out[a:b] = self.kmeans.predict(self.reduce(probs(np.asarray(logits[a:b]), self.cols)))
+            out[a:b] = self.kmeans.predict(self.reduce(self.represent(np.asarray(logits[a:b]))))
         return out
 
     def silhouette(self) -> float | None:

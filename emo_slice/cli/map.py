@@ -91,7 +91,8 @@ def _print(rows: list[dict], out: Path) -> None:
     )
     for r in rows:
         f = [r["purity"], r["source_entropy_bits"], r["clusters_per_doc"], r["top_cluster_share"]]
-        cells = [f"{x:.3f}" for x in f] + [f"{r['expert_specialisation']:.3f}", f"{r['silhouette'] or 0:.3f}"]
+        f += [r["expert_specialisation"], r["silhouette"], r["document_purity"]]
+        cells = ["–" if x is None else f"{x:.3f}" for x in f]
         t.add_row(r["model"], f"{r['tokens']:,}", *cells)
     console.print(t)
     err_console.print(f"wrote {out}/index.html (open it in a browser), summary.json, usage_map.png, doc_spread.png")

@@ -107,6 +107,7 @@ def analyse(folder: Path, info: dict, docs: Documents, settings: ClusterSettings
     labels = tc.assign(logits)
     np.save(folder / "assignments.npy", labels)
     figs = measures.cluster_figures(measures.contingency(labels, token_domain, K, len(names)))
+    doc_figs = _document_clusters(doc_probs, cols, doc_domain, len(names), settings)
     spread = measures.document_spread(labels, offsets, K)
     for c, t in zip(figs["clusters"], measures.typical_tokens(labels, tokens, K)):
         c["frequent"] = [[strings[i], n] for i, n in t["frequent"]]
@@ -116,6 +117,7 @@ def analyse(folder: Path, info: dict, docs: Documents, settings: ClusterSettings
         **{k: figs[k] for k in ("purity", "source_entropy_bits", "clusters_used")},
         **{k: spread[k] for k in ("mean_clusters_per_doc", "median_clusters_per_doc", "mean_top_cluster_share")},
         "spread_histogram": spread["histogram"],
+        **doc_figs,
         **{k: v for k, v in measures.specialisation(usage).items() if k != "dominant_domain"},
     }
     info["clusters"] = figs["clusters"]
@@ -124,6 +126,20 @@ def analyse(folder: Path, info: dict, docs: Documents, settings: ClusterSettings
     info["projection"] = _projection(tc, token_domain, doc_probs, settings.seed)
     info["_view"] = {"labels": labels, "tokens": tokens, "offsets": offsets, "strings": strings}
     return info
+
+
+def _document_clusters(doc_probs: np.ndarray, cols, doc_domain: np.ndarray, n_domains: int, settings) -> dict:
+    """Documents clustered the same way (mean probabilities; as many clusters as domains): their purity."""
+    from emo_slice.analysis import measures
+    from emo_slice.analysis.cluster import TokenClusters
+
+    k = n_domains
+    if k < 2 or len(doc_probs) <= k:
+        return {"document_clusters": None, "document_purity": None}
+    s = dataclasses.replace(settings, clusters=k)
+    labels = TokenClusters(doc_probs, cols, s, softmax=False).assign(doc_probs)
+    table = measures.contingency(labels, doc_domain, k, n_domains)
+    return {"document_clusters": k, "document_purity": measures.cluster_figures(table)["purity"]}
 
 
 def _projection(tc, token_domain: np.ndarray, doc_probs: np.ndarray, seed: int, points: int = 2000) -> dict:
@@ -193,6 +209,7 @@ def headline(summary: dict) -> list[dict]:
                 "top_cluster_share": f["mean_top_cluster_share"],
                 "expert_specialisation": f["mean_expert_specialisation"],
                 "silhouette": m["clustering"]["silhouette_cosine"],
+                "document_purity": f["document_purity"],
             }
         )
     return rows
