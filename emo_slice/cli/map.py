@@ -83,16 +83,24 @@ def map_(
     _print(rows, out)
 
 
+FIGURES = (  # (key, name, what says "modular")
+    ("purity", "cluster purity", "near 1"),
+    ("source_entropy_bits", "source entropy (bits)", "near 0"),
+    ("clusters_per_doc", "clusters per document", "near 1"),
+    ("top_cluster_share", "top cluster share", "near 1"),
+    ("expert_specialisation", "expert specialisation", "near 1"),
+    ("document_purity", "document purity", "near 1"),
+    ("silhouette", "silhouette (cosine)", "higher"),
+)
+
+
 def _print(rows: list[dict], out: Path) -> None:
+    """One row per figure, one column per model (fits any terminal)."""
     from rich.table import Table
 
-    t = Table(
-        "model", "tokens", "purity", "entropy (bits)", "clusters/doc", "top share", "specialisation", "silhouette"
-    )
-    for r in rows:
-        f = [r["purity"], r["source_entropy_bits"], r["clusters_per_doc"], r["top_cluster_share"]]
-        f += [r["expert_specialisation"], r["silhouette"], r["document_purity"]]
-        cells = ["–" if x is None else f"{x:.3f}" for x in f]
-        t.add_row(r["model"], f"{r['tokens']:,}", *cells)
+    t = Table("", *[r["model"] for r in rows], "modular experts")
+    t.add_row("tokens", *[f"{r['tokens']:,}" for r in rows], "")
+    for key, name, want in FIGURES:
+        t.add_row(name, *["–" if r[key] is None else f"{r[key]:.3f}" for r in rows], want)
     console.print(t)
     err_console.print(f"wrote {out}/index.html (open it in a browser), summary.json, usage_map.png, doc_spread.png")
