@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
+from emo_slice.data.sources import check_text, check_tokenizer_fits, read_records, read_texts
 from emo_slice.errors import DataError, UsageError
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
+from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.model.devices import resolve_device
+from emo_slice.slicing.calibration import batch_groups, chunk_groups, pad_batch
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".parquet", ".arrow")
 
@@ -48,8 +55,6 @@ def _source_name(src: str) -> str:
 
 def _records(src: str, field_name: str, domain_field: str, split: str | None) -> list[tuple[str, str]]:
     """(text, domain) of every non-empty document of one source."""
-    from emo_slice.data.sources import check_text, read_records, read_texts
-
     p = Path(src).expanduser()
     if not p.exists() and (src.startswith((".", "/", "~")) or p.suffix in (".txt", *TEXT_SUFFIXES)):
         raise DataError(f"--docs {src}: no such file")
@@ -123,8 +128,6 @@ def layer_columns(config) -> list[int]:
 
 
 def _rows(tok, texts: Sequence[str], max_tokens: int):
-    import torch
-
     rows = [torch.tensor(tok.encode(t)[:max_tokens], dtype=torch.int32) for t in texts]
     empty = next((i for i, r in enumerate(rows) if len(r) == 0), None)
     if empty is not None:
@@ -141,15 +144,6 @@ def capture(
 ) -> dict:
     """Run `docs` through `model`, writing the capture files into `folder`; returns what a later step needs
     (columns, routed top-k, tokens, the tokenizer's token strings, where and how it ran)."""
-    import torch
-
-    from emo_slice.data.sources import check_tokenizer_fits
-    from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
-    from emo_slice.io.tokenizer import load_tokenizer
-    from emo_slice.model.generation import resolve_device
-    from emo_slice.slicing.calibration import batch_groups, chunk_groups, pad_batch
-
     if settings.max_tokens_per_doc < 1:
         raise UsageError(f"--max-tokens-per-doc {settings.max_tokens_per_doc} must be at least 1")
     dev = resolve_device(settings.device)
@@ -208,7 +202,5 @@ def capture(
 
 def token_strings(model: str | os.PathLike, ids: np.ndarray) -> dict[int, str]:
     """The text of each distinct token id (what the explorer shows), decoded one token at a time."""
-    from emo_slice.io.tokenizer import load_tokenizer
-
     tok = load_tokenizer(model)
     return {int(i): tok.decode([int(i)]) for i in np.unique(ids)}

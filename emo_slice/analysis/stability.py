@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
+from emo_slice.data.sources import check_tokenizer_fits
 from emo_slice.errors import UsageError
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
+from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.model.devices import resolve_device
+from emo_slice.slicing.calibration import batch_groups, chunk_groups, make_rows, pad_batch
+from emo_slice.slicing.select import choose_experts
 
 METHODS = ("mean-prob", "frequency")
 
@@ -43,8 +51,6 @@ def parse_sizes(text: str) -> list[int]:
 
 def orders(n: int, seeds: int) -> list[list[int]]:
     """The examples' order for each seed (torch.randperm with a generator seeded 0, 1, ...)."""
-    import torch
-
     return [torch.randperm(n, generator=torch.Generator().manual_seed(s)).tolist() for s in range(seeds)]
 
 
@@ -65,9 +71,6 @@ class ExampleStats:
 
 def _tokenizer(ckpt):
     """The model's tokenizer, the padding id, and the ids never scored (as profile: eos, pad, bos)."""
-    from emo_slice.data.sources import check_tokenizer_fits
-    from emo_slice.io.tokenizer import load_tokenizer
-
     cfg, tok = ckpt.config, load_tokenizer(ckpt.path)
     check_tokenizer_fits(tok, cfg.vocab_size, str(ckpt.path))
     ids = (cfg.eos_token_id, cfg.pad_token_id, cfg.bos_token_id, tok.eos_token_id, tok.pad_token_id)
@@ -77,13 +80,6 @@ def _tokenizer(ckpt):
 def collect(model, texts: list[str], settings, progress: Callable[[int, int], None] | None = None) -> ExampleStats:
     """Run every example through the model once (chunks of rows, the one forward path); return its sums.
     settings: a ProfileSettings (device, dtype, max_length, batching, memory bound)."""
-    import torch
-
-    from emo_slice.io.checkpoint import Checkpoint
-    from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
-    from emo_slice.model.generation import resolve_device
-    from emo_slice.slicing.calibration import batch_groups, chunk_groups, make_rows, pad_batch
-
     dev = resolve_device(settings.device)
     dtype = default_dtype(settings.dtype, dev)
     ckpt = Checkpoint(model)
@@ -127,8 +123,6 @@ def collect(model, texts: list[str], settings, progress: Callable[[int, int], No
 
 def kept_sets(stats: ExampleStats, subset: Sequence[int], keep_routed: int, method: str) -> list[list[int]]:
     """Per layer, the routed experts kept: the keep_routed best by `method` (profile's rank, ascending ids)."""
-    from emo_slice.slicing.select import choose_experts
-
     scores = stats.scores(subset, method)
     return [
         choose_experts(scores[l].tolist(), scores.shape[1], 0, keep_routed, method, 0, l) for l in range(len(scores))

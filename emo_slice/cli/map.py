@@ -66,7 +66,7 @@ def map_(
     from emo_slice.analysis.capture import CaptureSettings
     from emo_slice.analysis.cluster import ClusterSettings
     from emo_slice.cli.display import progress_bars
-    from emo_slice.workflows.map import MapSpec, headline, run_map
+    from emo_slice.workflows.map import MapSpec, headline, run_map  # here, not above: --help loads no torch
 
     names = tuple(x.strip() for x in labels.split(",")) if labels else None
     cap = CaptureSettings(max_tokens_per_doc=max_tokens_per_doc, dtype=v(dtype), device=device, layerwise=layerwise)

@@ -65,7 +65,7 @@ def stability(
     """Is one few-shot example enough? Per layer, the Jaccard overlap of the experts kept when chosen from N
     examples with those chosen from the most (EMO's analyze_nprune_keep_sets), and across seeded draws.
     The model runs once over the examples; each N reuses their router statistics."""
-    from emo_slice.workflows.stability import StabilitySpec, run_stability
+    from emo_slice.workflows.stability import StabilitySpec, run_stability  # here: --help loads no torch
 
     spec = StabilitySpec(model, examples, keep, calib_n, seeds, method, task, field, split, max_length, v(dtype),
                          device, layerwise, out, overwrite)  # fmt: skip
