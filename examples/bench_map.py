@@ -5,12 +5,13 @@
 
 1. quickstart: `emo-slice map A B --docs DOCS` in a child process (wall time, peak RSS of that process),
    and the capture alone (the forward through `LayerwiseModel`), whose tokens/s the projection uses.
-2. release shape: a child process writes synthetic router logits with planted domain structure,
+2. release shape: a child process writes synthetic router logits (domain bias + rank-32 part + noise),
    --tokens x (--layers x --experts) float16, straight into the memory map a capture writes, then runs the
    map's analysis on it (representations, PCA + k-means fitted on 100k tokens, every token assigned,
    figures): its wall time and peak RSS, against the 16 GB a laptop has.
-3. projection: the release's forward, from the quickstart's measured capture throughput scaled by the
-   active parameters per token (2 x active params FLOPs a token, the same machine); plus step 2's time.
+3. projection: the release's forward at 2 x active parameters FLOPs a token and this machine's measured
+   float32 matmul rate at the release's width (a compute-bound estimate: the capture adds no work to the
+   forward `profile` runs), plus step 2's measured analysis time.
 
 Ends with one JSON line of figures.
 """
@@ -52,6 +53,23 @@ def active_params(cfg) -> int:
     return L * (attn + experts) + cfg.vocab_size * D
 
 
+def matmul_flops(device: str, width: int, repeat: int = 5) -> float:
+    """FLOP/s of a float32 [width x width] matmul on the device (the best of `repeat`)."""
+    import torch
+
+    a = torch.randn(width, width, device=device)
+    best = float("inf")
+    for _ in range(repeat):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ a
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * width**3 / best
+
+
 def run_quickstart(args) -> None:
     """Child: capture each model alone (tokens/s), print one JSON line."""
     from emo_slice.analysis.capture import CaptureSettings, capture, read_documents
@@ -82,7 +100,10 @@ def run_release(args) -> None:
     N, L, R, per_doc, domains = args.tokens, args.layers, args.experts, 250, 4
     n_docs = N // per_doc
     rng = np.random.default_rng(0)
+    # logits like a router's: a domain bias, a rank-32 token part, and noise (one block of noise reused)
     bias = rng.normal(0, 1.5, (domains, L * R)).astype(np.float32)
+    W = rng.normal(0, 1.0, (32, L * R)).astype(np.float32)
+    noise = rng.normal(0, 0.3, (16_384, L * R)).astype(np.float32)
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
@@ -93,7 +114,8 @@ def run_release(args) -> None:
         for a in range(0, n_docs * per_doc, 16_384):
             b = min(a + 16_384, n_docs * per_doc)
             dom = (np.arange(a, b) // per_doc) % domains
-            mm[a:b] = (rng.standard_normal((b - a, L * R), dtype=np.float32) + bias[dom]).astype(np.float16)
+            z = bias[dom] + rng.standard_normal((b - a, 32), dtype=np.float32) @ W + noise[: b - a]
+            mm[a:b] = z.astype(np.float16)
         mm.flush()
         del mm
         write_s = time.perf_counter() - t0
@@ -140,9 +162,10 @@ def report(args, full: dict, cap: dict, rel: dict) -> None:
     from emo_slice.model.presets import preset
 
     emo = cap["models"][args.models[0]]
-    release_active = active_params(preset(args.release_preset))
-    scale = release_active / emo["active_params"]
-    fwd_s = args.tokens / emo["tokens_per_s"] * scale
+    cfg = preset(args.release_preset)
+    release_active = active_params(cfg)
+    flops = matmul_flops(args.device, cfg.hidden_size)
+    fwd_s = args.tokens * 2 * release_active / flops
     figures = {
         "device": args.device,
         "load_1min": round(os.getloadavg()[0], 1),
@@ -157,7 +180,7 @@ def report(args, full: dict, cap: dict, rel: dict) -> None:
         "release_analysis_peak_rss_gib": round(rel["peak_rss_bytes"] / GIB, 2),
         "release_analysis_peak_share_of_16gb": round(rel["peak_rss_bytes"] / (16 * GIB), 3),
         "release_active_params": release_active,
-        "quickstart_active_params": emo["active_params"],
+        "matmul_gflops": round(flops / 1e9, 1),
         "release_forward_s_projected": round(fwd_s, 1),
         "release_map_s_projected": round(fwd_s + rel["analyse_s"], 1),
     }

@@ -66,10 +66,13 @@ class TokenClusters:
         self.fit_rows = sample(logits.shape[0], settings.fit_tokens, settings.seed)
         x = self.represent(np.asarray(logits[self.fit_rows]))
         solver = "covariance_eigh" if x.shape[0] > 4 * x.shape[1] else "full"
-        self.pca = PCA(svd_solver=solver, random_state=settings.seed).fit(x)
-        cum = np.cumsum(self.pca.explained_variance_ratio_)
+        full = PCA(svd_solver=solver, random_state=settings.seed).fit(x)
+        cum = np.cumsum(full.explained_variance_ratio_)
         self.components = int(min(np.searchsorted(cum, settings.variance - 1e-9) + 1, len(cum)))
         self.explained = float(cum[self.components - 1])
+        # refitted with that many components (as EMO does), so transforming a token costs C x components
+        n = max(self.components, 2) if min(x.shape) >= 2 else self.components
+        self.pca = PCA(n_components=n, svd_solver=solver, random_state=settings.seed).fit(x)
         self.fit_xy = self.pca.transform(x)[:, :2]  # the 2-D map: the first two components
         z = self.reduce(x, pca_only=False)
         self.kmeans = KMeans(settings.clusters, n_init=settings.n_init, random_state=settings.seed).fit(z)
