@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from emo_slice.analysis.settings import CaptureSettings  # noqa: F401 (its home is settings.py)
 from emo_slice.data.sources import check_text, check_tokenizer_fits, read_records, read_texts
 from emo_slice.errors import DataError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
@@ -105,18 +106,6 @@ def read_documents(
     inputs = {"sources": [str(s) for s in sources], "field": field_name, "domain_field": domain_field}
     inputs.update(split=split, docs_limit=limit, documents=len(texts), documents_per_domain=counts)
     return Documents(tuple(texts), tuple(domains), inputs)
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    """How the documents run through a model."""
-
-    max_tokens_per_doc: int = 256  # each document's first tokens (EMO's clustering used 100 to 250)
-    max_batch_tokens: int = 2048  # padded tokens a batch
-    max_tokens_in_memory: int = 262_144  # activations held at once: longer input runs in chunks
-    dtype: str | None = None  # compute dtype; None: bfloat16 on a CUDA GPU, float32 elsewhere
-    device: str = "auto"
-    layerwise: bool = False  # stream the layers even when the whole model fits on the device
 
 
 def layer_columns(config) -> list[int]:

@@ -9,24 +9,11 @@ a time, to its nearest centre. The same seed gives the same clusters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from emo_slice.analysis.represent import chunks, probs
+from emo_slice.analysis.settings import ClusterSettings
 from emo_slice.errors import UsageError
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """How tokens are clustered."""
-
-    clusters: int = 16
-    seed: int = 0
-    variance: float = 0.95  # share of the variance the PCA keeps
-    fit_tokens: int = 100_000  # tokens PCA and k-means are fitted on (a seeded sample)
-    n_init: int = 4  # k-means restarts (the best inertia is kept)
-    silhouette_tokens: int = 4_000  # tokens the silhouette is computed on (it is quadratic)
 
 
 def require_sklearn():

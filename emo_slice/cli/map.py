@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import List, Optional
 
 import typer
 
+from emo_slice.analysis.settings import CaptureSettings as C
+from emo_slice.analysis.settings import ClusterSettings as K
 from emo_slice.cli import app, cli_errors, console, err_console, print_json
-from emo_slice.cli.options import Device, DeviceComputeDType, Field, Json, Layerwise, Overwrite, Split, opt, seed_option
-from emo_slice.cli.options import value as v
-
-Models = Annotated[List[str], typer.Argument(help="One checkpoint, or two (e.g. EMO and its standard twin).")]
-Docs = opt(
-    "--docs",
-    List[str],
-    "Documents: a .txt file (one document, domain = file name), JSONL (--field, domain from --domain-field or the "
-    "file name) or a dataset. Repeat for several sources.",
-)
-DomainField = opt("--domain-field", str, "JSONL/dataset field naming each document's domain (or source).")
-MaxTokensPerDoc = opt("--max-tokens-per-doc", int, "Each document's first tokens.", show_default=True)
-DocsLimit = opt("--docs-limit", Optional[int], "At most this many documents of each domain (the first).")
-Clusters = opt("--clusters", int, "Token clusters (k-means K).", show_default=True)
-Variance = opt("--variance", float, "Share of the variance the PCA keeps before clustering.", show_default=True)
-FitTokens = opt("--fit-tokens", int, "Tokens PCA and k-means are fitted on (a seeded sample).", show_default=True)
-Labels = opt("--labels", Optional[str], "Names of the models, comma-separated (default: their folder names).")
-HtmlDocs = opt("--html-docs", int, "Documents the explorer shows token by token.", show_default=True)
-Seed = Annotated[int, seed_option("the token sample and k-means")]
+from emo_slice.cli.options import DType, Json, spec_option, value
+from emo_slice.specs import doc
+from emo_slice.workflows.map import MapSpec as M
 
 EPILOG = """Examples:
 
@@ -39,41 +25,39 @@ EPILOG = """Examples:
 @app.command("map", epilog=EPILOG)
 @cli_errors
 def map_(
-    models: Models,
-    docs: Docs,
-    out: Annotated[Path, typer.Option("--out", help="Folder to write: index.html, summary.json, PNGs, arrays.")],
-    labels: Labels = None,
-    field: Field = "text",
-    domain_field: DomainField = "domain",
-    split: Split = None,
-    max_tokens_per_doc: MaxTokensPerDoc = 256,
-    docs_limit: DocsLimit = None,
-    clusters: Clusters = 16,
-    seed: Seed = 0,
-    variance: Variance = 0.95,
-    fit_tokens: FitTokens = 100_000,
-    html_docs: HtmlDocs = 200,
-    dtype: DeviceComputeDType = None,
-    device: Device = "auto",
-    layerwise: Layerwise = False,
-    overwrite: Overwrite = False,
+    models: List[str] = typer.Argument(..., help=doc(M, "models"), show_default=False),
+    docs: List[str] = spec_option(M, "docs"),
+    out: Path = spec_option(M, "out"),
+    labels: Optional[str] = spec_option(M, "labels"),
+    field: str = spec_option(M, "field", show_default=True),
+    domain_field: str = spec_option(M, "domain_field", show_default=True),
+    split: Optional[str] = spec_option(M, "split"),
+    docs_limit: Optional[int] = spec_option(M, "docs_limit"),
+    max_tokens_per_doc: int = spec_option(C, "max_tokens_per_doc", show_default=True),
+    clusters: int = spec_option(K, "clusters", show_default=True),
+    seed: int = spec_option(K, "seed", show_default=True),
+    variance: float = spec_option(K, "variance", show_default=True),
+    fit_tokens: int = spec_option(K, "fit_tokens", show_default=True),
+    html_docs: int = spec_option(M, "html_docs", show_default=True),
+    dtype: Optional[DType] = spec_option(C, "dtype"),
+    device: str = spec_option(C, "device", show_default=True),
+    layerwise: bool = spec_option(C, "layerwise"),
+    overwrite: bool = spec_option(M, "overwrite"),
     json_out: Json = False,
 ):
     """Map what the experts specialise in: cluster every token's router probabilities (mean-centre, PCA, L2,
     k-means) and measure cluster purity, document spread, typical tokens and the domain x expert usage map;
     two models side by side on the same documents. Writes an explorer (index.html, opens offline), PNGs and
     summary.json."""
-    from emo_slice.analysis.capture import CaptureSettings
-    from emo_slice.analysis.cluster import ClusterSettings
-    from emo_slice.cli.display import progress_bars
-    from emo_slice.workflows.map import MapSpec, headline, run_map  # here, not above: --help loads no torch
+    from emo_slice.workflows.map import headline, run_map  # torch-free --help
 
     names = tuple(x.strip() for x in labels.split(",")) if labels else None
-    cap = CaptureSettings(max_tokens_per_doc=max_tokens_per_doc, dtype=v(dtype), device=device, layerwise=layerwise)
-    clu = ClusterSettings(clusters=clusters, seed=seed, variance=variance, fit_tokens=fit_tokens)
-    spec = MapSpec(
-        tuple(models), tuple(docs), out, names, field, domain_field, split, docs_limit, cap, clu, html_docs, overwrite
-    )
+    cap = C(max_tokens_per_doc=max_tokens_per_doc, dtype=value(dtype), device=device, layerwise=layerwise)
+    clu = K(clusters=clusters, seed=seed, variance=variance, fit_tokens=fit_tokens)
+    spec = M(tuple(models), tuple(docs), str(out), names, field, domain_field, split, docs_limit, cap, clu, html_docs,
+             overwrite)  # fmt: skip
+    from emo_slice.cli.display import progress_bars
+
     with progress_bars({}, enabled=not json_out) as bar:
         summary = run_map(spec, progress=bar)
     rows = headline(summary)

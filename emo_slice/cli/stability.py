@@ -3,72 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
+from typing import Optional
 
 from emo_slice.cli import app, cli_errors, console, err_console, print_json
-from emo_slice.cli.options import (
-    Device,
-    DeviceComputeDType,
-    Field,
-    Json,
-    Layerwise,
-    MaxLength,
-    ModelArg,
-    Overwrite,
-    Split,
-    keep_option,
-    opt,
-    out_option,
-)
-from emo_slice.cli.options import value as v
-
-Examples = Annotated[str, typer.Option("--examples", help="Calibration examples: documents (.txt, JSONL --field, a "
-                                       "dataset), or with --task a multiple-choice task (one item = one example).")]  # fmt: skip
-Keep = Annotated[str, keep_option()]
-CalibN = opt("--calib-n", str, "Numbers of examples to compare, comma-separated; the largest is the reference.",
-             show_default=True)  # fmt: skip
-Seeds = opt("--seeds", int, "Seeded orders of the examples (seed 0, 1, ...): the N first of each.", show_default=True)
-StabilityMethod = opt(
-    "--method", str, "How experts are ranked: mean-prob (EMO's default) or frequency.", show_default=True
-)
-Task = opt("--task", bool, "Read --examples as a multiple-choice task: each item with its gold answer is one example.")
-OutFile = Annotated[Optional[Path], out_option("JSON report to write (kept sets, Jaccard per layer).")]
+from emo_slice.cli.options import DType, Json, spec_argument, spec_option, value
+from emo_slice.workflows.stability import StabilitySpec as S
 
 EPILOG = """Example:
 
-  emo-slice stability ./emo/final --examples tasks/code.jsonl --task --keep 8 --calib-n 1,5,10,100
+  emo-slice stability ./emo/final --examples tasks/code.jsonl --multiple-choice --keep 8 --calib-n 1,5,10,100
 """
 
 
 @app.command(epilog=EPILOG)
 @cli_errors
 def stability(
-    model: ModelArg,
-    examples: Examples,
-    keep: Keep,
-    calib_n: CalibN = "1,5,10,100",
-    seeds: Seeds = 3,
-    method: StabilityMethod = "mean-prob",
-    task: Task = False,
-    field: Field = "text",
-    split: Split = None,
-    max_length: MaxLength = None,
-    dtype: DeviceComputeDType = None,
-    device: Device = "auto",
-    layerwise: Layerwise = False,
-    out: OutFile = None,
-    overwrite: Overwrite = False,
+    model: str = spec_argument(S, "model"),
+    examples: str = spec_option(S, "examples"),
+    keep: str = spec_option(S, "keep"),
+    calib_n: str = spec_option(S, "calib_n", show_default=True),
+    seeds: int = spec_option(S, "seeds", show_default=True),
+    method: str = spec_option(S, "method", show_default=True),
+    multiple_choice: bool = spec_option(S, "multiple_choice"),
+    field: str = spec_option(S, "field", show_default=True),
+    split: Optional[str] = spec_option(S, "split"),
+    max_length: Optional[int] = spec_option(S, "max_length"),
+    dtype: Optional[DType] = spec_option(S, "dtype"),
+    device: str = spec_option(S, "device", show_default=True),
+    layerwise: bool = spec_option(S, "layerwise"),
+    out: Optional[Path] = spec_option(S, "out"),
+    overwrite: bool = spec_option(S, "overwrite"),
     json_out: Json = False,
 ):
     """Is one few-shot example enough? Per layer, the Jaccard overlap of the experts kept when chosen from N
     examples with those chosen from the most (EMO's analyze_nprune_keep_sets), and across seeded draws.
     The model runs once over the examples; each N reuses their router statistics."""
-    from emo_slice.workflows.stability import StabilitySpec, run_stability  # here: --help loads no torch
+    from emo_slice.workflows.stability import run_stability  # torch-free --help
 
-    spec = StabilitySpec(model, examples, keep, calib_n, seeds, method, task, field, split, max_length, v(dtype),
-                         device, layerwise, out, overwrite)  # fmt: skip
+    spec = S(model, examples, keep, calib_n, seeds, method, multiple_choice, field, split, max_length, value(dtype),
+             device, layerwise, None if out is None else str(out), overwrite)  # fmt: skip
     report = run_stability(spec)
     if json_out:
         print_json({k: report[k] for k in ("reference", "sizes", "settings")})

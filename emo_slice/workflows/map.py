@@ -13,33 +13,43 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from emo_slice.analysis.capture import CaptureSettings, Documents
-from emo_slice.analysis.cluster import ClusterSettings
+    from emo_slice.analysis.capture import Documents  # torch-free --help: the heavy modules load when the command runs
+
+from emo_slice.analysis.settings import CaptureSettings, ClusterSettings
 from emo_slice.errors import UsageError
+from emo_slice.specs import INPUT, OUTPUT, OVERWRITE, Spec, param
+from emo_slice.workflows.paths import check_spec_paths
+
+DOCS = (
+    "Documents: a .txt file (one document, domain = file name), JSONL (--field, domain from --domain-field or the "
+    "file name) or a dataset. Repeat for several sources."
+)
 
 MAX_MODELS = 4
 
 
 @dataclass(frozen=True)
-class MapSpec:
+class MapSpec(Spec):
     """What `emo-slice map` does: the models, the documents, the settings, where it writes."""
 
-    models: tuple[str, ...]
-    docs: tuple[str, ...]
-    out: Path
-    labels: tuple[str, ...] | None = None  # one per model; default: the shortest distinct path ends
-    field: str = "text"
-    domain_field: str = "domain"
-    split: str | None = None
-    docs_limit: int | None = None  # documents of each domain
-    capture: CaptureSettings = dataclasses.field(default_factory=CaptureSettings)
-    cluster: ClusterSettings = dataclasses.field(default_factory=ClusterSettings)
-    html_docs: int = 200  # documents the explorer shows with their tokens (every document is in summary.json)
-    overwrite: bool = False
+    models: tuple[str, ...] = param(doc="One checkpoint, or two (e.g. EMO and its standard twin).", flag="MODELS",
+                                    role=INPUT)  # fmt: skip
+    docs: tuple[str, ...] = param(doc=DOCS, role=INPUT)
+    out: str = param(doc="Folder to write: index.html, summary.json, the PNGs and the arrays.", role=OUTPUT)
+    labels: tuple[str, ...] | None = param(None, "Names of the models, comma-separated (default: their folder names).")
+    field: str = param("text", "Field holding the text in JSONL records / datasets.")
+    domain_field: str = param("domain", "JSONL/dataset field naming each document's domain (or source).")
+    split: str | None = param(None, "Dataset split (default: test, validation or train).")
+    docs_limit: int | None = param(None, "At most this many documents of each domain (the first).")
+    capture: CaptureSettings = param(CaptureSettings(), "How the documents run through each model.")
+    cluster: ClusterSettings = param(ClusterSettings(), "How the tokens are clustered.")
+    html_docs: int = param(200, "Documents the explorer shows token by token (summary.json has them all).")
+    overwrite: bool = param(False, OVERWRITE)
 
 
 def model_labels(models: tuple[str, ...], labels: tuple[str, ...] | None) -> list[str]:
@@ -58,7 +68,7 @@ def model_labels(models: tuple[str, ...], labels: tuple[str, ...] | None) -> lis
 
 
 def _check(spec: MapSpec) -> list[str]:
-    from emo_slice.analysis.cluster import require_sklearn
+    from emo_slice.analysis.cluster import require_sklearn  # torch-free --help
     from emo_slice.artifacts import check_output
 
     if not 1 <= len(spec.models) <= MAX_MODELS:
@@ -73,13 +83,16 @@ def _check(spec: MapSpec) -> list[str]:
     except ImportError:
         raise UsageError("emo-slice map needs matplotlib for its PNGs: pip install 'emo-slice[map]'") from None
     labels = model_labels(spec.models, spec.labels)
+    check_spec_paths(spec)  # no output on, in or around an input
     check_output(spec.out, inputs=[*spec.models, *spec.docs], overwrite=spec.overwrite, folder=True)
     return labels
 
 
 def map_model(model: str, label: str, docs: Documents, folder: Path, spec: MapSpec, progress=None) -> dict:
     """One model: capture its router logits into `folder`, then `analyse` them; returns the model's figures."""
-    from emo_slice.analysis.capture import capture, token_strings
+    import numpy as np  # here: --help loads no numpy
+
+    from emo_slice.analysis.capture import capture, token_strings  # torch-free --help
 
     folder.mkdir()
     bar = None if progress is None else (lambda done, total: progress(f"{label}: router logits", done, total))
@@ -91,7 +104,9 @@ def map_model(model: str, label: str, docs: Documents, folder: Path, spec: MapSp
 def analyse(folder: Path, info: dict, docs: Documents, settings: ClusterSettings, strings: dict[int, str]) -> dict:
     """From a capture folder (router_logits.npy, tokens.npy, doc_offsets.npy; info: columns, routed_top_k):
     representations, clusters and figures. Arrays go to `folder`; returns `info` with the figures."""
-    from emo_slice.analysis import measures, represent
+    import numpy as np  # here: --help loads no numpy
+
+    from emo_slice.analysis import measures, represent  # torch-free --help
     from emo_slice.analysis.cluster import TokenClusters
 
     logits = np.load(folder / "router_logits.npy", mmap_mode="r")
@@ -130,7 +145,8 @@ def analyse(folder: Path, info: dict, docs: Documents, settings: ClusterSettings
 
 def _document_clusters(doc_probs: np.ndarray, cols, doc_domain: np.ndarray, n_domains: int, settings) -> dict:
     """Documents clustered the same way (mean probabilities; as many clusters as domains): their purity."""
-    from emo_slice.analysis import measures
+
+    from emo_slice.analysis import measures  # torch-free --help: the heavy modules load when the command runs
     from emo_slice.analysis.cluster import TokenClusters
 
     k = n_domains
@@ -144,7 +160,9 @@ def _document_clusters(doc_probs: np.ndarray, cols, doc_domain: np.ndarray, n_do
 
 def _projection(tc, token_domain: np.ndarray, doc_probs: np.ndarray, seed: int, points: int = 2000) -> dict:
     """The first two PCA components of a sample of tokens (with cluster and domain) and of every document."""
-    from emo_slice.analysis.cluster import sample
+    import numpy as np  # here: --help loads no numpy
+
+    from emo_slice.analysis.cluster import sample  # torch-free --help: the heavy modules load when the command runs
 
     idx = sample(len(tc.fit_rows), points, seed + 2)
     doc_xy = tc.pca.transform(doc_probs)[:, :2]
@@ -161,7 +179,9 @@ def _projection(tc, token_domain: np.ndarray, doc_probs: np.ndarray, seed: int, 
 
 def run_map(spec: MapSpec, progress: Callable[[str, int, int | None], None] | None = None) -> dict:
     """Map every model on the same documents; write the output folder; return the summary."""
-    from emo_slice.analysis import explorer, plots
+    import numpy as np  # here: --help loads no numpy
+
+    from emo_slice.analysis import explorer, plots  # torch-free --help: the heavy modules load when the command runs
     from emo_slice.analysis.capture import read_documents
     from emo_slice.artifacts import atomic_output_dir, provenance
 

@@ -10,35 +10,43 @@ from pathlib import Path
 from typing import Callable
 
 from emo_slice.errors import UsageError
+from emo_slice.specs import DEVICE, DTYPE, INPUT, KEEP, LAYERWISE, MAX_LENGTH, MODEL, OUTPUT, OVERWRITE, Spec, param
+from emo_slice.workflows.paths import check_spec_paths
+
+EXAMPLES = (
+    "Calibration input: documents (.txt, JSONL --field, a dataset), or with --multiple-choice a task file (one "
+    "item = one example)."
+)
 
 
 @dataclass(frozen=True)
-class StabilitySpec:
+class StabilitySpec(Spec):
     """What `emo-slice stability` does."""
 
-    model: str
-    examples: str
-    keep: str  # experts kept per layer, counting the shared ones (a count or a share)
-    calib_n: str = "1,5,10,100"
-    seeds: int = 3
-    method: str = "mean-prob"
-    task: bool = False  # examples are multiple-choice items: each item with its gold answer is one example
-    field: str = "text"
-    split: str | None = None
-    max_length: int | None = None
-    dtype: str | None = None
-    device: str = "auto"
-    layerwise: bool = False
-    out: Path | None = None
-    overwrite: bool = False
+    model: str = param(doc=MODEL, flag="MODEL", role=INPUT)
+    examples: str = param(doc=EXAMPLES, role=INPUT)
+    keep: str = param(doc=KEEP)
+    calib_n: str = param("1,5,10,100", "Numbers of examples to compare, comma-separated; the largest is the reference.")
+    seeds: int = param(3, "Seeded orders of the examples (seed 0, 1, ...); each N takes the first N of each.")
+    method: str = param("mean-prob", "How experts are ranked: mean-prob (EMO's default) or frequency.")
+    multiple_choice: bool = param(False, "Read --examples as a multiple-choice task: one item (with its gold answer) "
+                                  "is one example.")  # fmt: skip
+    field: str = param("text", "Field holding the text in JSONL records / datasets.")
+    split: str | None = param(None, "Dataset split (default: test, validation or train).")
+    max_length: int | None = param(None, MAX_LENGTH)
+    dtype: str | None = param(None, DTYPE)
+    device: str = param("auto", DEVICE)
+    layerwise: bool = param(False, LAYERWISE)
+    out: str | None = param(None, "JSON report to write (kept sets and Jaccard per layer).", role=OUTPUT)
+    overwrite: bool = param(False, OVERWRITE)
 
 
 def examples_of(spec: StabilitySpec) -> tuple[list[str], dict]:
     """The calibration examples: documents, or one-item prompts of a multiple-choice task (gold appended)."""
-    from emo_slice.data.sources import fewshot_prompt, file_hash, read_texts
+    from emo_slice.data.sources import fewshot_prompt, file_hash, read_texts  # torch-free --help
 
     desc = {"source": spec.examples, "file_hash": file_hash(spec.examples) if Path(spec.examples).is_file() else None}
-    if spec.task:
+    if spec.multiple_choice:
         from emo_slice.data.tasks import load_items
 
         items, fmt = load_items(spec.examples, None, "auto", spec.split)
@@ -49,7 +57,7 @@ def examples_of(spec: StabilitySpec) -> tuple[list[str], dict]:
 
 def run_stability(spec: StabilitySpec, progress: Callable[[int, int], None] | None = None) -> dict:
     """Collect per-example router statistics once, compare the kept sets; write spec.out (JSON) if given."""
-    from emo_slice.analysis import stability
+    from emo_slice.analysis import stability  # torch-free --help: the heavy modules load when the command runs
     from emo_slice.artifacts import atomic_write_text, check_output, output_lock, provenance
     from emo_slice.io.checkpoint import Checkpoint
     from emo_slice.slicing.profile import ProfileSettings
@@ -64,6 +72,7 @@ def run_stability(spec: StabilitySpec, progress: Callable[[int, int], None] | No
     cfg = ckpt.config
     E_min = min(cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers))
     keep_routed = parse_keep(spec.keep, E_min, cfg.num_shared_experts) - cfg.num_shared_experts
+    check_spec_paths(spec)  # no output on, in or around an input
     if spec.out is not None:
         check_output(spec.out, inputs=[ckpt.path, spec.examples], overwrite=spec.overwrite, suffixes=(".json",))
     texts, inputs = examples_of(spec)

@@ -20,9 +20,11 @@ from conftest import assert_one_line_error, invoke
 
 from emo_slice.workflows.eval import EvalSpec
 from emo_slice.workflows.export import ExportSpec
+from emo_slice.workflows.map import MapSpec
 from emo_slice.workflows.pretrain import PretrainSpec
 from emo_slice.workflows.profile import ProfileSpec
 from emo_slice.workflows.slice import SliceSpec
+from emo_slice.workflows.stability import StabilitySpec
 from emo_slice.workflows.sweep import SweepSpec
 
 REFUSED = ("is the input", "is inside the input", "holds the input", "are the same path")
@@ -92,6 +94,16 @@ def cases(w: Path) -> dict:
             [("MODEL", "model"), ("--profile", "profile.json"), ("--lm", "data/docs.jsonl")],
             ["--out"],
         ),
+        "map": (
+            ["map", m, "--docs", d / "docs.jsonl", "--out", w / "o" / "map"],
+            [("MODELS", "model"), ("--docs", "data/docs.jsonl")],
+            ["--out"],
+        ),
+        "stability": (
+            ["stability", m, "--examples", d / "calib.txt", "--keep", "3", "--out", w / "o" / "s.json"],
+            [("MODEL", "model"), ("--examples", "data/calib.txt")],
+            ["--out"],
+        ),
         "pretrain": (
             ["pretrain", "--data", d / "docs.jsonl", "--valid-data", d / "valid.jsonl", "--init-from", m]
             + ["--tokenizer", w / "model" / "tokenizer.json", "--steps", "1", "--out", w / "o" / "run"],
@@ -129,6 +141,7 @@ def refused(work: Path, args: list) -> None:
 
 
 CASES = ["profile", "extract", "extract --profile", "export", "eval", "sweep", "sweep --profile", "pretrain"]
+CASES += ["map", "stability"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -164,6 +177,8 @@ def test_the_table_covers_every_input_and_output_the_specs_declare():
         "eval": EvalSpec,
         "sweep": SweepSpec,
         "pretrain": PretrainSpec,
+        "map": MapSpec,
+        "stability": StabilitySpec,
     }
     for command, spec in declared.items():
         roles = {}

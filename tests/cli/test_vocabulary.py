@@ -10,6 +10,7 @@ import typer.main
 from conftest import assert_one_line_error, invoke
 
 from emo_slice import specs
+from emo_slice.analysis.settings import CaptureSettings, ClusterSettings
 from emo_slice.cli import app
 from emo_slice.cli.options import MODEL_OPTIONS, VOCABULARY, opt
 from emo_slice.eval.settings import EvalSettings
@@ -21,10 +22,12 @@ from emo_slice.workflows.export import ExportSpec
 from emo_slice.workflows.generate import GenerateSettings, GenerateSpec
 from emo_slice.workflows.info import InfoSpec
 from emo_slice.workflows.init import InitSpec
+from emo_slice.workflows.map import MapSpec
 from emo_slice.workflows.pretrain import PretrainSpec
 from emo_slice.workflows.profile import ProfileSpec
 from emo_slice.workflows.quickstart import QuickstartSpec
 from emo_slice.workflows.slice import SliceSpec
+from emo_slice.workflows.stability import StabilitySpec
 from emo_slice.workflows.sweep import SweepSpec
 
 GROUP = typer.main.get_command(app)
@@ -42,6 +45,8 @@ SPECS = {
     "pretrain": (PretrainSpec,),
     "quickstart": (QuickstartSpec,),
     "tasks": (),
+    "map": (MapSpec, CaptureSettings, ClusterSettings),
+    "stability": (StabilitySpec,),
 }
 CLI_ONLY = {"json_out", "per_subtask", "dry_run", "show_config", "all_tasks"}  # how results are shown
 RENAMED = {
