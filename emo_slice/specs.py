@@ -123,6 +123,11 @@ LAYERWISE = (
     "Stream the layers even when the whole model fits: one layer's weights on the device at a time, the next one "
     "read (and copied) while the current one runs."
 )
+MAX_MEMORY = (
+    "Memory the model may keep resident (e.g. 6GB): the whole model when its weights and a margin fit, else "
+    "layers streamed one at a time (the next read ahead when two fit). Default: the device's free memory. A size "
+    "that cannot hold one layer with the embedding and head is refused."
+)
 DTYPE = "Compute dtype: what the model runs in (default: bfloat16 on a CUDA GPU, float32 on the CPU and MPS)."
 POOL = (
     "Route each document inside its own pool of P routed experts: the top P by the document's summed router "

@@ -23,6 +23,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Progress lines off a terminal start after a quiet 2 s; a loaded test machine can take that long on a tiny
+# model, and the one-line error checks must not see them. Tests that want the lines lower it.
+os.environ.setdefault("EMO_SLICE_PROGRESS_QUIET", "600")
 BOX_CHARS = "╭╮╰╯│─"
 
 

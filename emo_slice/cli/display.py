@@ -1,7 +1,8 @@
 """What the commands print: progress bars on stderr and result tables on stdout (rich).
 
-The library reports progress through one plain callback, `progress(label, done, total)`; `progress_bars`
-turns it into rich bars (one per label, added on first report). Tables read the library's result dicts
+The library reports progress through one plain callback, `progress(label, done, total, tokens=None, unit=None)`
+(emo_slice/progress.py); `progress_bars` turns it into rich bars on a terminal (one per label, added on first
+report) and into plain lines elsewhere. Tables read the library's result dicts
 and nothing else, so `--json` and the tables always show the same numbers.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator
 
 from rich.filesize import decimal
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
@@ -19,55 +20,57 @@ from rich.text import Text
 from emo_slice.cli import err_console
 from emo_slice.eval.metrics import HIGHER_IS_BETTER
 
-ProgressFn = Callable[[str, int, Optional[int]], None]
+ProgressFn = Callable[..., None]  # progress(label, done, total, tokens=None, unit=None): emo_slice/progress.py
 
 
 def tokens_per_s(task) -> float | None:
-    """Tokens/s of a model-running task: tokens pushed through the model (emo_slice.io.loading.TOKENS) since
-    the bar was added, over its elapsed time (both frozen when it finishes)."""
-    start = task.fields.get("tokens_at_start")
+    """Tokens/s of a model-running task: the tokens its loop reported (frozen when it finishes) over its
+    elapsed time."""
+    tokens = task.fields.get("tokens")
     elapsed = task.finished_time if task.finished else task.elapsed
-    if start is None or not elapsed:
-        return None
-    from emo_slice.io.loading import TOKENS  # torch-free --help (torch is loaded by then: the model is running)
-
-    end = task.fields.get("tokens_at_end")
-    return ((TOKENS.total if end is None else end) - start) / elapsed
+    return tokens / elapsed if tokens and elapsed else None
 
 
 class _Count(ProgressColumn):
-    """'3/8 layers, 5,120 tokens/s', '1.2/4.0 MB' or '40/200 items, 35.1 items/s, 9,800 tokens/s', by the task's
-    unit (tokens/s on every bar but bytes)."""
+    """'layer 3/16, 5,120 tokens/s', '1.2/4.0 MB' or '40/200 items, 35.1 items/s, 9,800 tokens/s', by the task's
+    unit, then the time left when it can be told."""
 
     def render(self, task) -> Text:
         unit = task.fields.get("unit", "items")
         total = "?" if task.total is None else (decimal(int(task.total)) if unit == "bytes" else int(task.total))
         done = decimal(int(task.completed)) if unit == "bytes" else int(task.completed)
-        rate = f", {task.speed:.1f} {unit}/s" if unit == "items" and task.speed else ""
-        tps = tokens_per_s(task) if unit != "bytes" else None
-        rate += f", {tps:,.0f} tokens/s" if tps else ""
-        return Text(f"{done}/{total}" + ("" if unit == "bytes" else f" {unit}") + rate, style="cyan")
+        if unit == "layers":
+            text = f"layer {done}/{total}"
+        else:
+            text = f"{done}/{total}" + ("" if unit == "bytes" else f" {unit}")
+        text += f", {task.speed:.1f} {unit}/s" if unit == "items" and task.speed else ""
+        tps = tokens_per_s(task)
+        text += f", {tps:,.0f} tokens/s" if tps else ""
+        if task.total and 0 < task.completed < task.total and task.elapsed:
+            from emo_slice.progress import clock_text
 
-
-def _tokens_now(unit: str) -> float | None:
-    if unit == "bytes":
-        return None
-    from emo_slice.io.loading import TOKENS  # torch-free --help
-
-    return TOKENS.total
+            text += f", ~{clock_text(task.elapsed * (task.total - task.completed) / task.completed)} left"
+        return Text(text, style="cyan")
 
 
 @contextlib.contextmanager
 def progress_bars(units: dict[str, str] | None = None, enabled: bool = True) -> Iterator[ProgressFn | None]:
-    """Yield a `progress(label, done, total)` callback drawing one transient bar per label on stderr.
-
-    units: label -> unit ('layers', 'bytes'); other labels count items. enabled=False, or stderr not a
-    terminal (a live bar would only leave blank lines in a log), yields None.
-    """
-    if not enabled or not err_console.is_terminal:
+    """Yield a `progress(label, done, total, tokens=None, unit=None)` callback: on a terminal one transient bar
+    per label on stderr; elsewhere (a log, a pipe) plain lines, a label's first at once and then at most one
+    every few seconds (emo_slice.progress.LineProgress). units: label -> unit ('layers', 'bytes') where the
+    report names none; other labels count items. enabled=False yields None."""
+    if not enabled:
         yield None
         return
     units = units or {}
+    if not err_console.is_terminal:
+        import os
+
+        from emo_slice import progress
+
+        quiet = float(os.environ.get("EMO_SLICE_PROGRESS_QUIET", progress.QUIET_S))  # seconds; tests raise it
+        yield progress.LineProgress(err_console.file, progress.EVERY_S, quiet, units)
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -78,13 +81,12 @@ def progress_bars(units: dict[str, str] | None = None, enabled: bool = True) -> 
     ) as bar:
         ids: dict[str, int] = {}
 
-        def update(label: str, done: int, total: int | None) -> None:
-            unit = units.get(label, "items")
+        def update(label: str, done, total=None, tokens=None, unit=None) -> None:
+            unit = unit or units.get(label, "items")
             if label not in ids:
-                ids[label] = bar.add_task(label, total=total, unit=unit, tokens_at_start=_tokens_now(unit))
-            bar.update(ids[label], completed=done, total=total)
-            if total is not None and done >= total and unit != "bytes":
-                bar.update(ids[label], tokens_at_end=_tokens_now(unit))
+                ids[label] = bar.add_task(label, total=total, unit=unit, tokens=None)
+            fields = {} if tokens is None else {"tokens": tokens}
+            bar.update(ids[label], completed=done, total=total, **fields)
 
         yield update
 

@@ -14,6 +14,7 @@ from emo_slice.cli.options import (
     LMMode,
     TaskFormat,
     deprecated,
+    max_memory_option,
     opt,
     spec_argument,
     spec_option,
@@ -70,6 +71,7 @@ def eval_cmd(
     max_length: Optional[int] = spec_option(S, "max_length"),
     uncond: bool = spec_option(S, "uncond"),
     layerwise: bool = spec_option(S, "layerwise"),
+    max_memory: Optional[int] = max_memory_option(S),
     dtype: Optional[DType] = spec_option(S, "dtype"),
     device: str = spec_option(S, "device", show_default=True),
     pool: Optional[List[int]] = spec_option(S, "pool"),
@@ -95,6 +97,7 @@ def eval_cmd(
     reading = dict(field_map=field_map, fmt=value(fmt), split=split, text_field=text_field, lm_mode=value(lm_mode))
     scoring = dict(encoding=value(encoding), shots=shots, seed=seed, limit=limit, uncond=uncond)
     running = dict(batch_size=batch_size, max_length=max_length, layerwise=layerwise, dtype=value(dtype))
+    running |= dict(max_memory=max_memory)
     running |= dict(device=device, pool=tuple(pool) if pool else None, max_new_tokens=max_new_tokens)
     files = dict(out=_str(out), predictions=_str(predictions), overwrite=overwrite)
     spec = EvalSpec(

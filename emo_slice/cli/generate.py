@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json, warning_line
-from emo_slice.cli.display import generation_table
-from emo_slice.cli.options import DType, Json, deprecated, spec_argument, spec_option, value
+from emo_slice.cli.display import generation_table, progress_bars
+from emo_slice.cli.options import DType, Json, deprecated, max_memory_option, spec_argument, spec_option, value
 from emo_slice.workflows import generate as workflow
 from emo_slice.workflows.generate import GenerateSettings, GenerateSpec
 
@@ -39,6 +39,7 @@ def generate_cmd(
     batch_size: int = spec_option(S, "batch_size", show_default=True),
     dtype: Optional[DType] = spec_option(S, "dtype"),
     device: str = spec_option(S, "device", show_default=True),
+    max_memory: Optional[int] = max_memory_option(S),
     pool: Optional[int] = spec_option(S, "pool"),
     greedy: deprecated("--greedy") = False,
     json_out: Json = False,
@@ -48,9 +49,10 @@ def generate_cmd(
     if greedy:  # the older spelling of the default (it also named the layer-by-layer selection of profile)
         warning_line("generate --greedy is deprecated: greedy decoding is the default (--sample samples)")
     decoding = dict(max_new_tokens=max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, seed=seed)
-    settings = S(**decoding, dtype=value(dtype), device=device, pool=pool, batch_size=batch_size)
+    settings = S(**decoding, dtype=value(dtype), device=device, pool=pool, batch_size=batch_size, max_memory=max_memory)
     spec = GenerateSpec(model, against, prompt, str(prompts) if prompts is not None else None, settings)
-    result = workflow.run(spec)
+    with progress_bars(enabled=not json_out) as bar:
+        result = workflow.run(spec, progress=bar)
     if json_out:
         print_json(result)
         return

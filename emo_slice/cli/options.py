@@ -207,3 +207,18 @@ def out_or_positional(out: Path | None, old_out: Path | None) -> Path:
 
 
 Json = opt("--json", bool, "Print machine-readable JSON on stdout instead of tables.")
+
+
+def parse_size(text: str) -> int:
+    """'6GB', '6.5GB', '512MiB' or a byte count -> bytes (GB = 10^9, GiB = 2^30): emo_slice.artifacts.parse_size."""
+    from emo_slice.artifacts import parse_size as parse
+
+    try:
+        return parse(text, "--max-memory")
+    except UsageError as e:
+        raise typer.BadParameter(str(e).removeprefix("--max-memory ")) from None
+
+
+def max_memory_option(spec):
+    """`--max-memory SIZE` of a spec's max_memory field (every command that runs a model)."""
+    return spec_option(spec, "max_memory", parser=parse_size, metavar="SIZE")

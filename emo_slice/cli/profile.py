@@ -7,17 +7,12 @@ from typing import Optional
 
 from emo_slice.cli import app, cli_errors, console, err_console, print_json
 from emo_slice.cli.display import concentration_table, progress_bars
-from emo_slice.cli.options import DType, Json, Method, spec_argument, spec_option, value
+from emo_slice.cli.options import DType, Json, Method, max_memory_option, spec_argument, spec_option, value
 from emo_slice.slicing.profile_settings import ProfileSettings
 from emo_slice.workflows import profile as workflow
 from emo_slice.workflows.profile import ProfileSpec, profile_summary
 
 S = ProfileSettings
-
-
-def plain_progress(label: str, done: int, total: int | None) -> None:
-    """Progress when stderr is not a terminal (a log file, CI): one plain line per update, no bar."""
-    err_console.print(f"{label}: {done}/{total if total is not None else '?'} layer passes", markup=False)
 
 
 EPILOG = """Examples:
@@ -47,6 +42,7 @@ def profile(
     dtype: Optional[DType] = spec_option(S, "dtype"),
     device: str = spec_option(S, "device", show_default=True),
     layerwise: bool = spec_option(S, "layerwise"),
+    max_memory: Optional[int] = max_memory_option(S),
     greedy: bool = spec_option(S, "greedy"),
     keep: Optional[str] = spec_option(S, "keep"),
     method: Method = spec_option(S, "method", enum=Method, show_default=True),
@@ -62,12 +58,11 @@ def profile(
     at any K and method from it without running the model again."""
     calib = dict(examples=examples, field=field, split=split, shots=shots, seed=seed, max_length=max_length)
     run = dict(max_batch_tokens=max_batch_tokens, max_tokens_in_memory=max_tokens_in_memory, dtype=value(dtype))
-    run |= dict(device=device, layerwise=layerwise, pool=pool or None)
+    run |= dict(device=device, layerwise=layerwise, max_memory=max_memory, pool=pool or None)
     settings = S(**calib, **run, greedy=greedy, keep=keep, method=value(method))
     spec = ProfileSpec(model, settings, None if out is None else str(out), overwrite)
-    with progress_bars({"profiling": "layer passes"}, enabled=not json_out and err_console.is_terminal) as bar:
-        progress = bar if bar is not None or json_out else plain_progress
-        prof, path = workflow.run(spec, progress=progress)
+    with progress_bars({"profiling": "layers"}, enabled=not json_out) as bar:
+        prof, path = workflow.run(spec, progress=bar)
     summary = profile_summary(prof, path) | {k: prof["settings"][k] for k in ("device", "placement", "dtype")}
     if json_out:
         print_json(summary)

@@ -9,7 +9,7 @@ import typer
 
 from emo_slice.cli import app, cli_errors, console, print_json, warning_line
 from emo_slice.cli.display import progress_bars
-from emo_slice.cli.options import DType, Json, Method, spec_option, value
+from emo_slice.cli.options import DType, Json, Method, max_memory_option, spec_option, value
 from emo_slice.cli.sweep_display import sweep_table
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.slicing.profile_settings import ProfileSettings
@@ -26,7 +26,7 @@ EPILOG = """Examples:
   emo-slice sweep ./emo ./standard --examples code.txt --lm code-valid.jsonl --keep 4,8,16 --controls 3
 """
 P, E = ProfileSettings, EvalSettings
-BARS = {"profiling": "layer passes", "slices scored": "slices"}
+BARS = {"profiling": "layers", "slices scored": "slices"}
 
 
 @app.command(epilog=EPILOG)
@@ -49,6 +49,7 @@ def sweep(
     limit: Optional[int] = spec_option(E, "limit"),
     batch_size: int = spec_option(E, "batch_size", show_default=True),
     layerwise: bool = spec_option(E, "layerwise"),
+    max_memory: Optional[int] = max_memory_option(E),
     device: str = spec_option(E, "device", show_default=True),
     pool: Optional[int] = spec_option(P, "pool"),
     dtype: Optional[DType] = spec_option(E, "dtype"),
@@ -65,7 +66,7 @@ def sweep(
     (temporary unless --keep-slices) and scores it on the very same items; calibration items of a
     --task are held out of its scoring. Prints one table (K, bytes, share of the full model's bytes,
     each metric and the share of the full score kept, tokens/s), writes --out (JSON) and a PNG."""
-    where = dict(dtype=value(dtype), device=device, layerwise=layerwise, pool=pool or None)
+    where = dict(dtype=value(dtype), device=device, layerwise=layerwise, pool=pool or None, max_memory=max_memory)
     calib = None
     if examples is not None:
         calib = P(examples=examples, field=field, split=split, shots=shots, seed=seed, max_length=max_length, **where)

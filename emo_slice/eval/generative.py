@@ -333,7 +333,16 @@ def split_specs(tasks, gen_files, *, layerwise: bool, pool, max_new_tokens: int 
 
 
 def load_checked(
-    gen_specs, gen_files, limit, taken, roles: dict, max_length, max_new_tokens, dtype=None, device=None
+    gen_specs,
+    gen_files,
+    limit,
+    taken,
+    roles: dict,
+    max_length,
+    max_new_tokens,
+    dtype=None,
+    device=None,
+    max_memory=None,
 ) -> dict:
     """The generative tasks, loaded once for both models; each model checked to fit whole on the device
     (`device`, a torch.device; None: not checked) and its context to hold a prompt and max_new_tokens."""
@@ -344,7 +353,10 @@ def load_checked(
         ckpt = Checkpoint(path)
         check_gen_fits(ckpt.config, path, max_length, max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
         if device is not None:
-            if choose_placement(ckpt, default_dtype(dtype, device), device)["placement"] == STREAMED:
+            if (
+                choose_placement(ckpt, default_dtype(dtype, device), device, max_memory=max_memory)["placement"]
+                == STREAMED
+            ):
                 raise UsageError(_not_whole(path, device))
     return tasks
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from emo_slice._aliases import module_getattr
 from emo_slice.artifacts import provenance
@@ -61,7 +61,7 @@ from emo_slice.model.devices import resolve_device
 # The whole evaluation: one model, or two on the very same items (what `emo-slice eval` runs)
 # ---------------------------------------------------------------------------------------------
 
-Progress = Callable[[str, int, Optional[int]], None]  # (label, done, total)
+Progress = Callable[..., None]  # (label, done, total, tokens=None, unit=None): emo_slice/progress.py
 SCORING = {
     "lm-eval": "ranking classification as lm-evaluation-harness 0.4: context + continuation encoded as one string, "
     "per-request left truncation; one row per item (context once, then every choice) where no request is cut",
@@ -96,17 +96,24 @@ def _load_texts(specs, field, split, limit) -> dict:
     return texts
 
 
+class _Advance:
+    """Progress of one task: advance(items, tokens) as batches finish; layers(done, total, tokens) per layer
+    of a pass (Runner.run calls both)."""
+
+    def __init__(self, progress: Progress, label: str, total: int | None):
+        self.progress, self.label, self.total, self.done, self.tokens = progress, label, total, 0, 0
+        progress(label, 0, total)
+
+    def __call__(self, n: int, tokens: int = 0) -> None:
+        self.done, self.tokens = self.done + n, self.tokens + tokens
+        self.progress(self.label, self.done, self.total, self.tokens)
+
+    def layers(self, done: int, total: int, tokens: float) -> None:
+        self.progress(f"{self.label} layers", done, total, tokens, "layers")
+
+
 def _advance(progress: Progress | None, label: str, total: int | None):
-    if progress is None:
-        return None
-    done = [0]
-    progress(label, 0, total)
-
-    def advance(n: int) -> None:
-        done[0] += n
-        progress(label, done[0], total)
-
-    return advance
+    return None if progress is None else _Advance(progress, label, total)
 
 
 def pool_suffix(pool: int | None) -> str:
@@ -260,7 +267,7 @@ def _prepare(roles: dict, tasks, lm, field_map, gen_tasks, text_field, s: dict) 
     task_sets = _load_tasks(tasks, fields, s["fmt"], s["split"], s["shots"], s["seed"], limit)
     texts = _load_texts(lm, text_field, s["split"], limit)
     gen_sets = gen.load_checked(
-        gen_specs, gen_tasks, limit, set(task_sets), roles, max_length, max_new_tokens, s["dtype"], dev
+        gen_specs, gen_tasks, limit, set(task_sets), roles, max_length, max_new_tokens, s["dtype"], dev, s["max_memory"]
     )
     return _Run(dev, pools, fields, task_sets, texts, gen_sets)
 
@@ -272,7 +279,7 @@ def _score_models(roles: dict, run: _Run, s: dict, log_samples: bool, progress: 
     gopts = {k: s[k] for k in ("max_new_tokens", "max_length", "batch_size")}
     results, models, samples = {}, {}, ([] if log_samples else None)
     for role, path in roles.items():
-        runner = Runner(path, s["dtype"], s["layerwise"], device=run.dev)
+        runner = Runner(path, s["dtype"], s["layerwise"], device=run.dev, max_memory=s["max_memory"])
         results[role] = {}
         for p in run.pools:  # the model is loaded once and scored with each pool in turn
             runner.pool = check_pool(p, runner.config)

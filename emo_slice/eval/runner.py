@@ -11,7 +11,7 @@ import torch
 from emo_slice.errors import UsageError
 from emo_slice.eval.requests import Batch
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.io.loading import STREAMED, TOKENS, LayerwiseModel, choose_placement, default_dtype, load_model
+from emo_slice.io.loading import STREAMED, open_model
 from emo_slice.io.tokenizer import load_tokenizer
 from emo_slice.model.devices import resolve_device
 
@@ -33,11 +33,12 @@ def check_pool(pool: int | None, config, where: str = "--pool") -> int | None:
 class Runner:
     """A checkpoint ready to score rows: `run(batches)` gives the log-probabilities of their targets.
 
-    On `device` (auto: a GPU when there is one; compute dtype default bfloat16 on CUDA, float32 elsewhere):
-    the whole model when it fits in the device's free memory (`EmoForCausalLM.hidden_states`, placement
-    "device"), otherwise, or with layerwise=True, one decoder layer's weights at a time, the next one
-    prefetched (`emo_slice.io.loading.LayerwiseModel`, placement "streamed"): every batch goes through
-    layer l before layer l+1 runs. Results equal the whole model's.
+    On `device` (auto: a GPU when there is one; compute dtype default bfloat16 on CUDA, float32 elsewhere),
+    through `emo_slice.io.loading.LayerwiseModel`, the one layer loop: the whole model resident when it fits
+    (in `max_memory` bytes when given, else in the device's free memory; placement "device"), otherwise, or
+    with layerwise=True, one decoder layer's weights at a time, the next one prefetched (placement
+    "streamed"): every batch goes through layer l before layer l+1 runs. Results equal the whole model's.
+    The runner counts the tokens it runs and the seconds it takes (`tokens`, `seconds`).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Runner:
         layerwise: bool = False,
         pool: int | None = None,
         device: str | torch.device = "auto",
+        max_memory: int | None = None,
     ):
         self.ckpt = Checkpoint(path)
         self.path = str(path)
@@ -54,16 +56,17 @@ class Runner:
         self.tokenizer = load_tokenizer(path)
         self.pool = check_pool(pool, self.config)  # each row's document routes inside its own top-P pool
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.dtype = default_dtype(dtype, self.device)
-        self.placement = choose_placement(self.ckpt, self.dtype, self.device, layerwise)["placement"]
+        self.lw = open_model(self.ckpt, dtype, self.device, layerwise=layerwise, max_memory=max_memory)
+        self.dtype = self.lw.dtype
+        self.placement = self.lw.placement
         self.layerwise = self.placement == STREAMED
-        if self.layerwise:
-            self.lw = LayerwiseModel(self.ckpt, self.dtype, self.device)
-            self.model = None
-        else:
-            self.model = load_model(self.ckpt, self.dtype, self.device)
         self.seconds = 0.0  # time spent scoring
         self.tokens = 0  # tokens run through the model (padding excluded)
+
+    @property
+    def model(self):
+        """The whole `EmoForCausalLM` when resident (None when streamed)."""
+        return self.lw.model
 
     def describe(self) -> dict:
         params = sum(math.prod(i.shape) for i in self.ckpt.infos.values())
@@ -73,6 +76,7 @@ class Runner:
             "parameters": params,
             "weight_bytes": self.ckpt.total_bytes,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "weight_dtype": str(self.lw.weight_dtype).replace("torch.", ""),
             "layerwise": self.layerwise,
             "device": str(self.device),
             "placement": self.placement,
@@ -102,27 +106,29 @@ class Runner:
         return inputs | ({"pool_size": self.pool} if self.pool is not None else {})
 
     @torch.no_grad()
-    def run(self, batches: list[Batch], progress: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-        """Log-probabilities of each batch's targets (one tensor [P] per batch)."""
+    def run(self, batches: list[Batch], progress: Callable | None = None) -> list[torch.Tensor]:
+        """Log-probabilities of each batch's targets (one tensor [P] per batch).
+
+        progress(units, tokens) is called as batches finish, with the items they complete and the tokens
+        they held; when progress has a `layers` method, progress.layers(layers done, layers, tokens done) is
+        called before the first layer and after each, of every pass (streamed: one pass of all batches;
+        resident: one pass per batch)."""
         t0 = time.perf_counter()
         out: list[torch.Tensor] = []
-
-        if not self.layerwise:
-            for b in batches:
-                inputs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self._inputs(b).items()}
-                x_BTD = self.model.hidden_states(**inputs)
-                out.append(self._logprobs(self.model.head(x_BTD[b.pred_b, b.pred_t]), b.targets_P))
-                TOKENS.add(b.n_tokens)
-                if progress:
-                    progress(b.n_units)
-        else:
-            xs = self.lw.hidden_states([self._inputs(b) for b in batches], n_tokens=sum(b.n_tokens for b in batches))
-            for x_BTD, b in zip(xs, batches):
-                out.append(self._logprobs(self.lw.head(x_BTD[b.pred_b, b.pred_t]), b.targets_P))
-                if progress:
-                    progress(b.n_units)
+        on_layer = getattr(progress, "layers", None)
+        if self.layerwise:  # all batches through one layer at a time
+            n = sum(b.n_tokens for b in batches)
+            xs = self.lw.hidden_states([self._inputs(b) for b in batches], progress=on_layer, n_tokens=n)
+        for i, b in enumerate(batches):
+            if self.layerwise:
+                x_BTD = xs[i]
+            else:
+                (x_BTD,) = self.lw.hidden_states([self._inputs(b)], progress=on_layer, n_tokens=b.n_tokens)
+            out.append(self._logprobs(self.lw.head(x_BTD[b.pred_b, b.pred_t]), b.targets_P))
+            self.tokens += b.n_tokens
+            if progress:
+                progress(b.n_units, b.n_tokens)
         self.seconds += time.perf_counter() - t0
-        self.tokens += sum(b.n_tokens for b in batches)
         return out
 
     @staticmethod

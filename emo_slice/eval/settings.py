@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, LAYERWISE, POOL, param
+from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, LAYERWISE, MAX_MEMORY, POOL, param
 
 LM_MODES = ("rows", "packed")
 
@@ -37,6 +37,7 @@ class EvalSettings:
     )
     uncond: bool = param(False, "Also compute acc_uncond (choices scored after a bare 'Answer:').")
     layerwise: bool = param(False, LAYERWISE)
+    max_memory: int | None = param(None, MAX_MEMORY)
     dtype: str | None = param(None, DTYPE)
     device: str = param("auto", DEVICE)
     pool: int | tuple[int, ...] | None = param(

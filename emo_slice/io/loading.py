@@ -3,53 +3,37 @@
 Tensors are read one at a time with plain file reads straight into the parameters (no memory map), so
 a checkpoint larger than memory runs through `LayerwiseModel`: one decoder layer's weights at a time,
 the next layer read (and, on a GPU, copied) in a background thread while the current one runs.
-`choose_placement` decides between the two: the whole model on the device when its weights at the
-compute dtype fit in the device's free memory (with a margin), else layer streaming.
+`choose_placement` decides between the two: the whole model on the device when its weights fit in the
+device's free memory (or in `max_memory`, the user's cap) with a margin, else layer streaming.
+
+Weights are held at the checkpoint's stored dtype when it is narrower than the compute dtype (a bfloat16
+checkpoint run in float32 on a CPU holds bfloat16) and cast where they are used (model/modeling.py), so
+memory is what the checkpoint weighs, not twice that; the logits equal those of a float32 copy.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from emo_slice.errors import CheckpointError
+from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.checkpoint import Checkpoint, parse_dtype
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.context import make_context
 from emo_slice.model.hf_names import expected_hf_names, layer_tensors, model_tensors
-from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm
+from emo_slice.model.modeling import DecoderLayer, EmoForCausalLM, RMSNorm, cast_linear
 from emo_slice.model.modeling import norm as make_norm
 
 DEVICE, STREAMED = "device", "streamed"  # placements: the whole model on the device, or layer streaming
 MARGIN_FRACTION, MARGIN_BYTES = 0.20, 1 << 30  # kept free besides the weights: activations, workspace
-
-
-class TokenMeter:
-    """Tokens pushed through a model in this process, a running total (thread-safe): what the progress bars
-    turn into tokens/s, whichever loop (whole model, streamed layers) does the work."""
-
-    def __init__(self) -> None:
-        self._total = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, n: float) -> None:
-        with self._lock:
-            self._total += n
-
-    @property
-    def total(self) -> float:
-        return self._total
-
-
-TOKENS = TokenMeter()
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,9 +98,32 @@ def default_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return parse_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
 
+def weight_dtype(stored: torch.dtype, compute: torch.dtype) -> torch.dtype:
+    """The dtype weights are held at: the stored one where it is narrower than the compute dtype (cast where
+    used), else the compute dtype (cast once, on loading)."""
+    narrower = stored.is_floating_point and stored.itemsize < compute.itemsize
+    return stored if narrower else compute
+
+
 def weight_bytes(ckpt: Checkpoint, dtype: torch.dtype) -> int:
-    """Bytes the model's weights take at the compute dtype (a tied head counted once)."""
-    return ckpt.param_counts()["total"] * torch.empty(0, dtype=dtype).element_size()
+    """Bytes the model's weights take when run at the compute dtype (held at `weight_dtype`; a tied head
+    counted once)."""
+    return ckpt.param_counts()["total"] * weight_dtype(ckpt.stored_dtype, dtype).itemsize
+
+
+def layer_bytes(ckpt: Checkpoint, dtype: torch.dtype) -> tuple[int, int]:
+    """(bytes of the largest decoder layer, bytes of the embedding, final norm and head) held for `dtype`."""
+    size = weight_dtype(ckpt.stored_dtype, dtype).itemsize
+    per_layer = [0] * ckpt.config.num_hidden_layers
+    outer = 0
+    for name in ckpt.names():
+        n = math.prod(ckpt.info(name).shape)
+        parts = name.split(".")
+        if name.startswith("model.layers.") and parts[2].isdigit() and int(parts[2]) < len(per_layer):
+            per_layer[int(parts[2])] += n * size
+        else:
+            outer += n * size
+    return max(per_layer, default=0), outer
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -142,32 +149,56 @@ def free_memory(device: torch.device) -> int | None:
         return None
 
 
-def choose_placement(ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, layerwise: bool = False) -> dict:
-    """{"placement": "device" | "streamed", "weight_bytes", "free_bytes"}: the whole model on the device when
-    its weights at `dtype` plus a margin (20%, at least 1 GiB) fit in the free memory; otherwise (or with
-    layerwise) one layer at a time."""
-    need, free = weight_bytes(ckpt, dtype), free_memory(device)
+def choose_placement(
+    ckpt: Checkpoint, dtype: torch.dtype, device: torch.device, layerwise: bool = False, max_memory: int | None = None
+) -> dict:
+    """{"placement": "device" | "streamed", "prefetch", "weight_bytes", "free_bytes"}: the whole model on the
+    device when its weights plus a margin (20%, at least 1 GiB, for activations) fit in `max_memory` bytes when
+    given, else in the device's free memory; otherwise (or with layerwise) one layer at a time, with the next
+    layer read ahead when two layers, the embedding and the head fit (else without). A `max_memory` that
+    cannot hold one layer, the embedding and the head plus 1 GiB: UsageError."""
+    need, free = weight_bytes(ckpt, dtype), (max_memory if max_memory is not None else free_memory(device))
     fits = free is None or need + max(MARGIN_FRACTION * need, MARGIN_BYTES) <= free
-    return {"placement": STREAMED if layerwise or not fits else DEVICE, "weight_bytes": need, "free_bytes": free}
+    out = {"placement": STREAMED if layerwise or not fits else DEVICE, "weight_bytes": need, "free_bytes": free}
+    layer, outer = layer_bytes(ckpt, dtype)
+    if max_memory is not None and out["placement"] == STREAMED and layer + outer + MARGIN_BYTES > max_memory:
+        least = layer + outer + MARGIN_BYTES
+        raise UsageError(
+            f"--max-memory {_gb(max_memory)} cannot hold one layer of {ckpt.path} ({_gb(layer)}) with its embedding "
+            f"and head ({_gb(outer)}) and 1 GiB to work in; give at least --max-memory {math.ceil(least / 1e9 * 10) / 10}GB"
+        )
+    out["prefetch"] = free is None or out["placement"] == DEVICE or 2 * layer + outer + MARGIN_BYTES <= free
+    return out
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
 
 
 # ---- whole model, one layer --------------------------------------------------------------------------
 
 
 def load_model(
-    path_or_id: str | os.PathLike | Checkpoint, dtype: str | torch.dtype | None = None, device=None
+    path_or_id: str | os.PathLike | Checkpoint,
+    dtype: str | torch.dtype | None = None,
+    device=None,
+    *,
+    stored_weights: bool = False,
 ) -> EmoForCausalLM:
     """Load a whole EMO checkpoint (local folder or Hub id) into an `EmoForCausalLM`, in eval mode.
 
     dtype: compute dtype ("float32", "bfloat16", ...); default the checkpoint's stored dtype.
     device: where the parameters live (default the CPU). Tensors are read one at a time, straight into
     the parameters on the CPU, or into a host tensor copied to the device.
+    stored_weights: hold the weights at the stored dtype where it is narrower than `dtype` (`weight_dtype`),
+    cast where used: a bfloat16 checkpoint run in float32 takes half the memory, with the same logits.
     """
     ckpt = _open(path_or_id)
     _check_names(ckpt)
     dt = parse_dtype(dtype) or ckpt.stored_dtype
+    wdt = weight_dtype(ckpt.stored_dtype, dt) if stored_weights else dt
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    model = _empty(lambda: EmoForCausalLM(ckpt.config), dt, dev)
+    model = _empty(lambda: EmoForCausalLM(ckpt.config), wdt, dev)
     if ckpt.config.tie_word_embeddings:  # to_empty gives lm_head its own storage: tie it again
         model.lm_head.weight = model.model.embed_tokens.weight
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -178,12 +209,13 @@ def load_model(
                 ckpt.read_into(name, target)
             else:
                 target.copy_(ckpt.get(name))
+    model.compute_dtype = dt
     return model.eval()
 
 
 def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype, pin: bool = False) -> DecoderLayer:
-    """One decoder layer with its weights, read from the checkpoint straight into its parameters (on the CPU;
-    pin: in pinned memory, ready for an asynchronous copy to a GPU)."""
+    """One decoder layer with its weights at `dtype`, read from the checkpoint straight into its parameters
+    (on the CPU; pin: in pinned memory, ready for an asynchronous copy to a GPU)."""
     mod = _empty(lambda: DecoderLayer(ckpt.config, layer), dtype)  # untouched pages: no memory until written
     if pin:
         for p in mod.parameters():
@@ -195,6 +227,18 @@ def load_layer(ckpt: Checkpoint, layer: int, dtype: torch.dtype, pin: bool = Fal
     return mod.eval()
 
 
+def open_model(
+    path_or_ckpt, dtype=None, device="cpu", *, layerwise: bool = False, max_memory: int | None = None
+) -> LayerwiseModel:
+    """A `LayerwiseModel` placed by `choose_placement`: resident when it fits (in max_memory bytes when
+    given, else in the device's free memory), else streamed (with read-ahead when two layers fit)."""
+    ckpt = _open(path_or_ckpt)
+    dev = torch.device(device)
+    dt = default_dtype(dtype, dev)
+    place = choose_placement(ckpt, dt, dev, layerwise, max_memory)
+    return LayerwiseModel(ckpt, dt, dev, resident=place["placement"] == DEVICE, prefetch=place["prefetch"])
+
+
 # ---- layer by layer ------------------------------------------------------------------------------------
 
 
@@ -202,11 +246,13 @@ class LayerwiseModel:
     """Run a checkpoint layer by layer on a device: `hidden_states(batches)` pushes every batch through layer
     l before layer l+1 runs; its results equal the whole model's (the same `DecoderLayer.forward` runs).
 
-    Streamed (the default): the embedding, the final norm and the head stay on the device; decoder layer
-    l+1 is read from the safetensors files by a background thread (into pinned memory and copied to the
-    GPU with non_blocking=True on a side CUDA stream, ordered by an event) while layer l runs, so at most
-    two layers are resident. resident=True: the whole model is loaded on the device once and its layers
-    run in the same loop (placement "device"). This is the only layer loop: profile and eval use it.
+    Streamed (the default): the final norm and the head stay on the device once used (the embedding too
+    when the head is tied to it; otherwise it is read for each pass and dropped); decoder layer l+1 is read
+    from the safetensors files by a background thread (into pinned memory and copied to the GPU with
+    non_blocking=True on a side CUDA stream, ordered by an event) while layer l runs, so at most two layers
+    are resident (one with prefetch=False). resident=True: the whole model is loaded on the device once and
+    its layers run in the same loop (placement "device"). This is the only layer loop: profile, eval and
+    generation use it. Weights are held at `weight_dtype(stored, dtype)` and computed in `dtype`.
     """
 
     def __init__(
@@ -222,9 +268,10 @@ class LayerwiseModel:
         _check_names(self.ckpt)
         self.config: EmoConfig = self.ckpt.config
         self.dtype = parse_dtype(dtype) or self.ckpt.stored_dtype
+        self.weight_dtype = weight_dtype(self.ckpt.stored_dtype, self.dtype)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.prefetch = prefetch
-        self.model = load_model(self.ckpt, self.dtype, self.device) if resident else None
+        self.model = load_model(self.ckpt, self.dtype, self.device, stored_weights=True) if resident else None
         self._side = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
         self._embed_w: torch.Tensor | None = None
         self._head: tuple[RMSNorm, torch.Tensor] | None = None
@@ -234,15 +281,20 @@ class LayerwiseModel:
         return DEVICE if self.model is not None else STREAMED
 
     def _embedding(self) -> torch.Tensor:
-        if self._embed_w is None:  # read once, kept on the device
-            self._embed_w = self.ckpt.get("model.embed_tokens.weight", self.dtype).to(self.device)
-        return self._embed_w
+        """The embedding on the device: kept when the head is tied to it, else read anew (the caller drops it)."""
+        if self._embed_w is not None:
+            return self._embed_w
+        w = self.ckpt.get("model.embed_tokens.weight", self.weight_dtype).to(self.device)
+        if self.config.tie_word_embeddings:
+            self._embed_w = w
+        return w
 
-    def embed(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids_BT: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         input_ids_BT = input_ids_BT.to(self.device)
         if self.model is not None:
             return self.model.embed(input_ids_BT)
-        return torch.nn.functional.embedding(input_ids_BT, self._embedding())
+        w = self._embedding() if weight is None else weight
+        return torch.nn.functional.embedding(input_ids_BT, w).to(self.dtype)
 
     def layer(self, l: int) -> DecoderLayer:
         """Decoder layer l on the device (read now, without prefetch)."""
@@ -252,22 +304,22 @@ class LayerwiseModel:
         if self.model is not None:
             return self.model.head(x_BTD)
         if self._head is None:
-            norm = _empty(lambda: make_norm(self.config, self.config.hidden_size), self.dtype, self.device)
+            norm = _empty(lambda: make_norm(self.config, self.config.hidden_size), self.weight_dtype, self.device)
             with torch.no_grad():
                 norm.weight.copy_(self.ckpt.get("model.norm.weight"))
             tied = self.config.tie_word_embeddings
-            w = self._embedding() if tied else self.ckpt.get("lm_head.weight", self.dtype).to(self.device)
+            w = self._embedding() if tied else self.ckpt.get("lm_head.weight", self.weight_dtype).to(self.device)
             self._head = (norm, w)
         norm, w = self._head
-        return torch.nn.functional.linear(norm(x_BTD), w)
+        return cast_linear(norm(x_BTD), w)
 
     # ---- the stream of layers ----
     def _fetch(self, l: int) -> tuple[DecoderLayer, torch.cuda.Event | None]:
         """Layer l read from the files (in the prefetch thread): on a GPU copied asynchronously on the side
         stream, with the event that marks the copy done."""
         if self.device.type != "cuda":
-            return load_layer(self.ckpt, l, self.dtype), None
-        host = load_layer(self.ckpt, l, self.dtype, pin=True)
+            return load_layer(self.ckpt, l, self.weight_dtype), None
+        host = load_layer(self.ckpt, l, self.weight_dtype, pin=True)
         with torch.cuda.stream(self._side):
             layer = host.to(self.device, non_blocking=True)
             done = torch.cuda.Event()
@@ -318,19 +370,22 @@ class LayerwiseModel:
         trace: Callable | None = None,
         expert_norms: bool = False,
         after_layer: Callable | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
         n_tokens: int | None = None,
     ) -> list[torch.Tensor]:
         """Final hidden states (before the norm) of every batch, computed layer by layer, on the device.
 
         batches: input_ids [B, T] tensors, or dicts of `make_context` inputs (input_ids_BT, position_ids_BT,
-        attention_mask, document_ids_BT, pool_size), on any device. Hooks, per layer: trace(batch index,
-        LayerTrace) for every batch; then after_layer(l, layer) may return a replacement DecoderLayer (e.g.
-        the layer sliced), through which the batches are run again, untraced, to give the next layer its
-        input. n_tokens: the tokens the batches stand for (default all, padding included), for TOKENS.
+        attention_mask, document_ids_BT, cache, pool_size), on any device. Hooks, per layer: trace(batch
+        index, LayerTrace) for every batch; then after_layer(l, layer) may return a replacement DecoderLayer
+        (e.g. the layer sliced), through which the batches are run again, untraced, to give the next layer
+        its input. progress(layers done, layers, tokens done) is called before the first layer and after
+        each, tokens done = n_tokens (default all, padding included) times the share of layers done.
         """
         inputs = [self._on_device(b if isinstance(b, dict) else {"input_ids_BT": b}) for b in batches]
-        xs = [self.embed(i["input_ids_BT"]) for i in inputs]
+        w = self._embedding() if self.model is None else None  # read once for all batches
+        xs = [self.embed(i["input_ids_BT"], w) for i in inputs]
+        del w
         ctxs = [
             make_context(
                 self.config,
@@ -342,7 +397,9 @@ class LayerwiseModel:
             for b, i in enumerate(inputs)
         ]
         total = sum(i["input_ids_BT"].numel() for i in inputs) if n_tokens is None else n_tokens
-        per_layer = total / max(self.config.num_hidden_layers, 1)
+        L = self.config.num_hidden_layers
+        if progress is not None:
+            progress(0, L, 0.0)
         for l, layer in self._layers():
             ys = [layer(x, ctx, l)[0] for x, ctx in zip(xs, ctxs)]
             replacement = after_layer(l, layer) if after_layer is not None else None
@@ -350,9 +407,8 @@ class LayerwiseModel:
                 ys = [replacement(x, ctx.without_trace(), l)[0] for x, ctx in zip(xs, ctxs)]
             xs = ys
             del layer, replacement
-            TOKENS.add(per_layer)
             if progress is not None:
-                progress(l)
+                progress(l + 1, L, total * (l + 1) / max(L, 1))
         return xs
 
     def _on_device(self, inputs: dict) -> dict:
@@ -365,6 +421,7 @@ class LayerwiseModel:
 
 
 __all__ = [
+    "open_model",
     "load_model",
     "load_layer",
     "LayerwiseModel",
@@ -372,7 +429,8 @@ __all__ = [
     "default_dtype",
     "free_memory",
     "weight_bytes",
-    "TOKENS",
+    "weight_dtype",
+    "layer_bytes",
     "DEVICE",
     "STREAMED",
 ]

@@ -99,13 +99,34 @@ def restricted_routing(model, pools_L_BR: list[torch.Tensor | None]):
             h.remove()
 
 
-def last_logits(model, input_ids_BT: torch.Tensor, **inputs) -> torch.Tensor:
-    """Logits [B, 1, V] at the last position only: an `EmoForCausalLM`'s output head runs on one position
-    per row, so a prompt pass never makes [B, T, V] logits (at vocab 100k, gigabytes for a batch of long
-    prompts). Any other model-like (a wrapper) is called whole and its last position kept."""
+def last_logits(model, input_ids_BT: torch.Tensor, progress=None, **inputs) -> torch.Tensor:
+    """Logits [B, 1, V] at the last position only: the output head runs on one position per row, so a prompt
+    pass never makes [B, T, V] logits (at vocab 100k, gigabytes for a batch of long prompts). model: an
+    `EmoForCausalLM`, or a layer loop (`emo_slice.io.loading.LayerwiseModel`: resident or streamed, which
+    reports progress(layers done, layers, tokens) per layer); any other model-like (a wrapper) is called whole
+    and its last position kept."""
     if isinstance(model, EmoForCausalLM):
         return model.head(model.hidden_states(input_ids_BT, **inputs)[:, -1:])
+    if _is_layer_loop(model):
+        (x_BTD,) = model.hidden_states([{"input_ids_BT": input_ids_BT, **inputs}], progress=progress)
+        return model.head(x_BTD[:, -1:])
     return model(input_ids_BT, **inputs)[:, -1:]
+
+
+def _is_layer_loop(model) -> bool:
+    return not isinstance(model, torch.nn.Module) and hasattr(model, "hidden_states") and hasattr(model, "head")
+
+
+def _device(model) -> torch.device:
+    return model.device if _is_layer_loop(model) else next(model.parameters()).device
+
+
+def _whole(model) -> EmoForCausalLM:
+    """The EmoForCausalLM behind `model` (a resident layer loop's), for what hooks its layers: the pool."""
+    whole = model.model if _is_layer_loop(model) else model
+    if not isinstance(whole, EmoForCausalLM):
+        raise ValueError("a document pool in generation needs the whole model in memory, not streamed layers")
+    return whole
 
 
 def _rows_of(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
@@ -126,39 +147,44 @@ def generate(
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     pool: int | None = None,
+    progress=None,
 ) -> torch.Tensor:
     """Prompt + continuation ids [B, T + new] (left padding kept; after EOS a row is filled with pad).
 
+    model: an `EmoForCausalLM` or a `LayerwiseModel` (resident, or streamed: every step reads the layers).
     input_ids: a [B, T] tensor (left-padded, with attention_mask) or a list of token lists (padded here).
     eos_token_id: a row stops after producing it (one id or several). Sampling draws from `generator`.
-    pool: route inside each prompt's own top-P document pool, chosen from the prompt (see the module doc)."""
+    pool: route inside each prompt's own top-P document pool, chosen from the prompt (see the module doc).
+    progress(layers done, layers, tokens): the prompt pass's layers, where the model is a layer loop."""
     cfg = model.config
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else 0)
-    device = next(model.parameters()).device
+    device = _device(model)
     if isinstance(input_ids, list):
         input_ids, attention_mask = left_pad(input_ids, pad, device)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if max_new_tokens < 0 or temperature < 0 or not 0 < top_p <= 1:
         raise ValueError("max_new_tokens >= 0, temperature >= 0 and 0 < top_p <= 1 are required")
-    sampling = (do_sample, temperature, top_p, generator)
+    sampling = (do_sample, temperature, top_p, generator, progress)
     if not pool:
         return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad, sampling)
-    pools_L_BR = prompt_pools(model, _rows_of(input_ids, attention_mask), pool)
-    with restricted_routing(model, pools_L_BR):
+    whole = _whole(model)
+    pools_L_BR = prompt_pools(whole, _rows_of(input_ids, attention_mask), pool)
+    with restricted_routing(whole, pools_L_BR):
         return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad, sampling)
 
 
 def _decode(model, input_ids, attention_mask, max_new_tokens: int, eos_token_id, pad: int, sampling) -> torch.Tensor:
     """The cached decode loop of `generate` (inputs already checked); sampling: (do_sample, temperature,
-    top_p, generator)."""
-    do_sample, temperature, top_p, generator = sampling
-    device = next(model.parameters()).device
+    top_p, generator, progress of the prompt pass)."""
+    do_sample, temperature, top_p, generator, progress = sampling
+    device = _device(model)
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=device)
     mask_BS = attention_mask.to(device).long()
     pos_BT = (mask_BS.cumsum(-1) - 1).clamp_min(0)
     cache = KVCache()
-    logits_B1V = last_logits(model, input_ids.to(device), attention_mask=mask_BS, position_ids_BT=pos_BT, cache=cache)
+    ids_BT = input_ids.to(device)
+    logits_B1V = last_logits(model, ids_BT, progress, attention_mask=mask_BS, position_ids_BT=pos_BT, cache=cache)
     out = [input_ids.to(device)]
     done_B = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
     next_pos_B = pos_BT[:, -1] + 1

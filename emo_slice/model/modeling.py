@@ -15,6 +15,10 @@ Parameter names equal an EMO checkpoint's except the experts, which one layer ke
 names. Everything numerical follows AllenAI's reference `EmoForCausalLM` for EMO (the EMO checkpoint spec)
 and transformers' own model classes for the other families; tests check both. Shape letters: the legend
 in `emo_slice/__init__.py`.
+
+Weights may be held narrower than the compute dtype (a bfloat16 checkpoint run in float32 on a CPU): every
+matmul casts its weight to the activations' dtype where it is used (`Linear`, `expert_mix` one expert at a
+time), so no float32 copy of a whole layer is ever made and the results equal a model converted up front.
 """
 
 from __future__ import annotations
@@ -46,7 +50,37 @@ __all__ = [
     "rope_cos_sin",
     "expert_mix",
     "init_weights",
+    "Linear",
+    "cast_linear",
 ]
+
+CAST_BLOCK_ELEMENTS = 1 << 24  # a narrow weight is cast in row blocks of at most this many elements (64 MB fp32)
+
+
+def cast_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w) with w cast to x's dtype where it is used: in row blocks of at most CAST_BLOCK_ELEMENTS
+    elements (an output head of 100k rows is never copied whole); no copy when the dtypes agree or under
+    autocast (which casts itself)."""
+    if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, w)
+    rows = max(1, CAST_BLOCK_ELEMENTS // max(w.shape[1], 1))
+    if w.shape[0] <= rows:
+        return F.linear(x, w.to(x.dtype))
+    out = x.new_empty(*x.shape[:-1], w.shape[0])
+    for i in range(0, w.shape[0], rows):
+        out[..., i : i + rows] = F.linear(x, w[i : i + rows].to(x.dtype))
+    return out
+
+
+class Linear(nn.Linear):
+    """nn.Linear (no bias) whose weight may be held narrower than the activations: cast where used."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = cast_linear(x, self.weight)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -85,10 +119,10 @@ class Attention(nn.Module):
         super().__init__()
         D, H, Hkv, Dh = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.H, self.Hkv, self.Dh = H, Hkv, Dh
-        self.q_proj = nn.Linear(D, H * Dh, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(D, Hkv * Dh, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(D, Hkv * Dh, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(H * Dh, D, bias=cfg.o_bias)
+        self.q_proj = Linear(D, H * Dh, bias=cfg.qkv_bias)
+        self.k_proj = Linear(D, Hkv * Dh, bias=cfg.qkv_bias)
+        self.v_proj = Linear(D, Hkv * Dh, bias=cfg.qkv_bias)
+        self.o_proj = Linear(H * Dh, D, bias=cfg.o_bias)
         self.qk_norm, self.clip, self.window = cfg.qk_norm, cfg.clip_qkv, cfg.window_in_layer(layer)
         if cfg.qk_norm != "none":
             self.q_norm = norm(cfg, H * Dh if cfg.qk_norm == "full" else Dh)
@@ -124,10 +158,14 @@ def _grouped_mm_ok(x_MD: torch.Tensor, w: torch.Tensor) -> bool:
 def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto", norms: bool = False):
     """sum_j w_j * down(silu(gate(x)) * up(x)) over each token's chosen experts: out_ND.
 
-    Token-expert pairs are sorted by expert once; then either one grouped matmul per projection
-    (torch._grouped_mm) or a loop over the contiguous per-expert slices ("loop"). With norms=True also
-    returns norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the
-    statistic REAP and EASY-EP need, taken from this very computation.
+    Token-expert pairs are sorted by expert once and the tokens gathered in that order once (x_MD), shared by
+    the three projections; each expert then works on its contiguous rows (views, no copies). "grouped": one
+    grouped matmul per projection (torch._grouped_mm). "loop": one expert at a time, its gate and up weights
+    cast (to x's dtype: weights may be held narrower) and stacked into one reused buffer, so gate and up are
+    ONE matmul, and down writes straight into the output rows; no float32 copy of more than one expert's
+    weights is ever made. "auto": grouped where it works and the weights are at x's dtype, else loop. With autograd recording (training), the loop runs out of place. With norms=True also returns
+    norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the statistic
+    REAP and EASY-EP need, taken from this very computation.
     """
     N, K = experts_NK.shape
     E = w_gate_EFD.shape[0]
@@ -136,28 +174,25 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
     tok_M = order_M // K
     counts_E = torch.bincount(flat_M, minlength=E)
     x_MD = x_ND[tok_M]
+    w = (w_gate_EFD, w_up_EFD, w_down_EDF)
+    grad = torch.is_grad_enabled() and (x_ND.requires_grad or any(t.requires_grad for t in w))
     if impl == "auto":
-        impl = "grouped" if _grouped_mm_ok(x_MD, w_gate_EFD) else "loop"
+        same = w_gate_EFD.dtype == x_ND.dtype
+        impl = "grouped" if same and _grouped_mm_ok(x_MD, w_gate_EFD) else "loop"
     if impl == "grouped":
         offs_E = counts_E.cumsum(0).to(torch.int32)
-        g_MF = torch._grouped_mm(x_MD, w_gate_EFD.transpose(-2, -1), offs=offs_E)
-        u_MF = torch._grouped_mm(x_MD, w_up_EFD.transpose(-2, -1), offs=offs_E)
-        y_MD = torch._grouped_mm(F.silu(g_MF) * u_MF, w_down_EDF.transpose(-2, -1), offs=offs_E)
+        wg, wu, wd = (t.to(x_MD.dtype).transpose(-2, -1) for t in w)
+        g_MF = torch._grouped_mm(x_MD, wg, offs=offs_E)
+        u_MF = torch._grouped_mm(x_MD, wu, offs=offs_E)
+        y_MD = torch._grouped_mm(F.silu(g_MF) * u_MF, wd, offs=offs_E)
     elif impl == "loop":
-        parts, start = [], 0
-        for e, c in enumerate(counts_E.tolist()):  # host sync: the loop needs the counts
-            if c:
-                xe = x_MD[start : start + c]
-                h = F.silu(xe @ w_gate_EFD[e].t()) * (xe @ w_up_EFD[e].t())
-                parts.append(h @ w_down_EDF[e].t())
-                start += c
-        y_MD = torch.cat(parts) if parts else x_MD.new_zeros(0, x_ND.shape[1])
+        y_MD = (_loop_autograd if grad else _loop_inplace)(x_MD, counts_E.tolist(), *w)  # host sync: the counts
     else:
         raise ValueError(f"unknown expert implementation {impl!r}")
     norm_NK = None
     if norms:
         norm_NK = torch.empty(N * K, dtype=torch.float64, device=x_ND.device)
-        norm_NK[order_M] = y_MD.double().norm(dim=-1)
+        norm_NK[order_M] = torch.linalg.vector_norm(y_MD, dim=-1, dtype=torch.float64)
         norm_NK = norm_NK.view(N, K)
     y_MD = y_MD * weights_NK.reshape(-1)[order_M, None]  # float32 weights (Mixtral): a float32 product, then cast
     out_ND = _sum_by_expert(y_MD.to(x_ND.dtype), order_M, experts_NK)
@@ -183,13 +218,53 @@ class MLP(nn.Module):
 
     def __init__(self, D: int, F_: int):
         super().__init__()
-        self.gate_proj = nn.Linear(D, F_, bias=False)
-        self.up_proj = nn.Linear(D, F_, bias=False)
-        self.down_proj = nn.Linear(F_, D, bias=False)
+        self.gate_proj = Linear(D, F_, bias=False)
+        self.up_proj = Linear(D, F_, bias=False)
+        self.down_proj = Linear(F_, D, bias=False)
 
     def forward(self, x_ND: torch.Tensor, ctx: Context | None = None, layer: int = 0):
         """(out_ND, None, None): the MoE block's return with no routing."""
         return self.down_proj(F.silu(self.gate_proj(x_ND)) * self.up_proj(x_ND)), None, None
+
+
+def _loop_autograd(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> torch.Tensor:
+    """The expert loop, out of place (differentiable)."""
+    parts, start, dt = [], 0, x_MD.dtype
+    for e, c in enumerate(counts):
+        if c:
+            xe = x_MD[start : start + c]
+            h = F.silu(xe @ w_gate_EFD[e].to(dt).t()) * (xe @ w_up_EFD[e].to(dt).t())
+            parts.append(h @ w_down_EDF[e].to(dt).t())
+            start += c
+    return torch.cat(parts) if parts else x_MD.new_zeros(0, x_MD.shape[1])
+
+
+def _loop_inplace(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> torch.Tensor:
+    """The expert loop for inference, in place: each expert's rows of x_MD (a view) through gate and up, then
+    down straight into its output rows. Weights at x's dtype are used where they lie; narrower ones are cast
+    one expert at a time into reused buffers, gate and up stacked so that they are one matmul."""
+    M, D = x_MD.shape
+    F_ = w_gate_EFD.shape[1]
+    y_MD = x_MD.new_empty(M, D)
+    cast = w_gate_EFD.dtype != x_MD.dtype
+    if cast:
+        w_2FD, w_DF = x_MD.new_empty(2 * F_, D), x_MD.new_empty(D, F_)
+    start = 0
+    for e, c in enumerate(counts):
+        if not c:
+            continue
+        x_cD = x_MD[start : start + c]
+        if cast:
+            w_2FD[:F_].copy_(w_gate_EFD[e])
+            w_2FD[F_:].copy_(w_up_EFD[e])
+            w_DF.copy_(w_down_EDF[e])
+            gu_c2F = torch.mm(x_cD, w_2FD.t())
+            g_cF, u_cF = gu_c2F[:, :F_], gu_c2F[:, F_:]
+        else:
+            g_cF, u_cF, w_DF = torch.mm(x_cD, w_gate_EFD[e].t()), torch.mm(x_cD, w_up_EFD[e].t()), w_down_EDF[e]
+        torch.mm(F.silu(g_cF).mul_(u_cF), w_DF.t(), out=y_MD[start : start + c])
+        start += c
+    return y_MD
 
 
 class MoE(nn.Module):
@@ -199,13 +274,13 @@ class MoE(nn.Module):
         self.n_experts, self.n_shared = E, cfg.num_shared_experts
         self.top_k, self.norm_topk_prob = cfg.top_k_in_layer(layer), cfg.norm_topk_prob
         self.rule = cfg.routing
-        self.gate = nn.Linear(D, E, bias=False)
+        self.gate = Linear(D, E, bias=False)
         self.w_gate_EFD = nn.Parameter(torch.empty(E, F_, D))
         self.w_up_EFD = nn.Parameter(torch.empty(E, F_, D))
         self.w_down_EDF = nn.Parameter(torch.empty(E, D, F_))
         if cfg.shared_expert_intermediate_size:  # Qwen2-MoE: sigmoid(gate(x)) * MLP(x), outside the routing
             self.shared_expert = MLP(D, cfg.shared_expert_intermediate_size)
-            self.shared_expert_gate = nn.Linear(D, 1, bias=False)
+            self.shared_expert_gate = Linear(D, 1, bias=False)
         self.impl = "auto"
 
     def forward(self, x_ND: torch.Tensor, ctx: Context, layer: int):
@@ -222,8 +297,7 @@ class MoE(nn.Module):
         w = (self.w_gate_EFD, self.w_up_EFD, self.w_down_EDF)
         x_in = x_ND
         if torch.is_autocast_enabled(x_ND.device.type):  # autocast does not cover grouped matmuls: cast here
-            dt = torch.get_autocast_dtype(x_ND.device.type)
-            x_in, w = x_ND.to(dt), tuple(t.to(dt) for t in w)
+            x_in = x_ND.to(torch.get_autocast_dtype(x_ND.device.type))  # (expert_mix casts the weights)
         out = expert_mix(x_in, r.experts_NK, r.weights_NK, *w, self.impl, norms=ctx.expert_norms)
         out_ND, norm_NK = out if ctx.expert_norms else (out, None)
         out_ND = out_ND.to(x_ND.dtype)
@@ -269,12 +343,14 @@ class EmoForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = EmoBackbone(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.compute_dtype: torch.dtype | None = None  # None: the embedding's dtype; else weights are cast to it
 
     def embed(self, input_ids_BT: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_tokens(input_ids_BT)
+        x_BTD = self.model.embed_tokens(input_ids_BT)
+        return x_BTD if self.compute_dtype is None else x_BTD.to(self.compute_dtype)
 
     def head(self, x_BTD: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.model.norm(x_BTD))

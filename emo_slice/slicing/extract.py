@@ -127,6 +127,7 @@ def extract(
 
     entries = _entries(ckpt, plan)
     total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows in entries)
+    _check_disk(out, sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) * _ratio(i, dt) for _, i, rows in entries))
 
     source_manifest = ckpt.side_json(MANIFEST)
     manifest = _manifest(ckpt, plan, new_cfg, source_manifest)
@@ -160,6 +161,27 @@ def extract(
     if progress is not None:
         progress(total, total)
     return manifest
+
+
+def _ratio(info, dt: torch.dtype | None) -> float:
+    return 1.0 if dt is None else dt.itemsize / info.torch_dtype.itemsize
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def _check_disk(out, need: float) -> None:
+    """Refuse before writing when the slice's weights do not fit in the free space of out's disk."""
+    where = Path(os.path.abspath(out))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UsageError(
+            f"the slice needs {_size(need)} but {where} has {_size(free)} free; free some space, "
+            "write --out to another disk, or keep fewer experts (--keep) or a smaller --save-dtype"
+        )
 
 
 # What a slice copies from its source besides weights and config.json: an allow-list. Never other weight

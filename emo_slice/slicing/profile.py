@@ -36,7 +36,7 @@ from emo_slice.data.sources import check_tokenizer_fits
 from emo_slice.errors import UsageError
 from emo_slice.eval.runner import check_pool
 from emo_slice.io.checkpoint import Checkpoint
-from emo_slice.io.loading import DEVICE, LayerwiseModel, choose_placement, default_dtype
+from emo_slice.io.loading import default_dtype, open_model
 from emo_slice.io.tokenizer import load_tokenizer
 from emo_slice.model.context import LayerTrace
 from emo_slice.model.devices import resolve_device
@@ -174,7 +174,8 @@ def profile_model(
     the layers are read from the checkpoint once per chunk (the price of the bound: more reading, for a
     large model and many chunks). The statistics are sums over batches, added in the same order for every
     layer, so they equal one pass exactly. --greedy needs every token at once (see _check_greedy_fits).
-    progress(done, total) counts layer passes: chunks x layers.
+    progress(done, total, tokens) counts layer passes (chunks x layers) and the tokens pushed through them,
+    before the first layer and after each.
     """
     dev = resolve_device(settings.device)  # a bad device is refused before anything is read
     dtype = default_dtype(settings.dtype, dev)
@@ -188,17 +189,15 @@ def profile_model(
     inputs.update(chunks=len(chunks))
     stats = [LayerStats(cfg.experts_in_layer(l) - n_shared) for l in range(L)]
     greedy_kept: list[list[int]] = []
-    place = choose_placement(ckpt, dtype, dev, settings.layerwise)
-    lw = LayerwiseModel(ckpt, dtype, dev, resident=place["placement"] == DEVICE)
+    lw = open_model(ckpt, dtype, dev, layerwise=settings.layerwise, max_memory=settings.max_memory)
+    tokens_before = 0.0
     for c, chunk in enumerate(chunks):
         batches = [tuple(t.to(dev) for t in pad_batch(rows, g, pad, special)) for g in chunk]
 
         def trace(b: int, t: LayerTrace, batches=batches) -> None:
             stats[t.layer].add(t, batches[b][1].reshape(-1))
 
-        def after_layer(l: int, layer, c=c):
-            if progress is not None:
-                progress(c * L + l + 1, len(chunks) * L)
+        def after_layer(l: int, layer):
             if n_keep is None or not cfg.is_moe_layer(l):
                 if n_keep is not None:
                     greedy_kept.append([])  # a dense layer: nothing to slice
@@ -219,9 +218,17 @@ def profile_model(
             {"input_ids_BT": ids} | ({"pool_size": settings.pool} if settings.pool else {}) for ids, _ in batches
         ]
         n_valid = sum(int(valid.sum()) for _, valid in batches)  # for the tokens/s of the progress bar
-        lw.hidden_states(inputs_b, trace=trace, expert_norms=True, after_layer=after_layer, n_tokens=n_valid)
+
+        def on_layer(l: int, _L: int, tokens: float, c=c, before=tokens_before) -> None:
+            if progress is not None and (l or not c):  # a chunk's start is the previous chunk's end
+                progress(c * L + l, len(chunks) * L, before + tokens)
+
+        lw.hidden_states(
+            inputs_b, trace=trace, expert_norms=True, after_layer=after_layer, progress=on_layer, n_tokens=n_valid
+        )
+        tokens_before += n_valid
         del batches
-    run = {"dtype": str(lw.dtype).replace("torch.", ""), "device": str(dev), "placement": place["placement"]}
+    run = {"dtype": str(lw.dtype).replace("torch.", ""), "device": str(dev), "placement": lw.placement}
     return _profile_dict(ckpt, settings, stats, inputs, run, n_keep, greedy_kept)
 
 

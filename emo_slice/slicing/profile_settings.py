@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emo_slice.specs import DEVICE, DTYPE, INPUT, LAYERWISE, MAX_LENGTH, POOL, param
+from emo_slice.specs import DEVICE, DTYPE, INPUT, LAYERWISE, MAX_LENGTH, MAX_MEMORY, POOL, param
 
 DEFAULT_MAX_TOKENS_IN_MEMORY = 262_144
 EXAMPLES = (
@@ -41,6 +41,7 @@ class ProfileSettings:
     dtype: str | None = param(None, DTYPE)
     device: str = param("auto", DEVICE)
     layerwise: bool = param(False, LAYERWISE)
+    max_memory: int | None = param(None, MAX_MEMORY)
     greedy: bool = param(
         False,
         "The EMO paper's layer-by-layer selection: score layer l on the model whose earlier layers are already "

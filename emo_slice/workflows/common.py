@@ -10,4 +10,4 @@ PROFILING, WRITING, SCORED = "profiling", "writing slice", "slices scored"
 
 def phase(progress: Progress | None, label: str):
     """progress with its label bound: (done, total) -> None; None without a progress callback."""
-    return None if progress is None else (lambda done, total: progress(label, done, total))
+    return None if progress is None else (lambda done, total, tokens=None: progress(label, done, total, tokens))

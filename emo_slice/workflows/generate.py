@@ -7,13 +7,14 @@ decoding settings; `run(spec)` continues every prompt with each model (`complete
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from emo_slice.artifacts import provenance
 from emo_slice.data.sources import read_records
 from emo_slice.errors import DataError, UsageError
-from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, INPUT, MODEL, POOL, Spec, param
+from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, INPUT, MAX_MEMORY, MODEL, POOL, Spec, param
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class GenerateSettings:
     seed: int = param(0, "Random seed of the sampling.")
     dtype: str | None = param(None, DTYPE)
     device: str = param("auto", DEVICE)
+    max_memory: int | None = param(
+        None, MAX_MEMORY + " A model that does not fit is streamed for every new token: slow, but it runs."
+    )
     pool: int | None = param(
         None,
         POOL + " Here the pool is chosen from the PROMPT (per layer, its top P experts) and the generated tokens "
@@ -76,7 +80,11 @@ def complete(
     settings: GenerateSettings (its field docs say what each does); `options` are its fields as keywords
     (`max_new_tokens=32`; earlier versions' `greedy=False` means `sample=True`), applied over it. Each model is
     loaded, run and released in turn; the same prompts, seed and settings for all. Compute dtype: `dtype`,
-    else bfloat16 on a GPU and float32 on the CPU. Settings out of range: UsageError, before any loading."""
+    else bfloat16 on a GPU and float32 on the CPU; weights held at the stored dtype where narrower. Each model is
+    resident when it fits (in max_memory bytes when given, else in the device's free memory), else streamed
+    layer by layer. progress(label, done, total, tokens=None, unit=None): each prompt batch's layers ("LABEL
+    prompt"), then each model's end (progress(label, 1, 1)). Settings out of range: UsageError, before any
+    loading."""
     import torch
 
     from emo_slice.eval.runner import check_pool  # torch-free --help: torch loads when the command runs
@@ -104,21 +112,33 @@ def complete(
         "provenance": provenance(command="emo-slice generate"),
     }
     for label, path in paths.items():
-        out["completions"][label], out["models"][label] = _continue(path, prompts, dev, out["settings"], torch)
+        on_layer = None if progress is None else functools.partial(_prompt_progress, progress, f"{label} prompt")
+        out["completions"][label], out["models"][label] = _continue(
+            path, prompts, dev, out["settings"], torch, on_layer
+        )
         if progress is not None:
-            progress(label)
+            progress(label, 1, 1)
     return out
 
 
-def _continue(path: str, prompts: list[str], dev, settings: dict, torch) -> tuple[list[str], dict]:
+def _prompt_progress(progress, label: str, done: int, total: int, tokens: float) -> None:
+    progress(label, done, total, tokens, "layers")
+
+
+def _continue(path: str, prompts: list[str], dev, settings: dict, torch, progress) -> tuple[list[str], dict]:
     """One model's continuations of the prompts, batch_size prompts per batch (loaded, run, released), and its
     description. Every batch draws from one generator seeded once."""
-    from emo_slice.io.loading import load_model  # torch-free --help
+    from emo_slice.io.loading import STREAMED, open_model  # torch-free --help
     from emo_slice.io.tokenizer import load_tokenizer
     from emo_slice.model.generation import generate
 
     tok = load_tokenizer(path)
-    model = load_model(path, dtype=settings["dtype"]).to(dev)
+    model = open_model(path, settings["dtype"], dev, max_memory=settings["max_memory"])
+    if settings["pool"] and model.placement == STREAMED:
+        raise UsageError(
+            f"`pool` in generate needs {path} whole in memory, but it is streamed layer by layer (it does not fit in "
+            "`max_memory` or the free memory); raise `max_memory` or leave `pool` out"
+        )
     rows = [tok.encode(p) or [tok.eos_token_id or 0] for p in prompts]
     generator = torch.Generator(device=dev).manual_seed(settings["seed"])
     texts = []
@@ -135,6 +155,7 @@ def _continue(path: str, prompts: list[str], dev, settings: dict, torch) -> tupl
             pad_token_id=tok.pad_token_id,
             generator=generator,
             pool=settings["pool"],
+            progress=progress,
         )
         T = max(len(r) for r in batch)
         for b in range(len(batch)):
@@ -146,6 +167,8 @@ def _continue(path: str, prompts: list[str], dev, settings: dict, torch) -> tupl
     return texts, {
         "path": str(path),
         "experts_per_layer": [cfg.experts_in_layer(l) for l in range(cfg.num_hidden_layers)],
+        "placement": model.placement,
+        "weight_dtype": str(model.weight_dtype).replace("torch.", ""),
     }
 
 

@@ -383,7 +383,11 @@ def test_profile_in_bounded_chunks_equals_one_pass(tiny_ckpt, long_docs, monkeyp
         profile_model(tiny_ckpt, ProfileSettings(**base, max_tokens_in_memory=200, greedy=True, keep="4"))
 
 
-def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt, long_docs, tmp_path):
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt, long_docs, tmp_path, monkeypatch):
+    from emo_slice import progress
+
+    monkeypatch.setenv("EMO_SLICE_PROGRESS_QUIET", "0")  # every report printed: a line per layer pass
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
     r = invoke(
         "profile",
         tiny_ckpt,
@@ -399,8 +403,9 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tiny_ckpt, long_d
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("profiling:")]
     chunks = json.loads((tmp_path / "p.json").read_text())["inputs"]["chunks"]
-    assert chunks > 1 and lines[-1] == f"profiling: {2 * chunks}/{2 * chunks} layer passes"
-    assert len(lines) == 2 * chunks and "\x1b[" not in r.stderr  # one plain line per layer pass, no bar
+    assert chunks > 1 and lines[0].startswith(f"profiling: layer 0/{2 * chunks}, ")
+    assert lines[-1].startswith(f"profiling: layer {2 * chunks}/{2 * chunks}, ") and "tokens/s" in lines[-1]
+    assert len(lines) == 1 + 2 * chunks and "\x1b[" not in r.stderr  # one plain line per layer pass, no bar
 
 
 # ---- results that look real but are not ----------------------------------------------------------

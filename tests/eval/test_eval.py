@@ -210,7 +210,7 @@ def test_simple_evaluate_scores_both_models_on_the_same_items(fixtures, tmp_path
         shots=1,
         seed=2,
         log_samples=True,
-        progress=lambda label, done, total: seen.append((label, done, total)),
+        progress=lambda label, done, total, *_: seen.append((label, done, total)),
     )
     assert list(data["results"]) == ["code", "code_2"] == list(data["against_results"])
     assert list(data["models"]) == ["model", "against"] and set(data["comparison"]) == {"code", "code_2"}

@@ -167,14 +167,17 @@ def test_streaming_overlaps_reading_and_holds_at_most_two_layers(deep_ckpt, monk
     assert peak == [2] * 6 + [1] * 2  # the running layer and the one read for it; the last one alone
 
 
-def test_streamed_keeps_embedding_and_head_resident(deep_ckpt, monkeypatch):
+def test_streamed_keeps_head_resident_and_reads_the_embedding_per_pass(deep_ckpt, monkeypatch):
     lw = LayerwiseModel(deep_ckpt, "float32", "cpu")
     cfg = lw.config
+    assert not cfg.tie_word_embeddings
     lw.forward([_ids(cfg)])
-    reads = []
-    monkeypatch.setattr(lw.ckpt, "get", lambda name, dtype=None: reads.append(name))
-    lw.forward([_ids(cfg, seed=2)])
-    assert not reads  # the second pass reads only decoder layers (through read_into), never embed/norm/head
+    reads, real = [], lw.ckpt.get
+    monkeypatch.setattr(lw.ckpt, "get", lambda name, dtype=None: reads.append(name) or real(name, dtype))
+    lw.forward([_ids(cfg, seed=2), _ids(cfg, seed=3)])
+    # the second pass reads decoder layers (through read_into) and the embedding once for all its batches (an
+    # untied embedding is not kept between passes: streaming holds two layers and the head, no more)
+    assert reads == ["model.embed_tokens.weight"] and lw._embed_w is None
 
 
 # ---- profile and eval with --device cpu -----------------------------------------------------------------
@@ -283,14 +286,12 @@ def test_progress_bar_shows_tokens_per_s():
     from rich.progress import Progress
 
     from emo_slice.cli.display import _Count
-    from emo_slice.io.loading import TOKENS
 
     bar = Progress()
-    tid = bar.add_task("model task", total=10, unit="items", tokens_at_start=TOKENS.total)
-    TOKENS.add(5000)
+    tid = bar.add_task("model task", total=10, unit="items", tokens=None)
     time.sleep(0.02)
-    bar.update(tid, completed=3)
+    bar.update(tid, completed=3, tokens=5000)  # the tokens the loop reported for this task
     text = _Count().render(bar.tasks[0]).plain
-    assert text.startswith("3/10 items") and "tokens/s" in text
+    assert text.startswith("3/10 items") and "tokens/s" in text and "left" in text
     nbytes = bar.add_task("writing", total=10, unit="bytes")
     assert "tokens/s" not in _Count().render(bar.tasks[nbytes]).plain

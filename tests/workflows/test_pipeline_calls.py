@@ -60,7 +60,7 @@ def test_make_slice_profiles_examples_with_the_compute_dtype(fixtures, tmp_path)
         dtype="bfloat16",
         per_layer=True,
         warn=warnings.append,
-        progress=lambda label, done, total: seen.add(label),
+        progress=lambda label, done, total, *_: seen.add(label),
     )
     assert manifest["profile"]["settings"]["dtype"] == "bfloat16" and manifest["per_layer"]
     assert PER_LAYER_NOTE in warnings and seen == {"profiling", "writing slice"}

@@ -1,0 +1,371 @@
+"""The release on a laptop: every command on the release's shape, with wall time and peak memory, beside the
+two physical limits measured on the same machine in the same run.
+
+Writes a random checkpoint of the release's exact shape (emo-1b14b: 16 layers, 128 experts, hidden 2048,
+vocab 100,352, bfloat16: 27 GB on disk; --layers N keeps N layers for a quick run) or takes a real one
+(--checkpoint), then runs, each as its own process (wall time, peak RSS from the kernel):
+info, profile (--shots 5 examples of the demo corpus's code task), extract --keep 16 (12.5%), eval of the
+slice against the streamed full model (--limit items), generate with the slice, export of the slice (GGUF
+q8_0). The limits: reading the checkpoint's bytes from disk (its cold read rate, measured on its own file)
+and the matmul rate (float32 on a CPU, bfloat16 on a GPU; measured here) for the FLOPs of each pass. With
+llama-cpp-python installed, llama.cpp's prompt processing of the same slice (GGUF f32 and q8_0) runs beside
+emo-slice's forward on the same tokens (said when it is not installed; it is not a dependency).
+
+    python examples/bench_release.py --layers 2                    # quick: 2 layers (~4 GB on disk)
+    nice python examples/bench_release.py --work /big/disk/dir      # the full release shape (27 GB + slice)
+    python examples/bench_release.py --checkpoint ./Emo_1b14b_1T    # a real checkpoint
+    python examples/bench_release.py --device cuda
+
+Prints a table (markdown) and, as its last line, one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+EMO = [sys.executable, "-m", "emo_slice"]
+HERE = Path(__file__).resolve().parent
+
+
+def run_step(name: str, argv: list[str], log: Path) -> dict:
+    """One command as its own process: wall seconds and peak RSS (the kernel's ru_maxrss of that process)."""
+    t0 = time.perf_counter()
+    with open(log, "ab") as f:
+        f.write(f"$ {' '.join(map(str, argv))}\n".encode())
+        f.flush()
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+        p = subprocess.Popen([str(a) for a in argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {p.returncode}); see {log}")
+    return {"step": name, "wall_s": round(wall, 2), "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2)}
+
+
+def disk_read_rate(folder: Path, most: int = 2 * 10**9) -> float:
+    """Bytes/s of a cold read of (up to `most` bytes of) the checkpoint's largest file, its page cache dropped
+    first (posix_fadvise DONTNEED)."""
+    shard = max(folder.glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    fd = os.open(shard, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        buf, done, t0 = bytearray(64 << 20), 0, time.perf_counter()
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            while done < most:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                done += n
+        rate = done / (time.perf_counter() - t0)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return rate
+
+
+def matmul_rate(device: str, rows: int = 512, d: int = 2048, f: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of the device's own dense matmul at release width: [rows, d] x [d, f], best of reps (float32 on
+    a CPU, bfloat16 on a GPU: each device's compute dtype)."""
+    dt = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    a, b = torch.randn(rows, d, device=device, dtype=dt), torch.randn(d, f, device=device, dtype=dt)
+    best = math.inf
+    for _ in range(reps + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / 4)
+    return 2 * rows * d * f / best
+
+
+def active_flops_per_token(cfg) -> float:
+    """2 x the weights one token multiplies in the decoder layers (attention, router, its K experts)."""
+    D, F = cfg.hidden_size, cfg.intermediate_size
+    attn = D * cfg.num_attention_heads * cfg.head_dim * 2 + D * cfg.num_key_value_heads * cfg.head_dim * 2
+    per_layer = [
+        attn + D * cfg.experts_in_layer(l) + cfg.num_experts_per_tok * 3 * D * F for l in range(cfg.num_hidden_layers)
+    ]
+    return 2.0 * sum(per_layer)
+
+
+def with_limits(rec: dict, read_bytes: float, flops: float, disk: float, mm: float) -> dict:
+    """The step's floor: the slower of reading its bytes and multiplying its FLOPs; the share of it reached."""
+    disk_s, mm_s = read_bytes / disk, flops / mm
+    limit = max(disk_s, mm_s)
+    bound = "disk" if disk_s >= mm_s else "matmul"
+    return rec | {
+        "read_gb": round(read_bytes / 1e9, 2),
+        "gflop": round(flops / 1e9, 1),
+        "limit_s": round(limit, 2),
+        "bound": bound,
+        "share_of_limit": round(limit / rec["wall_s"], 3),
+    }
+
+
+def write_checkpoint(out: Path, layers: int, log: Path) -> dict:
+    """The release-shaped random checkpoint (bfloat16), written as `emo-slice init` writes one but with each
+    tensor cut from a shared pool of random values at a random offset (a 27 GB checkpoint in the time its
+    bytes take to write, not the minutes 13.5 billion normal draws take on a laptop)."""
+    code = (
+        f"import sys; sys.argv = ['x', {str(out)!r}, '{layers}']; from bench_release import fast_random; fast_random()"
+    )
+    return run_step("init (random, bf16)", [sys.executable, "-c", code], log)
+
+
+def fast_random() -> None:
+    """(In a child process) write sys.argv[1]: preset emo-1b14b with sys.argv[2] layers, bfloat16."""
+    from emo_slice.artifacts import atomic_output_dir
+    from emo_slice.io.build import write_side_files
+    from emo_slice.io.writer import ShardWriter
+    from emo_slice.model.hf_names import hf_tensor_shapes
+    from emo_slice.model.presets import preset
+
+    cfg = preset("emo-1b14b", num_hidden_layers=int(sys.argv[2]))
+    cfg.torch_dtype = "bfloat16"
+    g = torch.Generator().manual_seed(0)
+    pool = (torch.randn(1 << 26, generator=g) * 0.02).bfloat16()
+    with atomic_output_dir(sys.argv[1], flag="OUT") as tmp:
+        w = ShardWriter(tmp, 5 * 10**9, {"created_by": "examples/bench_release.py"})
+        for name, shape in hf_tensor_shapes(cfg).items():
+
+            def make(shape=shape, name=name):
+                n = math.prod(shape)
+                if name.endswith("norm.weight"):
+                    return torch.ones(shape, dtype=torch.bfloat16)
+                reps = -(-n // pool.numel())
+                start = int(torch.randint(0, pool.numel(), (1,), generator=g))
+                return pool.roll(-start).repeat(reps)[:n].view(shape) if reps > 1 else _cut(pool, start, n, shape)
+
+            w.add(name, make, dtype=torch.bfloat16, shape=shape)
+        w.finish()
+        write_side_files(tmp, cfg)
+
+
+def _cut(pool: torch.Tensor, start: int, n: int, shape) -> torch.Tensor:
+    end = start + n
+    if end <= pool.numel():
+        return pool[start:end].view(shape)
+    return torch.cat([pool[start:], pool[: end - pool.numel()]]).view(shape)
+
+
+def pipeline(args, ckpt: Path, work: Path, log: Path, disk: float, mm: float) -> list[dict]:
+    """info, profile, extract, eval, generate, export: each a process, timed, with its limit."""
+    from emo_slice.io.checkpoint import Checkpoint
+
+    full = Checkpoint(ckpt)
+    fpt = active_flops_per_token(full.config)
+    dev, mem = ["--device", args.device], (["--max-memory", args.max_memory] if args.max_memory else [])
+    data, prof, sl = work / "data", work / "code.profile.json", work / "slice16"
+    if not data.exists():
+        subprocess.run([*EMO, "demo-data", data, "--chars-per-domain", "60000"], check=True, capture_output=True)
+    task = data / "tasks" / "code.jsonl"
+    steps = [run_step("info", [*EMO, "info", ckpt], log)]
+    rec = run_step(
+        "profile (streamed)",
+        [
+            *EMO,
+            "profile",
+            ckpt,
+            "--examples",
+            task,
+            "--shots",
+            str(args.shots),
+            "--out",
+            prof,
+            "--overwrite",
+            *dev,
+            *mem,
+        ],
+        log,
+    )
+    tokens = json.loads(prof.read_text())["tokens"]
+    steps.append(with_limits(rec | {"tokens": tokens}, full.total_bytes, fpt * tokens, disk, mm))
+    steps.append(
+        run_step(
+            f"extract --keep {args.keep}",
+            [*EMO, "extract", ckpt, "--keep", str(args.keep), "--profile", prof, "--out", sl, "--overwrite"],
+            log,
+        )
+    )
+    slice_bytes = Checkpoint(sl).total_bytes
+    res = work / "eval.json"
+    rec = run_step(
+        "eval slice --against full",
+        [
+            *EMO,
+            "eval",
+            sl,
+            "--against",
+            ckpt,
+            "--task",
+            task,
+            "--limit",
+            str(args.limit),
+            "--out",
+            res,
+            "--overwrite",
+            *dev,
+            *mem,
+        ],
+        log,
+    )
+    models = json.loads(res.read_text())["models"]
+    tokens = sum(m["tokens"] for m in models.values())
+    placement = {k: m["placement"] for k, m in models.items()}
+    steps.append(
+        with_limits(
+            rec | {"tokens": tokens, "placement": placement}, full.total_bytes + slice_bytes, fpt * tokens, disk, mm
+        )
+    )
+    rec = run_step(
+        f"generate slice ({args.max_new_tokens} new tokens)",
+        [
+            *EMO,
+            "generate",
+            sl,
+            "--prompt",
+            "def fibonacci(n):",
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            *dev,
+            *mem,
+        ],
+        log,
+    )
+    steps.append(with_limits(rec, slice_bytes, fpt * (8 + args.max_new_tokens), disk, mm))
+    gguf = work / "slice16.q8_0.gguf"
+    rec = run_step(
+        "export slice (GGUF q8_0)",
+        [*EMO, "export", sl, "--format", "gguf", "--outtype", "q8_0", "--out", gguf, "--overwrite"],
+        log,
+    )
+    steps.append(with_limits(rec, slice_bytes, 0.0, disk, mm))
+    return steps
+
+
+def forward_side_by_side(sl: Path, work: Path, mm: float, n_tokens: int, device: str) -> dict:
+    """emo-slice's float32 forward of the slice on n_tokens tokens (resident, stored-dtype weights), its share
+    of the matmul limit, and llama.cpp's prompt processing of the same tokens from GGUF f32 and q8_0."""
+    from emo_slice.io.loading import LayerwiseModel, default_dtype
+
+    lw = LayerwiseModel(sl, default_dtype(None, torch.device(device)), device, resident=True)
+    cfg = lw.config
+    ids = torch.randint(0, cfg.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(0))
+    lw.hidden_states([ids[:, :32]])  # warm-up
+    best = math.inf
+    for _ in range(2):
+        t = time.perf_counter()
+        lw.hidden_states([ids])
+        best = min(best, time.perf_counter() - t)
+    out = {
+        "tokens": n_tokens,
+        "emo_slice_tok_s": round(n_tokens / best, 1),
+        "dtype": str(lw.dtype)[6:],
+        "weight_dtype": str(lw.weight_dtype)[6:],
+    }
+    out["emo_slice_share_of_matmul"] = round(active_flops_per_token(cfg) * n_tokens / best / mm, 3)
+    del lw
+    try:
+        import llama_cpp
+    except ImportError:
+        return out | {"llama_cpp": "not installed (pip install llama-cpp-python to compare)"}
+    for outtype in ("f32", "q8_0"):
+        gguf = work / f"slice16.{outtype}.gguf"
+        if not gguf.exists():
+            subprocess.run(
+                [*EMO, "export", sl, "--format", "gguf", "--outtype", outtype, "--out", gguf],
+                check=True,
+                capture_output=True,
+            )
+        llm = llama_cpp.Llama(
+            str(gguf), n_ctx=n_tokens + 8, n_batch=n_tokens, n_threads=torch.get_num_threads(), verbose=False
+        )
+        best = math.inf
+        for _ in range(2):
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(ids[0].tolist())
+            best = min(best, time.perf_counter() - t)
+        out[f"llama_cpp_{outtype}_tok_s"] = round(n_tokens / best, 1)
+        del llm
+    return out | {"llama_cpp": llama_cpp.__version__}
+
+
+def table(steps: list[dict]) -> str:
+    rows = ["| step | wall | peak memory | limit (bound) | share of the limit |", "|---|---|---|---|---|"]
+    for s in steps:
+        lim = f"{s['limit_s']:.1f} s ({s['bound']})" if "limit_s" in s else "-"
+        share = f"{s['share_of_limit']:.0%}" if "share_of_limit" in s else "-"
+        rows.append(f"| {s['step']} | {s['wall_s']:.1f} s | {s['peak_rss_gb']:.2f} GB | {lim} | {share} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, help="a real checkpoint (default: write a random release-shaped one)")
+    ap.add_argument("--layers", type=int, default=16, help="layers of the random checkpoint (16: the release)")
+    ap.add_argument("--work", type=Path, help="where checkpoints and outputs go (default: a temporary folder)")
+    ap.add_argument("--keep", type=int, default=16, help="experts per layer in the slice (16 of 128: 12.5%%)")
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=10, help="eval items")
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--max-memory", help="passed to every command that runs a model (e.g. 6GB)")
+    ap.add_argument("--forward-tokens", type=int, default=512, help="tokens of the side-by-side forward")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    ap.add_argument("--forward-only", action="store_true", help="only the side-by-side forward (--work's slice)")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-release-"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    steps, ckpt = [], args.checkpoint
+    if ckpt is None:
+        ckpt = work / f"release-{args.layers}l"
+        if not (ckpt / "config.json").exists():
+            steps.append(write_checkpoint(ckpt, args.layers, log))
+    disk, mm = disk_read_rate(ckpt), matmul_rate(args.device)
+    print(f"limits: disk read {disk / 1e9:.2f} GB/s, matmul {mm / 1e9:.1f} GFLOP/s", flush=True)
+    if not args.forward_only:
+        steps += pipeline(args, ckpt, work, log, disk, mm)
+    forward = forward_side_by_side(work / "slice16", work, mm, args.forward_tokens, args.device)
+    print(table(steps))
+    print(f"forward of {forward['tokens']} tokens through the slice: {forward}")
+    figures = {
+        "benchmark": "release",
+        "checkpoint": str(ckpt),
+        "layers": json.loads((ckpt / "config.json").read_text())["num_hidden_layers"],
+        "checkpoint_gb": round(sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e9, 2),
+        "device": args.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg()[0],
+        "disk_read_gb_s": round(disk / 1e9, 3),
+        "matmul_gflop_s": round(mm / 1e9, 1),
+        "steps": steps,
+        "forward": forward,
+        "work": str(work),
+    }
+    if args.work is None and args.checkpoint is None:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
