@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json, warning_line
 from emo_slice.cli.display import progress_bars
-from emo_slice.cli.options import DType, Method, opt, spec_argument, spec_option, value
+from emo_slice.cli.options import DType, Method, max_memory_option, opt, spec_argument, spec_option, value
 from emo_slice.cli.sweep_display import auto_keep_table
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.slicing.profile_settings import ProfileSettings
@@ -63,6 +63,7 @@ def extract(
     dtype: Optional[DType] = spec_option(P, "dtype"),
     device: str = spec_option(P, "device", show_default=True),
     layerwise: bool = spec_option(P, "layerwise"),
+    max_memory: Optional[int] = max_memory_option(P),
     pool: Optional[int] = spec_option(P, "pool"),
     batch_size: int = spec_option(E, "batch_size", show_default=True),
     compose: Optional[str] = spec_option(SliceSpec, "compose"),
@@ -87,7 +88,7 @@ def extract(
     every model run (profiling --examples, scoring for --keep auto). Several --profile/--examples compose
     one slice for all those domains (--compose). --keep auto picks K: --target (scored on --task items held
     out of the calibration; --batch-size, --limit) or --target-mass (from the profile alone)."""
-    where = dict(dtype=value(dtype), device=device, layerwise=layerwise, pool=pool or None)
+    where = dict(dtype=value(dtype), device=device, layerwise=layerwise, pool=pool or None, max_memory=max_memory)
     calib = P(field=field, split=split, shots=shots, seed=seed, max_length=max_length, greedy=greedy, **where)
     scoring = E(split=split, limit=limit, batch_size=batch_size, **where)
     auto = A(target, target_mass, tuple(tasks), tuple(lm), tuple(metric), scoring)

@@ -126,6 +126,7 @@ VOCABULARY = {
     "--limit": "Score only the first N items",
     "--lm": "Text scored by",
     "--max-length": "Longest row in tokens",
+    "--max-memory": "Memory the model may keep resident",
     "--max-new-tokens": "New tokens generated at most",
     "--max-shard-size": "Largest weight file",
     "--method": "How experts are ranked",
@@ -143,11 +144,11 @@ VOCABULARY = {
 # commands that run a model: each takes the device options (generate streams no layers: its KV cache needs the
 # whole model, as eval's generative tasks do)
 MODEL_OPTIONS = {
-    "profile": ("--device", "--dtype", "--layerwise", "--pool", "--max-batch-tokens"),
-    "extract": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size"),
-    "eval": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size"),
-    "sweep": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size"),
-    "generate": ("--device", "--dtype", "--pool", "--batch-size"),
+    "profile": ("--device", "--dtype", "--layerwise", "--pool", "--max-batch-tokens", "--max-memory"),
+    "extract": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size", "--max-memory"),
+    "eval": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size", "--max-memory"),
+    "sweep": ("--device", "--dtype", "--layerwise", "--pool", "--batch-size", "--max-memory"),
+    "generate": ("--device", "--dtype", "--pool", "--batch-size", "--max-memory"),
 }
 
 
