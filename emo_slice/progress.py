@@ -101,9 +101,12 @@ class LineProgress:
     def _flush(self) -> None:
         """The latest report of each label that came during the quiet start (so the first line comes at its
         end, not only after the next report, which a slow first layer may hold back for minutes)."""
-        for label, args in list(self._pending.items()):
-            if label in self._pending:
-                self(label, *args)
+        try:
+            for label, args in list(self._pending.items()):
+                if label in self._pending:
+                    self(label, *args)
+        except (ValueError, OSError):  # the run has ended and closed its stream: nothing left to say
+            pass
 
 
 __all__ = ["LineProgress", "progress_text", "clock_text", "EVERY_S", "QUIET_S"]
