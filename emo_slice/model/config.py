@@ -44,6 +44,9 @@ EMO_FIELDS = (  # the keys an EMO config.json carries (the variation fields belo
 QK_NORMS = ("none", "full", "head")  # q/k RMSNorm: none, over all heads at once (OLMoE), per head (Qwen3)
 ROUTINGS = ("softmax-topk", "topk-softmax")  # softmax over experts then top-k; top-k then softmax over the k
 NORM_CASTS = ("weight-first", "cast-first")  # RMSNorm: weight times float32 then cast (EMO), or cast first
+# how a token's weighted expert outputs are summed: one index_add_ over all pairs (EMO, as before), or one add per
+# expert in ascending expert order, rounded after each (transformers' per-expert loop: bf16 equal bit for bit)
+EXPERT_SUMS = ("index-add", "expert-order")
 
 
 @dataclass
@@ -77,6 +80,7 @@ class EmoConfig:
     clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] (OLMoE)
     routing: str = "softmax-topk"  # ROUTINGS
     norm_cast: str = "weight-first"  # NORM_CASTS
+    expert_sum: str = "index-add"  # EXPERT_SUMS
     shared_expert_intermediate_size: int = 0  # a shared SwiGLU MLP behind a sigmoid gate (Qwen2-MoE); 0: none
     dense_intermediate_size: int | None = None  # width of the dense MLP of layers without experts
     decoder_sparse_step: int = 1  # layer l has experts when (l + 1) % step == 0 and l is not in mlp_only_layers
@@ -329,7 +333,12 @@ def _check_field_types(cfg: EmoConfig) -> None:
 def _check_variation_types(cfg: EmoConfig, bad) -> None:
     """The family fields' types and ranges (see _check_field_types)."""
     is_int = _is_int
-    for key, allowed in (("qk_norm", QK_NORMS), ("routing", ROUTINGS), ("norm_cast", NORM_CASTS)):
+    for key, allowed in (
+        ("qk_norm", QK_NORMS),
+        ("routing", ROUTINGS),
+        ("norm_cast", NORM_CASTS),
+        ("expert_sum", EXPERT_SUMS),
+    ):
         if getattr(cfg, key) not in allowed:
             raise bad(key, getattr(cfg, key), " or ".join(map(repr, allowed)))
     if cfg.clip_qkv is not None and (type(cfg.clip_qkv) not in (int, float) or not 0 < cfg.clip_qkv < float("inf")):

@@ -53,7 +53,8 @@ class Family:
         return [k for k in (self.count_key, *self.count_aliases) if k in d] or [self.count_key]
 
 
-_HF_COMMON = dict(norm_cast="cast-first", num_shared_experts=0)  # Llama-style RMSNorm: cast, then weight
+# Llama-style RMSNorm (cast, then weight); expert outputs summed one expert at a time as transformers' loop does
+_HF_COMMON = dict(norm_cast="cast-first", expert_sum="expert-order", num_shared_experts=0)
 _QWEN_DEFAULTS = dict(
     rope_theta=10000.0,
     rms_norm_eps=1e-6,
@@ -71,7 +72,7 @@ FAMILIES: dict[str, Family] = {
         t,
         "EmoForCausalLM" if t == "emo" else "FlexOlmoNoQKNormPrenormForCausalLM",
         {},
-        dict(qk_norm="none", routing="softmax-topk", norm_cast="weight-first"),
+        dict(qk_norm="none", routing="softmax-topk", norm_cast="weight-first", expert_sum="index-add"),
         {},
         per_layer_k=True,
     )

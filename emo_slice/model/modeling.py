@@ -155,7 +155,17 @@ def _grouped_mm_ok(x_MD: torch.Tensor, w: torch.Tensor) -> bool:
     return (w.shape[-1] * es) % 16 == 0 and (w.shape[-2] * es) % 16 == 0
 
 
-def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, impl: str = "auto", norms: bool = False):
+def expert_mix(
+    x_ND,
+    experts_NK,
+    weights_NK,
+    w_gate_EFD,
+    w_up_EFD,
+    w_down_EDF,
+    impl: str = "auto",
+    norms: bool = False,
+    expert_sum: str = "index-add",
+):
     """sum_j w_j * down(silu(gate(x)) * up(x)) over each token's chosen experts: out_ND.
 
     Token-expert pairs are sorted by expert once and the tokens gathered in that order once (x_MD), shared by
@@ -165,7 +175,9 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
     ONE matmul, and down writes straight into the output rows; no float32 copy of more than one expert's
     weights is ever made. "auto": grouped where it works and the weights are at x's dtype, else loop. With autograd recording (training), the loop runs out of place. With norms=True also returns
     norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the statistic
-    REAP and EASY-EP need, taken from this very computation.
+    REAP and EASY-EP need, taken from this very computation. expert_sum (model/config.py EXPERT_SUMS): one
+    index_add_ of every pair (EMO, the reference's numbers) or one add per expert in ascending order (the other
+    families, as transformers' per-expert loop).
     """
     N, K = experts_NK.shape
     E = w_gate_EFD.shape[0]
@@ -195,7 +207,10 @@ def expert_mix(x_ND, experts_NK, weights_NK, w_gate_EFD, w_up_EFD, w_down_EDF, i
         norm_NK[order_M] = torch.linalg.vector_norm(y_MD, dim=-1, dtype=torch.float64)
         norm_NK = norm_NK.view(N, K)
     y_MD = y_MD * weights_NK.reshape(-1)[order_M, None]  # float32 weights (Mixtral): a float32 product, then cast
-    out_ND = _sum_by_expert(y_MD.to(x_ND.dtype), order_M, experts_NK)
+    if expert_sum == "index-add":  # EMO: one index_add_ of every pair (the reference model's numbers)
+        out_ND = torch.zeros_like(x_ND).index_add_(0, tok_M, y_MD.to(x_ND.dtype))
+    else:  # "expert-order": transformers' per-expert loop, bf16 equal bit for bit
+        out_ND = _sum_by_expert(y_MD.to(x_ND.dtype), order_M, experts_NK)
     return (out_ND, norm_NK) if norms else out_ND
 
 
@@ -273,7 +288,7 @@ class MoE(nn.Module):
         E, D, F_ = cfg.experts_in_layer(layer), cfg.hidden_size, cfg.intermediate_size
         self.n_experts, self.n_shared = E, cfg.num_shared_experts
         self.top_k, self.norm_topk_prob = cfg.top_k_in_layer(layer), cfg.norm_topk_prob
-        self.rule = cfg.routing
+        self.rule, self.expert_sum = cfg.routing, cfg.expert_sum
         self.gate = Linear(D, E, bias=False)
         self.w_gate_EFD = nn.Parameter(torch.empty(E, F_, D))
         self.w_up_EFD = nn.Parameter(torch.empty(E, F_, D))
@@ -298,7 +313,9 @@ class MoE(nn.Module):
         x_in = x_ND
         if torch.is_autocast_enabled(x_ND.device.type):  # autocast does not cover grouped matmuls: cast here
             x_in = x_ND.to(torch.get_autocast_dtype(x_ND.device.type))  # (expert_mix casts the weights)
-        out = expert_mix(x_in, r.experts_NK, r.weights_NK, *w, self.impl, norms=ctx.expert_norms)
+        out = expert_mix(
+            x_in, r.experts_NK, r.weights_NK, *w, self.impl, norms=ctx.expert_norms, expert_sum=self.expert_sum
+        )
         out_ND, norm_NK = out if ctx.expert_norms else (out, None)
         out_ND = out_ND.to(x_ND.dtype)
         if hasattr(self, "shared_expert"):
