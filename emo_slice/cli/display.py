@@ -9,6 +9,7 @@ and nothing else, so `--json` and the tables always show the same numbers.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +18,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeE
 from rich.table import Table
 from rich.text import Text
 
+from emo_slice import progress
 from emo_slice.cli import err_console
 from emo_slice.eval.metrics import HIGHER_IS_BETTER
 
@@ -47,9 +49,7 @@ class _Count(ProgressColumn):
         tps = tokens_per_s(task)
         text += f", {tps:,.0f} tokens/s" if tps else ""
         if task.total and 0 < task.completed < task.total and task.elapsed:
-            from emo_slice.progress import clock_text
-
-            text += f", ~{clock_text(task.elapsed * (task.total - task.completed) / task.completed)} left"
+            text += f", ~{progress.clock_text(task.elapsed * (task.total - task.completed) / task.completed)} left"
         return Text(text, style="cyan")
 
 
@@ -64,10 +64,6 @@ def progress_bars(units: dict[str, str] | None = None, enabled: bool = True) -> 
         return
     units = units or {}
     if not err_console.is_terminal:
-        import os
-
-        from emo_slice import progress
-
         quiet = float(os.environ.get("EMO_SLICE_PROGRESS_QUIET", progress.QUIET_S))  # seconds; tests raise it
         yield progress.LineProgress(err_console.file, progress.EVERY_S, quiet, units)
         return

@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from emo_slice import specs
+from emo_slice import artifacts, specs
 from emo_slice.cli import warning_line
 from emo_slice.errors import UsageError
 
@@ -212,10 +212,8 @@ Json = opt("--json", bool, "Print machine-readable JSON on stdout instead of tab
 
 def parse_size(text: str) -> int:
     """'6GB', '6.5GB', '512MiB' or a byte count -> bytes (GB = 10^9, GiB = 2^30): emo_slice.artifacts.parse_size."""
-    from emo_slice.artifacts import parse_size as parse
-
     try:
-        return parse(text, "--max-memory")
+        return artifacts.parse_size(text, "--max-memory")
     except UsageError as e:
         raise typer.BadParameter(str(e).removeprefix("--max-memory ")) from None
 
