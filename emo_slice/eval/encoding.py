@@ -29,7 +29,7 @@ ENCODINGS = ("lm-eval", "separate")
 
 def check_encoding(encoding: str) -> str:
     if encoding not in ENCODINGS:
-        raise UsageError(f"--encoding {encoding!r} is unknown; choose one of {', '.join(ENCODINGS)}")
+        raise UsageError(f"`encoding={encoding!r}` is unknown; choose one of {', '.join(ENCODINGS)}")
     return encoding
 
 

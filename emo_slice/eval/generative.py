@@ -167,14 +167,14 @@ def check_gen(specs: list[str], layerwise: bool, max_new_tokens: int | None) -> 
             "(or evaluate them in a separate run without it)"
         )
     if max_new_tokens is not None and max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} must be at least 1")
+        raise UsageError(f"`max_new_tokens={max_new_tokens}` must be at least 1")
 
 
 def check_gen_fits(config, path: str, max_length: int | None, max_new_tokens: int) -> None:
     L = max_length or config.max_position_embeddings
     if max_new_tokens >= L:
         raise UsageError(
-            f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in {path}'s {L}-token context; "
+            f"`max_new_tokens={max_new_tokens}` leaves no room for the prompt in {path}'s {L}-token context; "
             f"choose fewer than {L}"
         )
 

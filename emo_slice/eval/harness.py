@@ -171,15 +171,15 @@ def _score_model(
 
 def _check_settings(tasks, lm, batch_size, max_length, limit, lm_mode, dtype) -> None:
     if not tasks and not lm:
-        raise UsageError("nothing to evaluate: give at least one --task FILE, --gen-task FILE or --lm FILE")
+        raise UsageError("nothing to evaluate: give at least one of `tasks`, `gen_tasks` or `lm`")
     if batch_size < 1:
-        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+        raise UsageError(f"`batch_size={batch_size}` must be at least 1")
     if max_length is not None and max_length < 2:
-        raise UsageError(f"--max-length {max_length} must be at least 2")
+        raise UsageError(f"`max_length={max_length}` must be at least 2")
     if limit is not None and limit < 1:
-        raise UsageError(f"--limit {limit} must be at least 1")
+        raise UsageError(f"`limit={limit}` must be at least 1")
     if lm_mode not in ("rows", "packed"):
-        raise UsageError(f"--lm-mode {lm_mode!r} is unknown; choose rows or packed")
+        raise UsageError(f"`lm_mode={lm_mode!r}` is unknown; choose rows or packed")
     parse_dtype(dtype)
 
 
@@ -192,8 +192,8 @@ def _check_model(ckpt, path: str, max_length: int | None, pools=()) -> None:
     context = ckpt.config.max_position_embeddings
     if max_length is not None and max_length > context:
         raise UsageError(
-            f"--max-length {max_length} is more than {path}'s context (max_position_embeddings {context}); "
-            f"choose at most {context}, or leave --max-length out to use it"
+            f"`max_length={max_length}` is more than {path}'s context (max_position_embeddings {context}); "
+            f"choose at most {context}, or leave `max_length` out to use it"
         )
 
 

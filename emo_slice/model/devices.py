@@ -24,11 +24,11 @@ def resolve_device(name: str = "auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"`device={name!r}` is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"`device={name!r}` is not supported; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"--device {name}: no such GPU is visible; use --device cpu (or auto)")
+        raise UsageError(f"`device={name}`: no such GPU is visible; use `device=cpu` (or auto)")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: Metal is not available here; use --device cpu (or auto)")
+        raise UsageError("`device=mps`: Metal is not available here; use `device=cpu` (or auto)")
     return device
