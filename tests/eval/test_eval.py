@@ -225,6 +225,24 @@ def test_simple_evaluate_scores_both_models_on_the_same_items(fixtures, tmp_path
     assert len(written[1].read_text().splitlines()) == 20 and "samples" not in json.loads(written[0].read_text())
 
 
+def test_simple_evaluate_takes_task_objects_and_typed_settings(fixtures, tmp_path):
+    """A Task object (as lm-eval takes task objects) is scored as it is, and equals its spec read with the same
+    settings; the settings object and the keywords are the same request."""
+    from dataclasses import replace
+
+    from emo_slice.eval.settings import EvalSettings
+
+    task = _write_jsonl(tmp_path / "code.jsonl", _task_records(6))
+    model = str(fixtures / "emo-tiny")
+    by_spec = simple_evaluate(model, tasks=[str(task)], shots=1, seed=2, batch_size=4)
+    obj = load_task(str(task), shots=1, seed=2)
+    by_object = simple_evaluate(model, tasks=[obj], settings=EvalSettings(batch_size=4))
+    assert by_object["results"] == by_spec["results"] and by_object["tasks"] == by_spec["tasks"]
+    assert by_spec["settings"]["shots"] == 1 and by_object["settings"]["shots"] == 0  # the object carries its own
+    fewer = replace(obj, items=obj.items[:2])  # e.g. the items held out of a calibration
+    assert simple_evaluate(model, tasks=[fewer])["tasks"]["code"]["items_scored"] == 2
+
+
 def test_a_bad_against_fails_before_the_first_model_runs(fixtures, tmp_path, monkeypatch):
     import emo_slice.eval.harness as harness
 
