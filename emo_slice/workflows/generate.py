@@ -175,23 +175,23 @@ def _continue(path: str, prompts: list[str], dev, settings: dict, torch, progres
 def read_prompts(prompt: str | None, path=None, field: str = "prompt") -> list[str]:
     """The prompts of `--prompt TEXT` or `--prompts FILE` (one per line, or JSONL records with `field`)."""
     if (prompt is None) == (path is None):
-        raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
+        raise UsageError("give exactly one of `prompt` TEXT or `prompts` FILE")
     if prompt is not None:
         if not prompt:
-            raise UsageError("--prompt is empty; give some text to continue")
+            raise UsageError("`prompt` is empty; give some text to continue")
         return [prompt]
     p = Path(path)
     if p.suffix in (".jsonl", ".json"):
-        texts = [r.get(field) for r in read_records(p, flag="--prompts")]
+        texts = [r.get(field) for r in read_records(p, flag="`prompts`")]
         if not all(isinstance(t, str) and t for t in texts):
-            raise DataError(f"--prompts {p}: every record needs a non-empty string field {field!r}")
+            raise DataError(f"`prompts={p}`: every record needs a non-empty string field {field!r}")
         return texts
     try:
         lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except FileNotFoundError:
-        raise DataError(f"--prompts {p}: no such file") from None
+        raise DataError(f"`prompts={p}`: no such file") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"--prompts {p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        raise DataError(f"`prompts={p}` is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if not lines:
-        raise DataError(f"--prompts {p} holds no prompt; write one per line")
+        raise DataError(f"`prompts={p}` holds no prompt; write one per line")
     return lines

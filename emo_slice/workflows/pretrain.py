@@ -125,7 +125,7 @@ def resolve_config(
     given = {k: v for k, v in (options or {}).items() if v is not None}
     if given.get("init_from") is not None and preset is not None:
         raise UsageError(
-            f"--init-from {given['init_from']} takes the architecture from that checkpoint; drop --preset {preset} "
+            f"`init_from={given['init_from']}` takes the architecture from that checkpoint; drop `preset={preset}` "
             "(set training settings with their flags or --set)"
         )
     if resume:
@@ -147,7 +147,7 @@ def _saved_config(saved: Path):
 
     if not saved.is_file():
         raise UsageError(
-            f"--resume: {saved.parent} holds no {CONFIG_FILE}, so no run to continue; start without --resume"
+            f"`resume`: {saved.parent} holds no {CONFIG_FILE}, so no run to continue; start without `resume`"
         )
     try:
         cfg = TrainConfig(**json.loads(saved.read_text(encoding="utf-8")))
@@ -173,7 +173,7 @@ def pretrain(cfg, announce: Callable[[str], None] | None = None) -> dict | None:
     the other ranks. announce: called on rank 0, before the first step, with one line (rich markup) saying
     what runs. Ctrl-C propagates; `interrupted_message` says what the run folder then holds."""
     if not cfg.data:
-        raise UsageError("--data is required: a .txt, JSONL or dataset with the training text")
+        raise UsageError("`data` is required: a .txt, JSONL or dataset with the training text")
     from emo_slice.train.trainer import Trainer  # torch-free --help
 
     trainer = Trainer(cfg)

@@ -103,9 +103,9 @@ def steps(
     """The emo-slice commands of the quickstart (arguments after `emo-slice`); the pretrain commands run at
     the same time (`groups`)."""
     if size not in SIZES:
-        raise UsageError(f"--size {size!r} is unknown; choose one of {', '.join(SIZES)}")
+        raise UsageError(f"`size={size!r}` is unknown; choose one of {', '.join(SIZES)}")
     if domain not in DOMAINS:
-        raise UsageError(f"--domain {domain!r} is not in the demo corpus; choose one of {', '.join(DOMAINS)}")
+        raise UsageError(f"`domain={domain!r}` is not in the demo corpus; choose one of {', '.join(DOMAINS)}")
     s, o = SIZES[size], Path(out)
     data = o / "data"
     train = ["--data", str(data / "train.jsonl"), "--valid-data", str(data / "valid.jsonl")]
@@ -208,17 +208,17 @@ def prepare_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
     other files. Also refuses a file, or a folder that cannot be written."""
     out = Path(out).expanduser().absolute()
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder path")
+        raise UsageError(f"`out={out}` is a file; give a folder path")
     check_writable(out, out)
     entries = [p for p in out.iterdir() if p.name != MARKER] if out.exists() else []
     if entries and not overwrite:
-        raise UsageError(f"--out {out} already holds files; pass --overwrite to start afresh or choose another folder")
+        raise UsageError(f"`out={out}` already holds files; pass `overwrite` to start afresh or choose another folder")
     if entries and not _ours(out):
         foreign = next(
             (p.name for p in entries if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES)), None
         )
         what = f"holds {foreign!r}, which the quickstart did not write" if foreign else "was not made by emo-slice"
-        raise UsageError(f"--out {out} {what}; refusing to delete it with --overwrite; choose another folder")
+        raise UsageError(f"`out={out}` {what}; refusing to delete it with `overwrite`; choose another folder")
     if entries:
         shutil.rmtree(out)
     return out
