@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
 from rich.table import Table
 
 from emo_slice.cli import app, cli_errors, console, print_json
-from emo_slice.cli.options import Json
+from emo_slice.cli.options import Json, opt
 from emo_slice.data.benchmarks import listing
 
 EPILOG = """Examples:
@@ -22,7 +19,7 @@ EPILOG = """Examples:
   emo-slice eval ./slice --task arc_easy=./data/arc_easy            (a local copy instead of the cache)
 """
 
-AllTasks = Annotated[bool, typer.Option("--all", help="Also list every subtask (mmlu_SUBJECT, mmlu_pro_CATEGORY:mc).")]
+AllTasks = opt("--all", bool, "Also list every subtask (mmlu_SUBJECT, mmlu_pro_CATEGORY:mc).")
 
 
 def _table(rows: list[dict]):
