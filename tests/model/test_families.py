@@ -228,3 +228,24 @@ def test_unknown_family_and_unsupported_options_are_one_line(tmp_path, ckpts):
         (folder / "config.json").write_text(json.dumps(cfg))
         (folder / "model.safetensors").write_bytes((ckpts(0) / "model.safetensors").read_bytes())
         assert_one_line_error(invoke("info", folder), *needles)
+
+
+def test_layer_streaming_holds_at_most_two_layers(ckpts, monkeypatch):
+    """A 4-layer Qwen2-MoE (dense and MoE layers, sliding window) streamed: at most two decoder layers alive."""
+    import weakref
+
+    from emo_slice.io import loading
+
+    real, alive, peak = loading.load_layer, weakref.WeakSet(), []
+
+    def counted(*args, **kw):
+        mod = real(*args, **kw)
+        alive.add(mod)
+        return mod
+
+    monkeypatch.setattr(loading, "load_layer", counted)
+    path = ckpts(8)
+    with torch.no_grad():
+        (got,) = LayerwiseModel(path).forward([_ids()], trace=lambda b, t: peak.append(len(alive)))
+        want = _hf(path)(_ids()).logits
+    assert peak and max(peak) <= 2 and (got - want).abs().max() < 1e-4
