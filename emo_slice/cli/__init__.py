@@ -177,6 +177,7 @@ COMMANDS = (
     "generate",
     "demo",
     "pretrain",
+    "merge",
     "quickstart",
     "map",
     "stability",

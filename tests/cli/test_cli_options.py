@@ -11,7 +11,17 @@ from conftest import invoke, run_cli
 from emo_slice import __version__
 from emo_slice.cli import COMMANDS, app
 from emo_slice.cli.export import ExportFormat, OutType
-from emo_slice.cli.options import Domain, DType, LMMode, Method, Preset, QuickstartSize, Router, TaskFormat
+from emo_slice.cli.options import (
+    Domain,
+    DType,
+    LMMode,
+    MergeMode,
+    Method,
+    Preset,
+    QuickstartSize,
+    Router,
+    TaskFormat,
+)
 
 GROUP = typer.main.get_command(app)
 
@@ -41,6 +51,9 @@ def test_enums_are_the_library_lists():
     assert _values(QuickstartSize) == sorted(SIZES, key=_values(QuickstartSize).index) and len(SIZES) == 2
     assert _values(Domain) == list(DOMAINS)
     assert _values(Router) == ["emo", "standard"] and _values(LMMode) == ["rows", "packed"]
+    from emo_slice.slicing.merge import MODES
+
+    assert _values(MergeMode) == list(MODES)
     from emo_slice.export import FORMATS as EXPORT_FORMATS
     from emo_slice.export import OUTTYPES
 
@@ -66,6 +79,7 @@ def test_enums_are_the_library_lists():
         ("quickstart", "--domain", Domain),
         ("export", "--format", ExportFormat),
         ("export", "--outtype", OutType),
+        ("merge", "--mode", MergeMode),
     ],
 )
 def test_enum_choices_shown_in_help(command, flag, enum):
@@ -95,6 +109,8 @@ def test_shared_options_mean_the_same_everywhere():
         "sweep",
         "map",
         "stability",
+
+        "merge",
     }
     assert len({h for _, h in helps["--overwrite"]}) == 1
     assert {n for n, _ in helps["--dtype"]} == {
