@@ -177,6 +177,7 @@ COMMANDS = (
     "generate",
     "demo",
     "pretrain",
+    "finetune",
     "merge",
     "quickstart",
     "map",

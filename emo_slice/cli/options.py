@@ -100,6 +100,15 @@ class MergeMode(str, Enum):
     average = "average"
 
 
+class TrainPart(str, Enum):
+    """What fine-tuning trains (emo_slice.train.freezing.PARTS)."""
+
+    routed = "routed"
+    routed_shared = "routed+shared"
+    routed_shared_router = "routed+shared+router"
+    all = "all"
+
+
 class QuickstartSize(str, Enum):
     """Quickstart sizes (emo_slice.workflows.quickstart.SIZES)."""
 

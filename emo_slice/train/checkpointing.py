@@ -46,6 +46,7 @@ LATEST = "latest"
 EXPORT_SHARD_BYTES = 2 * 1024**3  # the HF export's safetensors shards: what rank 0 holds at most while saving
 CONFIG_FILE = "train_config.json"
 CHECKPOINT_NAME = re.compile(r"step-\d{6,}|final")
+INITIAL = "step-000000"  # fine-tuning's weights before the first step: kept, never pruned, never resumed from
 
 
 def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
@@ -141,12 +142,15 @@ def save_checkpoint(
     mcfg: EmoConfig,
     tokenizer,
     manifest: dict,
+    command: str = "pretrain",
+    side: dict[str, bytes] | None = None,
 ) -> Path:
     """Write out/<name> atomically and point out/latest at it; every rank calls this (a collective).
 
     All ranks write their DCP shards into out/.<name>.saving (rank 0 made it), rank 0 adds the HF export
     (gathered one parameter at a time), the manifest and the marker, renames the folder into place, then
-    replaces `latest`. A failure or kill before the rename leaves the previous checkpoint and `latest`."""
+    replaces `latest`. A failure or kill before the rename leaves the previous checkpoint and `latest`.
+    command: the emo-slice command named in the provenance; side: more files (name -> bytes) written last."""
     final, tmp = out / name, out / f".{name}.saving"
     if rank == 0:
         remove(tmp)
@@ -156,11 +160,13 @@ def save_checkpoint(
         flat, optim_json = gather_state(model, optimizer, rank)
         save_sharded(tmp / SHARDED_DIR, flat)
         del flat
-        prov = provenance(created_by="emo-slice pretrain", step=manifest["step"], router=cfg.router)
+        prov = provenance(created_by=f"emo-slice {command}", step=manifest["step"], router=getattr(cfg, "router", None))
         export_hf(tmp, _unwrap(model), mcfg, write=rank == 0, metadata=prov)
         if rank == 0:
             _write_side(tmp, cfg, mcfg, tokenizer, {**prov, "data": manifest.get("data", {})})
             write_manifest(tmp / STATE_FILE, **manifest, **optim_json, config=cfg.to_dict())
+            for fname, data in (side or {}).items():
+                (tmp / fname).write_bytes(data)
             _write_marker(tmp)
         barrier()
         if rank == 0:
@@ -215,7 +221,7 @@ def _write_side(folder: Path, cfg: TrainConfig, mcfg: EmoConfig, tokenizer, prov
 
 def prune(out: Path, keep_last: int, keep_name: str) -> None:
     """Remove periodic checkpoints beyond the newest `keep_last` (never `keep_name`; final is not periodic)."""
-    steps = sorted(p for p in out.glob("step-*") if p.is_dir())
+    steps = sorted(p for p in out.glob("step-*") if p.is_dir() and p.name != INITIAL)
     for p in steps[: max(0, len(steps) - keep_last)]:
         if p.name != keep_name:
             shutil.rmtree(p, ignore_errors=True)

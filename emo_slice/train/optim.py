@@ -24,14 +24,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `model`'s parameters (after any DDP / FSDP2 wrapping: they may be DTensors), two groups:
-    matrices with cfg.weight_decay; embeddings and parameters of fewer than 2 dimensions without."""
-    params = dict(model.named_parameters())
+    """AdamW over `model`'s parameters that learn (requires_grad; after any DDP / FSDP2 wrapping: they may be
+    DTensors), two groups: matrices with cfg.weight_decay; embeddings and parameters of fewer than 2
+    dimensions without. A frozen parameter is never given to the optimizer (an empty group is left out)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     no_decay = {n for n, p in params.items() if p.ndim < 2 or "embed_tokens" in n}
     groups = [
         {"params": [p for n, p in params.items() if n not in no_decay], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in params.items() if n in no_decay], "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
 
 

@@ -43,7 +43,8 @@ class Precision:
             self.module = _bf16_copy(master)
             self._pairs = list(zip(master.parameters(), self.module.parameters()))  # tied weights appear once
             for p_master, p_bf16 in self._pairs:
-                p_bf16.register_post_accumulate_grad_hook(_into_master(p_master))
+                if p_bf16.requires_grad:  # a frozen parameter (fine-tuning a part) has no gradient
+                    p_bf16.register_post_accumulate_grad_hook(_into_master(p_master))
         self._stale = True
         if compile:
             compile_layers(self.module if self.cast_once else master)
@@ -74,7 +75,7 @@ class Precision:
         DDP and FSDP2 reduce on their own)."""
         if not (self.cast_once and is_parallel()):
             return
-        params = list(self.master.parameters())
+        params = [p for p in self.master.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:  # every rank must reduce the same buffer: a parameter no token used gets zeros
                 p.grad = torch.zeros_like(p)

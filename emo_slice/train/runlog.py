@@ -33,13 +33,13 @@ def mfu_text(rec: dict) -> str:
     return f"MFU {rec['mfu']:.1%}" if rec.get("mfu") is not None else ""
 
 
-def progress_bar(enabled: bool):
+def progress_bar(enabled: bool, label: str = "pretrain"):
     """A rich progress bar with loss, tokens/s and MFU fields (disabled: a no-op with the same interface)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]pretrain"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}"),

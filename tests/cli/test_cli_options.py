@@ -21,6 +21,7 @@ from emo_slice.cli.options import (
     QuickstartSize,
     Router,
     TaskFormat,
+    TrainPart,
 )
 
 GROUP = typer.main.get_command(app)
@@ -54,6 +55,9 @@ def test_enums_are_the_library_lists():
     from emo_slice.slicing.merge import MODES
 
     assert _values(MergeMode) == list(MODES)
+    from emo_slice.train.freezing import PARTS
+
+    assert _values(TrainPart) == list(PARTS)
     from emo_slice.export import FORMATS as EXPORT_FORMATS
     from emo_slice.export import OUTTYPES
 
@@ -80,6 +84,7 @@ def test_enums_are_the_library_lists():
         ("export", "--format", ExportFormat),
         ("export", "--outtype", OutType),
         ("merge", "--mode", MergeMode),
+        ("finetune", "--train", TrainPart),
     ],
 )
 def test_enum_choices_shown_in_help(command, flag, enum):
@@ -111,6 +116,7 @@ def test_shared_options_mean_the_same_everywhere():
         "stability",
 
         "merge",
+        "finetune",
     }
     assert len({h for _, h in helps["--overwrite"]}) == 1
     assert {n for n, _ in helps["--dtype"]} == {
@@ -122,6 +128,8 @@ def test_shared_options_mean_the_same_everywhere():
         "sweep",
         "map",
         "stability",
+
+        "finetune",
     }
     assert {h for _, h in helps["--dtype"]} == {"Compute dtype"}
     assert {n for n, _ in helps["--save-dtype"]} == {"extract", "init"}
