@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import assert_one_line_error, invoke, random_model, train_log
+from conftest import assert_one_line_error, free_port, invoke, join_gloo, random_model, train_log
 
 from emo_slice.io.build import random_checkpoint
 from emo_slice.io.checkpoint import Checkpoint
@@ -223,3 +223,32 @@ def test_chat_conversations_train_on_assistant_turns_only(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": evil}))
     with pytest.raises(DataError, match="chat template"):
         load_sft_task(str(chat), template=read_chat_template(tmp_path))
+
+
+def _ft_worker(rank, world, port, sl, task, root):
+    import torch.distributed as dist
+
+    join_gloo(rank, world, port)
+    for name, fsdp in (("ddp", False), ("fsdp", True)):
+        FinetuneTrainer(_cfg(sl, task, f"{root}/{name}", train="routed+shared", fsdp=fsdp, micro_batch_size=1)).run()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_process(setup, tmp_path):
+    """DDP and FSDP2 with frozen parameters: the answer loss of each step, its gradient norm and the weights
+    equal one process's on the same examples (every answer token weighs the same across ranks)."""
+    import torch.multiprocessing as mp
+
+    root, full, sl, task = setup
+    mp.spawn(_ft_worker, args=(2, free_port(), str(sl), str(task), str(tmp_path)), nprocs=2)
+    one = FinetuneTrainer(_cfg(sl, task, tmp_path / "one", train="routed+shared", micro_batch_size=1)).run()
+    want = [r for r in train_log(tmp_path / "one") if r["kind"] == "train"]
+    for name in ("ddp", "fsdp"):
+        got = [r for r in train_log(tmp_path / name) if r["kind"] == "train"]
+        for a, b in zip(got, want, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["targets"] == b["targets"], name
+            assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), name
+        mine, theirs = _tensors(tmp_path / name / "final"), _tensors(one)
+        assert all(torch.allclose(mine[n], theirs[n], atol=1e-5) for n in theirs), name
