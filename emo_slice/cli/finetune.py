@@ -92,7 +92,7 @@ def finetune_cmd(
     try:
         summary = wf.run(wf.resolve(spec), announce=None if json_out else err_console.print)
     except KeyboardInterrupt:
-        from emo_slice.train.run import interrupted_message
+        from emo_slice.workflows.pretrain import interrupted_message
 
         fail(interrupted_message(out), 130)
     if summary is not None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from emo_slice.errors import CheckpointError, DataError
 from emo_slice.io.safefiles import folder_file, member_stat, parse_json_bytes
 
@@ -58,8 +61,6 @@ def read_chat_template(folder: str | os.PathLike) -> tuple[str, dict] | None:
 
 def render_chat(template: str, tokens: dict, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The conversation as text, rendered by the template in Jinja's immutable sandbox."""
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
         raise TemplateError(message)

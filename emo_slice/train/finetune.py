@@ -23,7 +23,15 @@ from pathlib import Path
 import torch
 
 from emo_slice.artifacts import _swap_in, _write_marker, provenance, remove
+from emo_slice.data.sources import check_tokenizer_fits
 from emo_slice.errors import DataError, UsageError
+from emo_slice.io.chat import read_chat_template
+from emo_slice.io.checkpoint import Checkpoint
+from emo_slice.io.loading import load_model
+from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.model.config import EmoConfig
+from emo_slice.model.hf_names import stacked_to_hf
+from emo_slice.slicing.extract import MANIFEST, copied_files
 from emo_slice.train.checkpointing import (
     INITIAL,
     export_hf,
@@ -36,6 +44,7 @@ from emo_slice.train.distributed import barrier, fsdp_active, init_distributed, 
 from emo_slice.train.finetune_config import FinetuneConfig
 from emo_slice.train.finetune_eval import evaluate_heldout
 from emo_slice.train.freezing import trained_names
+from emo_slice.train.meta_init import build_sharded, fill_full_tensors
 from emo_slice.train.optim import build_optimizer, lr_at
 from emo_slice.train.runlog import append_record, progress_bar, trim_log
 from emo_slice.train.sft_data import encode_segments, fit, load_sft_task, split_heldout
@@ -60,8 +69,6 @@ class FinetuneTrainer(Trainer):
     tasks (what each --task gave), held (held-out (task, example) pairs), data (SFTData)."""
 
     def __init__(self, cfg: FinetuneConfig):
-        from emo_slice.io.checkpoint import Checkpoint
-
         cfg.validate()
         self.cfg = cfg
         self.rank, self.world, self.device, self._own_pg = init_distributed(cfg.device)
@@ -86,11 +93,6 @@ class FinetuneTrainer(Trainer):
 
     # -- setup ------------------------------------------------------------------------------------
     def _load_data(self) -> None:
-        from emo_slice.data.sources import check_tokenizer_fits
-        from emo_slice.io.chat import read_chat_template
-        from emo_slice.io.tokenizer import load_tokenizer
-        from emo_slice.model.config import EmoConfig
-
         cfg, ckpt = self.cfg, self.ckpt
         self.mcfg = EmoConfig.from_dict(ckpt.config.to_dict())
         self.mcfg.output_router_logits = False
@@ -129,12 +131,8 @@ class FinetuneTrainer(Trainer):
             return wrap_model(model, fsdp=cfg.fsdp, device=self.device, param_dtype=param_dtype)
 
         if fsdp_active(cfg.fsdp):
-            from emo_slice.train.meta_init import build_sharded
-
             self.raw = self.model = build_sharded(self.mcfg, wrap, self.device, self._fill)
         else:
-            from emo_slice.io.loading import load_model
-
             self.raw = load_model(self.ckpt, dtype=torch.float32).to(self.device)
             self.raw.config = self.mcfg
             self.model = wrap(self.raw)
@@ -144,8 +142,6 @@ class FinetuneTrainer(Trainer):
 
     def _fill(self, model) -> None:
         """Under FSDP2: each parameter read whole from the checkpoint, this rank keeping its shard."""
-        from emo_slice.model.hf_names import stacked_to_hf
-        from emo_slice.train.meta_init import fill_full_tensors
 
         def write(name: str, full: torch.Tensor) -> None:
             for hf_name, part in stacked_to_hf({name: full}, self.mcfg):
@@ -183,8 +179,6 @@ class FinetuneTrainer(Trainer):
     def side_files(self) -> dict[str, bytes]:
         """What every checkpoint holds besides weights and training state: the model's own config.json (float32),
         tokenizer and side files, its slice.json, and finetune.json."""
-        from emo_slice.slicing.extract import MANIFEST, copied_files
-
         config = self.ckpt.side_json("config.json") or self.mcfg.to_dict()
         config["torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"] = "float32"
         files = {p.name: p.read_bytes() for p in copied_files(self.ckpt.path)}

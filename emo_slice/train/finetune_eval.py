@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from emo_slice.eval.scoring import evaluate_mc
 from emo_slice.train.sft_data import encode_segments, fit
 from emo_slice.train.sft_step import collate, masked_ce_sum
 
@@ -58,8 +59,6 @@ def _val_loss(trainer, examples) -> tuple[float | None, int]:
 
 def evaluate_heldout(trainer, held: list) -> dict:
     """{val_loss, val_targets, val_items, val_acc {task: acc}, val_bpb_gold {task: bits per byte of the gold}}."""
-    from emo_slice.eval.scoring import evaluate_mc
-
     if not held:
         return {"val_items": 0}
     loss, n = _val_loss(trainer, [e for _, e in held])

@@ -30,8 +30,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from emo_slice.data.benchmarks import is_benchmark, parse_spec
+from emo_slice.data.benchmarks.loading import MissingData, open_source
+from emo_slice.data.benchmarks.registry import resolve
+from emo_slice.data.gen_tasks import GSM8K_HUB, is_generative
 from emo_slice.data.sources import MCItem, read_records
+from emo_slice.data.tasks import load_items, load_tasks, source_of, task_name
 from emo_slice.errors import DataError, UsageError
+from emo_slice.io.chat import render_chat
 
 IGNORE = -100  # the target id of a masked position (never a token id)
 
@@ -92,8 +98,6 @@ def _pairs(records: list[dict], spec: str) -> list[SFTExample]:
 
 
 def _chat(records: list[dict], spec: str, template) -> list[SFTExample]:
-    from emo_slice.io.chat import render_chat
-
     if template is None:
         raise DataError(
             f"--task {spec} holds chat conversations ('messages') but the model's tokenizer has no chat template "
@@ -125,16 +129,10 @@ def _chat(records: list[dict], spec: str, template) -> list[SFTExample]:
 
 def _builtin(spec: str, split: str) -> SFTTask | None:
     """A built-in benchmark's train split (refused when it is the benchmark's scored split), or None."""
-    from emo_slice.data.benchmarks import is_benchmark, parse_spec
-    from emo_slice.data.benchmarks.registry import resolve
-    from emo_slice.data.gen_tasks import is_generative
-
     if is_generative(spec):
         return _gsm8k(spec, split)
     if not is_benchmark(spec):
         return None
-    from emo_slice.data.tasks import load_tasks
-
     for b in [resolve(parse_spec(spec)[0])]:
         if b.split == split:
             raise UsageError(f"--task {spec}: split {split!r} is the one {b.name} is scored on; train on 'train'")
@@ -143,9 +141,6 @@ def _builtin(spec: str, split: str) -> SFTTask | None:
 
 
 def _gsm8k(spec: str, split: str) -> SFTTask:
-    from emo_slice.data.benchmarks.loading import MissingData, open_source
-    from emo_slice.data.gen_tasks import GSM8K_HUB
-
     if split == GSM8K_HUB[2]:
         raise UsageError(f"--task {spec}: split {split!r} is the one gsm8k is scored on; train on 'train'")
     _, eq, folder = spec.partition("=")
@@ -167,8 +162,6 @@ def load_sft_task(spec: str, split: str = "train", template=None) -> SFTTask:
     task = _builtin(spec, split)
     if task is not None:
         return task
-    from emo_slice.data.tasks import load_items, source_of, task_name
-
     src, name = source_of(spec), task_name(spec)
     records = read_records(src, split if not Path(src).is_file() else None, "--task")
     first = records[0]

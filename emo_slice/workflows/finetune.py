@@ -76,7 +76,7 @@ def _type(cls, key: str):
 def run(cfg, announce: Callable[[str], None] | None = None) -> dict | None:
     """Fine-tune; the summary on rank 0 (None on the other ranks)."""
     from emo_slice.train.finetune import FinetuneTrainer
-    from emo_slice.train.run import run_summary
+    from emo_slice.workflows.pretrain import run_summary
 
     trainer = FinetuneTrainer(cfg)
     if trainer.rank == 0 and announce is not None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
-Progress = Callable[[str, int, "int | None"], None]
+from emo_slice.workflows.common import Progress, phase
 
 
 @dataclass(frozen=True)
@@ -30,9 +29,9 @@ class MergeRun:
 
 def run(spec: MergeRun, progress: Progress | None = None) -> dict:
     """Merge (emo_slice.slicing.merge); returns the record written as merge.json."""
-    from emo_slice.slicing.merge import MergeSpec, merge
+    from emo_slice.slicing.merge import MergeSpec, merge  # inside: importing the workflows loads no torch
 
-    bar = (lambda done, total: progress("merge", done, total)) if progress else None
+    bar = phase(progress, "merge")
     return merge(
         spec.full,
         spec.slice,
