@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import List, Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json
-from emo_slice.cli.options import Json, MaxShardSize, MergeMode, ModelArg, Overwrite, opt, out_option, value
+from emo_slice.cli.display import progress_bars
+from emo_slice.cli.options import Json, MergeMode, spec_argument, spec_option, value
+from emo_slice.workflows import merge as workflow
+from emo_slice.workflows.merge import MERGING, MergeSpec
 
 EPILOG = """Examples:
 
@@ -16,39 +19,27 @@ EPILOG = """Examples:
 """
 
 
-SliceOpt = opt("--slice", str, "The slice (fine-tuned or not): a folder with the slice.json extract wrote.")
-Mode = opt("--mode", MergeMode, "replace: the slice's tensors; average: (1 - weight) * full + weight * slice.")
-Weight = opt("--weight", Optional[float], "The slice's weight with --mode average, 0 to 1 (default 0.5).")
-Also = opt(
-    "--also", Optional[str], "Merge these too, comma-separated: router (the kept experts' rows), shared, non-moe."
-)
-
-
 @app.command("merge", epilog=EPILOG)
 @cli_errors
 def merge_cmd(
-    full: ModelArg,
-    slice_: SliceOpt,
-    out: Annotated[Path, out_option("Folder to write: the full model with the slice's experts merged back.")],
-    mode: Mode = MergeMode.replace,
-    weight: Weight = None,
-    also: Also = None,
-    max_shard_size: MaxShardSize = "5GB",
-    overwrite: Overwrite = False,
+    full: str = spec_argument(MergeSpec, "full"),
+    slice: str = spec_option(MergeSpec, "slice"),
+    out: Path = spec_option(MergeSpec, "out"),
+    mode: MergeMode = spec_option(MergeSpec, "mode", enum=MergeMode),
+    weight: Optional[float] = spec_option(MergeSpec, "weight"),
+    also: List[str] = spec_option(MergeSpec, "also"),
+    max_shard_size: str = spec_option(MergeSpec, "max_shard_size"),
+    overwrite: bool = spec_option(MergeSpec, "overwrite"),
     json_out: Json = False,
 ):
     """Write FULL with the kept experts of a slice (ids from its slice.json) merged back at their positions.
 
-    Only the kept routed experts by default, as AllenAI's merge_pruned_experts_back.py; one tensor at a
-    time, every other tensor a byte copy; the slice must have been cut from FULL (fingerprint and routers
-    checked). merge.json records both parents."""
-    from emo_slice.cli.display import progress_bars
-    from emo_slice.workflows.merge import MergeRun, run
-
-    parts = tuple(p.strip() for p in (also or "").split(",") if p.strip())
-    spec = MergeRun(full, slice_, str(out), value(mode), weight, parts, overwrite, max_shard_size)
-    with progress_bars({"merge": "bytes"}, enabled=not json_out) as bar:
-        record = run(spec, bar)
+    Only the kept routed experts by default, as AllenAI's merge_pruned_experts_back.py; one tensor at a time,
+    every other tensor a byte copy (the untuned slice gives FULL back bit for bit); the slice must have been cut
+    from FULL (fingerprint and routers checked). merge.json records both parents."""
+    spec = MergeSpec(full, slice, str(out), value(mode), weight, tuple(also), max_shard_size, overwrite)
+    with progress_bars({MERGING: "bytes"}, enabled=not json_out) as bar:
+        record = workflow.run(spec, bar)
     if json_out:
         print_json(record)
         return
@@ -57,5 +48,5 @@ def merge_cmd(
         f"wrote {out}: {n['routed']} routed-expert, {n['shared']} shared-expert, {n['router']} router and "
         f"{n['non-moe']} other tensors from {spec.slice} ({record['mode']}"
         + (f", weight {record['weight']:g}" if record["weight"] is not None else "")
-        + "); the rest is the full model's"
+        + "); every other tensor is FULL's"
     )

@@ -154,7 +154,16 @@ VOCABULARY = {
     "--seed": "Random seed of",
     "--shots": "Demonstrations",
     "--split": "Dataset split",
-    "--task": "Task scored",
+    "--task": "Task",
+    # shared by pretrain and finetune
+    "--steps": "Optimizer steps",
+    "--lr": "Peak learning rate",
+    "--eval-every": "Evaluate every N steps",
+    "--save-every": "Checkpoint every N steps",
+    "--stop-after": "Stop (with a checkpoint) after this step",
+    "--fsdp": "Under torchrun: shard with FSDP2",
+    "--resume": "Continue the run in --out from its latest checkpoint",
+    "--set": "key=value for any",
 }
 # commands that run a model: each takes the device options (generate streams no layers: its KV cache needs the
 # whole model, as eval's generative tasks do)

@@ -49,28 +49,28 @@ ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 
 @dataclass(frozen=True)
-class MergeSpec:
-    """What a merge writes: the mode, the weight a of the tuned tensors (average), the parts besides the kept
-    routed experts."""
+class MergeRecipe:
+    """How a merge makes its tensors: the mode, the weight a of the tuned tensors (average), the parts besides the
+    kept routed experts."""
 
     mode: str = "replace"
     weight: float | None = None
     also: tuple[str, ...] = ()
 
-    def checked(self) -> "MergeSpec":
+    def checked(self) -> "MergeRecipe":
         if self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode!r} is unknown; choose replace or average")
+            raise UsageError(f"`mode={self.mode!r}` is unknown; choose replace or average")
         unknown = [p for p in self.also if p not in PARTS]
         if unknown:
-            raise UsageError(f"--also {unknown[0]!r} is unknown; choose from {', '.join(PARTS)} (comma-separated)")
+            raise UsageError(f"`also={unknown[0]!r}` is unknown; choose from {', '.join(PARTS)}")
         if self.mode == "replace":
             if self.weight is not None:
-                raise UsageError("--weight applies to --mode average only; drop it or pass --mode average")
-            return MergeSpec("replace", None, tuple(p for p in PARTS if p in self.also))
+                raise UsageError("`weight` applies to `mode='average'` only; drop it or merge with mode average")
+            return MergeRecipe("replace", None, tuple(p for p in PARTS if p in self.also))
         w = 0.5 if self.weight is None else self.weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
-            raise UsageError(f"--weight {w} must be a number from 0 (the full model) to 1 (the tuned slice)")
-        return MergeSpec("average", float(w), tuple(p for p in PARTS if p in self.also))
+            raise UsageError(f"`weight={w}` must be a number from 0 (the full model) to 1 (the tuned slice)")
+        return MergeRecipe("average", float(w), tuple(p for p in PARTS if p in self.also))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,14 +194,14 @@ def _plan(full: Checkpoint, tuned: Checkpoint, ids: list[list[int]], also: tuple
     return entries, skipped
 
 
-def _blend(full_t: torch.Tensor, tuned_t: torch.Tensor, spec: MergeSpec) -> torch.Tensor:
+def _blend(full_t: torch.Tensor, tuned_t: torch.Tensor, spec: MergeRecipe) -> torch.Tensor:
     """The merged values in full_t's dtype: tuned (replace) or (1 - a) full + a tuned in float32 (average)."""
     if spec.mode == "replace":
         return tuned_t.to(full_t.dtype)
     return torch.lerp(full_t.float(), tuned_t.float(), spec.weight).to(full_t.dtype)
 
 
-def _source(e: _Entry, full: Checkpoint, tuned: Checkpoint, spec: MergeSpec):
+def _source(e: _Entry, full: Checkpoint, tuned: Checkpoint, spec: MergeRecipe):
     """What the writer writes for entry e: a byte range (unchanged, or the slice's same-dtype tensor) or a maker."""
     if e.rows is not None:
 
@@ -224,7 +224,7 @@ def merge(
     full: str | os.PathLike | Checkpoint,
     tuned: str | os.PathLike | Checkpoint,
     out: str | os.PathLike,
-    spec: MergeSpec = MergeSpec(),
+    spec: MergeRecipe = MergeRecipe(),
     *,
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
@@ -267,7 +267,7 @@ def _side_files(full: Checkpoint, tmp: Path) -> None:
         shutil.copy2(p.resolve(), tmp / p.name)
 
 
-def _record(full: Checkpoint, tuned: Checkpoint, ids, spec: MergeSpec, entries: list[_Entry], skipped) -> dict:
+def _record(full: Checkpoint, tuned: Checkpoint, ids, spec: MergeRecipe, entries: list[_Entry], skipped) -> dict:
     counts = {p: 0 for p in ("routed", "shared", "router", "non-moe")}
     for e in entries:
         if e.part:
@@ -296,4 +296,4 @@ def _record(full: Checkpoint, tuned: Checkpoint, ids, spec: MergeSpec, entries: 
     }
 
 
-__all__ = ["merge", "kept_in", "MergeSpec", "MODES", "PARTS", "MERGE_FILE"]
+__all__ = ["merge", "kept_in", "MergeRecipe", "MODES", "PARTS", "MERGE_FILE"]

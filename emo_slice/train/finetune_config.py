@@ -35,7 +35,7 @@ class FinetuneConfig:
     out: str = ""
     """Run folder: checkpoints (step-000000 before training, then step-NNNNNN and final), log.jsonl."""
     split: str = "train"
-    """Split of a benchmark or dataset to train on (never the one it is scored on)."""
+    """Dataset split to train on: a benchmark's or dataset's (never the one it is scored on); default train."""
     train: str = "all"
     """What learns: routed, routed+shared, routed+shared+router or all (EMO's default)."""
     valid_share: float = 0.1
@@ -45,19 +45,19 @@ class FinetuneConfig:
     epochs: float = 3.0
     """Passes over the training items (sets steps unless --steps is given)."""
     steps: int | None = None
-    """Optimizer steps (default: from --epochs)."""
+    """Optimizer steps of the schedule (default: from --epochs)."""
     warmup_ratio: float = 0.1
     """Share of the steps spent warming up (sets warmup_steps)."""
     warmup_steps: int | None = None
     """Linear warmup steps (default: warmup_ratio of the steps)."""
     batch_size: int = 16
-    """Examples per optimizer step (global, over ranks and micro-batches)."""
+    """Rows per batch: here examples per optimizer step (the global batch), summed over ranks and micro-batches."""
     micro_batch_size: int | None = None
     """Examples per forward on one rank (default: batch_size / ranks); the rest is accumulation."""
     seq_len: int | None = None
     """Longest example in tokens (default: the model's context); longer prompts lose their start."""
     lr: float = 5e-5
-    """Peak learning rate."""
+    """Peak learning rate (the first warmup_ratio of the steps warm up)."""
     min_lr_ratio: float = 0.0
     """The schedule ends at this share of the peak."""
     beta1: float = 0.9
@@ -68,11 +68,11 @@ class FinetuneConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = off)."""
     dtype: str = "float32"
-    """float32, or bfloat16 (bf16 compute, fp32 master weights; how: mixed_precision)."""
+    """Compute dtype: float32, or bfloat16 (bf16 compute over fp32 master weights; how: mixed_precision)."""
     mixed_precision: str = "step"
     """With bfloat16: step (weights cast once per step) or autocast."""
     seed: int = 0
-    """Seeds the held-out draw, the example order and nothing else (no dropout)."""
+    """Random seed of the held-out draw and the example order (nothing else is random: no dropout)."""
     fsdp: bool = False
     """Shard with FSDP2 under torchrun instead of DDP."""
     device: str = "auto"
@@ -80,13 +80,13 @@ class FinetuneConfig:
     compile: bool = False
     """torch.compile each decoder layer's attention and norms."""
     eval_every: int = 0
-    """Score the held-out items every N steps (0: before and after training only)."""
+    """Evaluate every N steps: here score the held-out items (0 = before and after training only)."""
     save_every: int = 0
-    """Checkpoint every N steps (0: step 0 and the end only)."""
+    """Checkpoint every N steps (0 = step-000000 and the end only)."""
     keep_last: int = 2
     """Periodic checkpoints kept (step-000000 and final are always kept)."""
     stop_after: int | None = None
-    """Stop with a checkpoint after this step; continue with --resume."""
+    """Stop (with a checkpoint) after this step without changing the schedule; resume with --resume."""
     resume: bool = False
     overwrite: bool = False
     progress: bool = True

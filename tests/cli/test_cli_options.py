@@ -114,7 +114,6 @@ def test_shared_options_mean_the_same_everywhere():
         "sweep",
         "map",
         "stability",
-
         "merge",
         "finetune",
     }
@@ -128,7 +127,6 @@ def test_shared_options_mean_the_same_everywhere():
         "sweep",
         "map",
         "stability",
-
         "finetune",
     }
     assert {h for _, h in helps["--dtype"]} == {"Compute dtype"}

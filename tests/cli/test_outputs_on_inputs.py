@@ -20,7 +20,9 @@ from conftest import assert_one_line_error, invoke
 
 from emo_slice.workflows.eval import EvalSpec
 from emo_slice.workflows.export import ExportSpec
+from emo_slice.workflows.finetune import FinetuneSpec
 from emo_slice.workflows.map import MapSpec
+from emo_slice.workflows.merge import MergeSpec
 from emo_slice.workflows.pretrain import PretrainSpec
 from emo_slice.workflows.profile import ProfileSpec
 from emo_slice.workflows.slice import SliceSpec
@@ -111,6 +113,16 @@ def cases(w: Path) -> dict:
             + [("--tokenizer", "model/tokenizer.json")],
             ["--out"],
         ),
+        "finetune": (
+            ["finetune", m, "--task", d / "task.jsonl", "--steps", "1", "--out", w / "o" / "run"],
+            [("MODEL", "model"), ("--task", "data/task.jsonl")],
+            ["--out"],
+        ),
+        "merge": (
+            ["merge", w / "full", "--slice", m, "--out", w / "o" / "merged"],
+            [("FULL", "full"), ("--slice", "model")],
+            ["--out"],
+        ),
     }
 
 
@@ -179,6 +191,8 @@ def test_the_table_covers_every_input_and_output_the_specs_declare():
         "pretrain": PretrainSpec,
         "map": MapSpec,
         "stability": StabilitySpec,
+        "finetune": FinetuneSpec,
+        "merge": MergeSpec,
     }
     for command, spec in declared.items():
         roles = {}

@@ -19,10 +19,12 @@ from emo_slice.workflows.autok import AutoKSpec
 from emo_slice.workflows.demo_data import DemoDataSpec
 from emo_slice.workflows.eval import EvalSpec
 from emo_slice.workflows.export import ExportSpec
+from emo_slice.workflows.finetune import FinetuneSpec
 from emo_slice.workflows.generate import GenerateSettings, GenerateSpec
 from emo_slice.workflows.info import InfoSpec
 from emo_slice.workflows.init import InitSpec
 from emo_slice.workflows.map import MapSpec
+from emo_slice.workflows.merge import MergeSpec
 from emo_slice.workflows.pretrain import PretrainSpec
 from emo_slice.workflows.profile import ProfileSpec
 from emo_slice.workflows.quickstart import QuickstartSpec
@@ -43,6 +45,8 @@ SPECS = {
     "sweep": (SweepSpec, ProfileSettings, EvalSettings),
     "generate": (GenerateSpec, GenerateSettings),
     "pretrain": (PretrainSpec,),
+    "finetune": (FinetuneSpec,),
+    "merge": (MergeSpec,),
     "quickstart": (QuickstartSpec,),
     "tasks": (),
     "map": (MapSpec, CaptureSettings, ClusterSettings),
@@ -107,7 +111,7 @@ def _field(command: str, param: str):
     return None, None
 
 
-@pytest.mark.parametrize("command", sorted(set(SPECS) - {"tasks", "pretrain"}))
+@pytest.mark.parametrize("command", sorted(set(SPECS) - {"tasks", "pretrain", "finetune"}))
 def test_help_and_defaults_come_from_the_spec_fields(command):
     """Each option's help is its spec field's doc and its default the field's (pretrain: TrainConfig's docs,
     checked below); a required field may be optional on the command line only to say what is missing."""
@@ -139,6 +143,18 @@ def test_pretrain_help_is_train_configs_field_docs():
     for p in GROUP.commands["pretrain"].params:
         if p.name in OPTION_FIELDS:
             assert p.help == docs[p.name] and p.default is None, p.name
+
+
+def test_finetune_help_is_finetune_configs_field_docs():
+    from emo_slice.workflows.finetune import OPTION_FIELDS
+
+    docs = specs.attribute_docs("emo_slice.train.finetune_config", "FinetuneConfig")
+    for p in GROUP.commands["finetune"].params:
+        if p.name in OPTION_FIELDS:
+            assert p.help == docs[p.name] and p.default is None, p.name
+        elif p.name not in CLI_ONLY:
+            f = next(f for f in dataclasses.fields(FinetuneSpec) if f.name == p.name)
+            assert p.help == f.metadata["doc"], p.name
 
 
 def test_generate_greedy_is_the_default_and_the_old_flag_warns(tiny_ckpt):

@@ -13,7 +13,7 @@ from emo_slice.io.build import random_checkpoint
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.model.hf_names import EXPERT_KEY
 from emo_slice.slicing.extract import MANIFEST, extract
-from emo_slice.slicing.merge import MERGE_FILE, MergeSpec, merge
+from emo_slice.slicing.merge import MERGE_FILE, MergeRecipe, merge
 from emo_slice.slicing.select import SlicePlan
 
 KEPT = [[1, 3, 4, 8], [0, 5, 6, 8]]  # per layer, original ids (8 = the shared expert of the tiny preset)
@@ -63,7 +63,7 @@ def test_untuned_slice_reproduces_the_full_model_bit_for_bit(models, tmp_path):
     root, full, sl, _ = models
     for also in ((), ("router", "shared", "non-moe")):
         out = tmp_path / f"m{len(also)}"
-        merge(full, sl, out, MergeSpec(also=also))
+        merge(full, sl, out, MergeRecipe(also=also))
         mine, theirs = _tensors(out), _tensors(full)
         assert mine.keys() == theirs.keys()
         for name in theirs:
@@ -78,7 +78,7 @@ def test_merged_experts_are_the_slices_and_every_other_tensor_the_full_models(mo
     R = cfg.num_experts - cfg.num_shared_experts
     for also in ((), ("router",), ("router", "shared", "non-moe")):
         out = tmp_path / ("m-" + "-".join(also))
-        rec = merge(full, tuned, out, MergeSpec(also=also))
+        rec = merge(full, tuned, out, MergeRecipe(also=also))
         m = _tensors(out)
         assert m.keys() == f.keys()
         for name, got in m.items():
@@ -103,10 +103,10 @@ def test_merged_experts_are_the_slices_and_every_other_tensor_the_full_models(mo
 def test_average_blends_and_weight_one_equals_replace(models, tmp_path):
     root, full, sl, tuned = models
     also = ("router", "shared", "non-moe")
-    merge(full, tuned, tmp_path / "replace", MergeSpec("replace", also=also))
-    merge(full, tuned, tmp_path / "w1", MergeSpec("average", 1.0, also=also))
-    merge(full, tuned, tmp_path / "w0", MergeSpec("average", 0.0, also=also))
-    merge(full, tuned, tmp_path / "half", MergeSpec("average", 0.25, also=also))
+    merge(full, tuned, tmp_path / "replace", MergeRecipe("replace", also=also))
+    merge(full, tuned, tmp_path / "w1", MergeRecipe("average", 1.0, also=also))
+    merge(full, tuned, tmp_path / "w0", MergeRecipe("average", 0.0, also=also))
+    merge(full, tuned, tmp_path / "half", MergeRecipe("average", 0.25, also=also))
     rep, w1, w0, half = (_tensors(tmp_path / n) for n in ("replace", "w1", "w0", "half"))
     f = _tensors(full)
     for name in rep:
@@ -136,7 +136,7 @@ def test_slice_of_a_slice_merges_into_the_root_and_its_parent(tmp_path):
     second = tmp_path / "second"  # positions 0 and 2 of the first slice (+ its shared one, position 3)
     extract(first, SlicePlan(kept=[[0, 2, 3], [1, 2, 3]], method="experts", keep=3), second)
     tuned = _tune(second, tmp_path / "tuned")
-    into_root = _tensors(merge(full, tuned, tmp_path / "root", MergeSpec(also=("shared",))) and tmp_path / "root")
+    into_root = _tensors(merge(full, tuned, tmp_path / "root", MergeRecipe(also=("shared",))) and tmp_path / "root")
     t = _tensors(tuned)
     assert torch.equal(
         into_root["model.layers.0.mlp.experts.4.down_proj.weight"], t["model.layers.0.mlp.experts.1.down_proj.weight"]

@@ -176,7 +176,7 @@ def test_bad_inputs_one_line_nothing_written(setup, tmp_path):
     r = invoke("finetune", sl, "--task", only_test, "--out", tmp_path / "o1")
     assert_one_line_error(r, "train")
     r = invoke("finetune", sl, "--task", task, "--out", sl / "run")
-    assert_one_line_error(r, "inside the model")
+    assert_one_line_error(r, "inside the input")
     r = invoke("finetune", sl, "--task", "arc_easy", "--split", "test", "--out", tmp_path / "o2")
     assert_one_line_error(r, "scored")
     r = invoke("finetune", sl, "--task", task, "--out", tmp_path / "o3", "--train", "routed", "--fsdp")
