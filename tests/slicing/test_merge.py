@@ -182,3 +182,20 @@ def test_bad_inputs_one_line_nothing_written(models, tmp_path):
     r = invoke("merge", full, "--slice", tuned, "--out", tmp_path / "o5", "--also", "experts")
     assert_one_line_error(r, "--also")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+
+
+def test_a_per_layer_slice_merges_back_bit_for_bit(tmp_path):
+    full = random_checkpoint(tmp_path / "full", "tiny", seed=9)
+    kept = [[1, 3, 8], [0, 5, 6, 7, 8]]  # a different count per layer (num_experts_per_layer)
+    extract(full, SlicePlan(kept=kept, method="experts", keep=[3, 5], per_layer=True), tmp_path / "slice")
+    tuned = _tune(tmp_path / "slice", tmp_path / "tuned")
+    merge(full, tmp_path / "slice", tmp_path / "same")
+    f, same = _tensors(full), _tensors(tmp_path / "same")
+    assert all(_bytes(same[n]) == _bytes(f[n]) for n in f)
+    m, t = _tensors(merge(full, tuned, tmp_path / "m") and tmp_path / "m"), _tensors(tuned)
+    assert torch.equal(
+        m["model.layers.1.mlp.experts.7.up_proj.weight"], t["model.layers.1.mlp.experts.3.up_proj.weight"]
+    )
+    assert torch.equal(
+        m["model.layers.0.mlp.experts.7.up_proj.weight"], f["model.layers.0.mlp.experts.7.up_proj.weight"]
+    )
