@@ -86,10 +86,10 @@ def finetune(sl: Path, items: Path, run: Path, args) -> None:
 
 
 def merged(full: Path, tuned: Path, out: Path, mode: str) -> Path:
-    from emo_slice.slicing.merge import MergeSpec, merge
+    from emo_slice.slicing.merge import MergeRecipe, merge
 
     if not (out / "merge.json").exists():
-        merge(full, tuned, out, MergeSpec(mode, 0.5 if mode == "average" else None), overwrite=True)
+        merge(full, tuned, out, MergeRecipe(mode, 0.5 if mode == "average" else None), overwrite=True)
     return out
 
 
