@@ -93,6 +93,7 @@ class Family(str, Enum):
     qwen3_moe = "qwen3_moe"
     mixtral = "mixtral"
 
+
 class MergeMode(str, Enum):
     """How `merge` makes the merged tensors (emo_slice.slicing.merge.MODES)."""
 
