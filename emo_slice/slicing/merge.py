@@ -11,7 +11,9 @@ kept experts' tensors come from the tuned slice, at their original positions:
   `also` adds "router" (the kept experts' router rows), "shared" (the shared experts) and "non-moe"
   (attention, norms, embeddings, output head: every other tensor whose name and shape the slice shares).
 
-Every tensor the merge does not change is copied as a byte range of its shard (never materialised); a
+Tensors are told apart by each family's names (model/hf_names.py: EMO, OLMoE, Qwen3-MoE, Qwen2-MoE, whose
+separate gated shared expert is the "shared" part, Mixtral); a dense layer has nothing to merge. Every tensor
+the merge does not change is copied as a byte range of its shard (never materialised); a
 replaced tensor whose dtype is the full one's is a byte copy of the slice's. So a merge of the untuned
 slice reproduces the full model bit for bit. The slice must be of THIS model: the fingerprint and router
 digest its `slice.json` records are checked against the full model (a slice of a slice is traced to its
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,13 @@ from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.safefiles import folder_file
 from emo_slice.io.safetensors import TensorInfo
 from emo_slice.io.writer import ShardWriter
-from emo_slice.model.hf_names import EXPERT_KEY, expected_hf_names, hf_order
+from emo_slice.model.hf_names import expected_hf_names, expert_name, hf_order, model_tensors, parse_expert, parse_router
 from emo_slice.slicing.extract import MANIFEST, copied_files
 from emo_slice.slicing.profile_file import router_digest
 
 MERGE_FILE = "merge.json"
 MODES = ("replace", "average")
 PARTS = ("router", "shared", "non-moe")
-ROUTER_KEY = re.compile(r"^model\.layers\.(\d+)\.mlp\.gate\.weight$")
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,10 @@ def _check_ids(ids: list[list[int]], full: Checkpoint, tuned: Checkpoint) -> lis
     if ct.num_hidden_layers != cf.num_hidden_layers or len(ids) != cf.num_hidden_layers:
         raise UsageError(f"--slice {tuned.path} has {ct.num_hidden_layers} layers, {full.path} {cf.num_hidden_layers}")
     for l, kept in enumerate(ids):
+        if not cf.is_moe_layer(l):  # a dense layer: no experts to merge
+            if kept:
+                raise CheckpointError(f"{tuned.path / MANIFEST} is damaged: it lists experts for dense layer {l}")
+            continue
         E = cf.experts_in_layer(l)
         if len(kept) != ct.experts_in_layer(l) or len(set(kept)) != len(kept) or any(not 0 <= e < E for e in kept):
             raise CheckpointError(
@@ -148,12 +152,19 @@ def _check_ids(ids: list[list[int]], full: Checkpoint, tuned: Checkpoint) -> lis
 
 
 def _check_layout(ckpt: Checkpoint, flag: str) -> None:
-    extra = sorted(set(ckpt.infos) - set(expected_hf_names(ckpt.config)))
+    cfg = ckpt.config
+    tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    extra = sorted(set(ckpt.infos) - set(expected_hf_names(cfg)) - tied)
     if extra:
         raise CheckpointError(
-            f"{flag} {ckpt.path} holds {extra[0]}, which is not part of the EMO layout ({len(extra)} such tensors); "
-            "emo-slice only merges layouts it knows and will not guess"
+            f"{flag} {ckpt.path} holds {extra[0]}, which is not part of the {cfg.model_type} layout config.json "
+            f"describes ({len(extra)} such tensors); emo-slice only merges tensors it knows and will not guess"
         )
+
+
+def _separate_shared(cfg) -> set[str]:
+    """Checkpoint names of a shared expert kept apart from the routed ones (Qwen2-MoE's gated shared MLP)."""
+    return {hf for ours, _, hf in model_tensors(cfg) if ".mlp.shared_expert" in ours}
 
 
 @dataclass
@@ -168,18 +179,23 @@ class _Entry:
 def _plan(full: Checkpoint, tuned: Checkpoint, ids: list[list[int]], also: tuple[str, ...]):
     """(entries in checkpoint order, skipped non-MoE names): where each output tensor comes from."""
     cfg, entries, skipped = full.config, [], []
+    apart = _separate_shared(cfg)
     for name in sorted(full.infos, key=hf_order):
         info, e = full.infos[name], _Entry(name, full.infos[name])
-        m, r = EXPERT_KEY.match(name), ROUTER_KEY.match(name)
+        m, r = parse_expert(cfg, name), parse_router(cfg, name)
         if m:
-            l, x, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+            l, x, kind = m
             shared = x >= cfg.experts_in_layer(l) - cfg.num_shared_experts
             if x in ids[l] and (not shared or "shared" in also):
-                e.tuned = tuned.info(f"model.layers.{l}.mlp.experts.{ids[l].index(x)}.{kind}_proj.weight")
+                e.tuned = tuned.info(expert_name(tuned.config, l, ids[l].index(x), kind))
                 e.part = "shared" if shared else "routed"
-        elif r and "router" in also:
-            e.rows, e.part = [(x, j) for j, x in enumerate(ids[int(r.group(1))])], "router"
-        elif not r and "non-moe" in also:
+        elif r is not None:
+            if "router" in also:
+                e.rows, e.part = [(x, j) for j, x in enumerate(ids[r])], "router"
+        elif name in apart:
+            if "shared" in also:
+                e.tuned, e.part = tuned.info(name), "shared"
+        elif "non-moe" in also:
             t = tuned.infos.get(name)
             if t is not None and t.shape == info.shape:
                 e.tuned, e.part = t, "non-moe"

@@ -5,7 +5,8 @@ The parts, as AllenAI's EMO fine-tuning names them (`src/hf_training/finetune.py
 - `routed+shared`: and the shared experts;
 - `routed+shared+router`: and the routers;
 - `all` (EMO's default, freeze_mode "none", what its launchers run): every parameter.
-Attention, norms, embeddings and the output head learn only with `all`.
+Attention, norms, embeddings, the output head and a dense layer's MLP learn only with `all`; a shared expert
+kept apart from the routed ones (Qwen2-MoE's gated shared MLP and its gate) is part of "shared".
 
 One layer's experts are one stacked parameter per projection (routed first, shared last). When routed experts
 learn and shared ones do not (`routed` on a model with shared experts), `split_shared` makes each stacked
@@ -73,10 +74,10 @@ def trained_names(model: nn.Module, part: str) -> list[str]:
     shared experts differ); returns the names of the parameters that learn."""
     if part not in PARTS:
         raise UsageError(f"--train {part!r} is unknown; choose one of {', '.join(PARTS)}")
-    layers = model.model.layers
-    if part == "routed" and any(layer.mlp.n_shared for layer in layers):
-        for layer in layers:
-            split_shared(layer.mlp)
+    moes = [layer.mlp for layer in model.model.layers if isinstance(layer.mlp, MoE)]  # a dense layer has none
+    if part == "routed" and any(mlp.n_shared for mlp in moes):
+        for mlp in moes:
+            split_shared(mlp)
     for name, p in model.named_parameters():
         p.requires_grad_(_learns(name, part))
     return [n for n, p in model.named_parameters() if p.requires_grad]
@@ -85,6 +86,8 @@ def trained_names(model: nn.Module, part: str) -> list[str]:
 def _learns(name: str, part: str) -> bool:
     if part == "all":
         return True
+    if ".mlp.shared_expert" in name:  # Qwen2-MoE's gated shared expert (its MLP and its gate), kept apart
+        return part != "routed"
     leaf = name.rsplit(".", 1)[-1]
     if ".mlp." in name and leaf.startswith(STACKED):
         return not leaf.endswith("_shared") or part != "routed"
