@@ -96,6 +96,11 @@ class FinetuneTrainer(Trainer):
         cfg, ckpt = self.cfg, self.ckpt
         self.mcfg = EmoConfig.from_dict(ckpt.config.to_dict())
         self.mcfg.output_router_logits = False
+        if cfg.fsdp and cfg.train == "routed" and self.mcfg.num_shared_experts and self.mcfg.moe_layers():
+            raise UsageError(
+                "--train routed keeps the shared experts frozen inside the stacked expert tensors, which --fsdp "
+                "does not shard; use --train routed+shared, or data parallel without --fsdp"
+            )
         self.tok = load_tokenizer(ckpt.path)
         check_tokenizer_fits(self.tok, self.mcfg.vocab_size, cfg.model)
         context = self.mcfg.max_position_embeddings

@@ -110,11 +110,6 @@ class FinetuneConfig:
             raise UsageError("--epochs must be more than 0 and eval_items at least 1")
         if not self.tasks:
             raise UsageError("give at least one --task to fine-tune on")
-        if self.fsdp and self.train == "routed":
-            raise UsageError(
-                "--train routed keeps the shared experts frozen inside the stacked expert tensors, which --fsdp "
-                "does not shard; use --train routed+shared, or data parallel without --fsdp"
-            )
 
     def resolve_schedule(self, n_examples: int) -> None:
         """steps (from epochs) and warmup_steps (from warmup_ratio), unless given."""
