@@ -153,7 +153,7 @@ def refused(work: Path, args: list) -> None:
 
 
 CASES = ["profile", "extract", "extract --profile", "export", "eval", "sweep", "sweep --profile", "pretrain"]
-CASES += ["map", "stability"]
+CASES += ["map", "stability", "finetune", "merge"]
 
 
 @pytest.mark.parametrize("case", CASES)
