@@ -4,17 +4,18 @@ Every file or folder emo-slice writes goes through here:
 - `atomic_write_text(path, text)` / `atomic_output_file(path)` / `atomic_output_dir(out)`: written under a
   temporary sibling name (`.OUT.tmp-PID`) and renamed into place, so a crash or Ctrl-C never leaves a
   half-written output; the temporary is removed on any error. Every folder written this way carries a
-  marker file, `.emo-slice` (JSON: the command, versions, date), which is what lets `--overwrite`
-  replace it later.
+  marker file, `.emo-slice` (JSON: the command, versions, date, and `files`: the names it wrote there),
+  which is what lets `--overwrite` replace it later, and only while it holds nothing else.
 - `check_output(out, inputs=..., overwrite=...)`, before any work starts, refuses:
   an output equal to, inside, or holding an input folder (a model is never modified); an output whose
   folder cannot be written (a parent that is a file, no write permission, a read-only file system);
   an output another emo-slice process is writing; and an existing output without `--overwrite`.
-  With `--overwrite`, an existing **folder** is replaced only when it is empty or emo-slice made it (it
-  carries the marker), never a folder of other files; an existing **file** is replaced only when it is a
-  regular file, is not one of a model folder's files (a folder holding config.json and weights), and has
-  the suffix the output is written in (`suffixes`, e.g. `.json` for results: `--out thesis.tex
-  --overwrite` is refused). The old output is replaced only after the new one is complete.
+  With `--overwrite`, an existing **folder** is replaced only when it is empty or emo-slice made it (its
+  marker) and it holds nothing but what the marker lists (a file the user put in it is never deleted); an existing **file** is replaced only when it is a
+  regular file, is not one of a model folder's files (a folder holding config.json and weights), and its
+  contents say emo-slice wrote an artifact of the output's kind (emo_slice/ownership.py: a results or
+  profile JSON's `format`, a PNG's `Software` text, a GGUF key; never the suffix alone: `--out
+  package.json --overwrite` is refused). The old output is replaced only after the new one is complete.
 - `output_lock(out)` / `locked(*outs)` (emo_slice/locking.py): a command holds the lock of what it
   writes, so a second writer of the same output refuses instead of replacing the first one's work;
   stale temporaries of dead processes (kill -9) are removed when the next writer starts.
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from emo_slice import __version__
-from emo_slice.errors import UsageError
+from emo_slice.errors import EmoSliceError, UsageError
 from emo_slice.locking import (
     is_write_error,
     lock_holder,
@@ -51,6 +52,8 @@ from emo_slice.locking import (
     remove_stale,
     write_error,
 )
+from emo_slice.ownership import DESCRIBE, wrote
+from emo_slice.safejson import read_json
 
 MARKER = ".emo-slice"
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin")
@@ -65,9 +68,35 @@ def _tmp_name(out: Path, kind: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+TEMPORARY = re.compile(r"\..+\.(?:(?:tmp|old)-\d+(?:\.\w+)?|lock|saving|old)")  # emo-slice's own, in passing
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    """The marker of a folder emo-slice wrote (JSON: created_by, command, versions, date, and `files`, the names
+    it wrote there), or None: absent, not a regular file, or not a marker emo-slice wrote."""
+    path = Path(folder) / MARKER
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        d = read_json(path, max_bytes=1 << 24)
+    except (OSError, EmoSliceError):
+        return None
+    return d if isinstance(d, dict) and str(d.get("created_by", "")).startswith("emo-slice") else None
+
+
 def made_by_emo_slice(folder: str | os.PathLike) -> bool:
-    """Whether `folder` carries the marker every folder emo-slice writes holds."""
-    return (Path(folder) / MARKER).is_file()
+    """Whether `folder` carries the marker every folder emo-slice writes holds (read, not just seen)."""
+    return read_marker(folder) is not None
+
+
+def foreign_entries(folder: Path, marker: dict) -> list[str] | None:
+    """Names in folder the marker does not list as written there (emo-slice's temporaries aside); None when the
+    marker lists nothing (a run folder, a quickstart, an older version: not a folder `_check_folder` replaces)."""
+    files = marker.get("files")
+    if not isinstance(files, list):
+        return None
+    written = {f for f in files if isinstance(f, str)}
+    return sorted(n for n in os.listdir(folder) if n != MARKER and n not in written and not TEMPORARY.fullmatch(n))
 
 
 def _contents(folder: Path) -> list[Path]:
@@ -88,14 +117,29 @@ def _check_folder(dst: Path, out, overwrite: bool, flag: str) -> None:
         return
     if not overwrite:
         raise UsageError(f"{flag} {out} already exists and is not empty; choose another folder or pass --overwrite")
-    if not made_by_emo_slice(dst):
+    marker = read_marker(dst)
+    if marker is None:
         raise UsageError(
             f"{flag} {out} holds files emo-slice did not write (no {MARKER} marker); --overwrite only replaces "
             "a folder emo-slice made or an empty one: delete it yourself or choose another folder"
         )
+    foreign = foreign_entries(dst, marker)
+    if foreign is None:
+        raise UsageError(
+            f"{flag} {out} was made by {marker.get('created_by')}, but not as this kind of output (its marker lists "
+            "no files: a run folder, a quickstart, or an older version); --overwrite does not replace it: "
+            "delete it yourself or choose another folder"
+        )
+    if foreign:
+        raise UsageError(
+            f"{flag} {out} holds {foreign[0]!r}, which emo-slice did not write there; --overwrite only replaces what "
+            "emo-slice wrote: move it out, or choose another folder"
+        )
 
 
-def _check_file(dst: Path, out, overwrite: bool, flag: str, suffixes: Iterable[str] | None) -> None:
+def _check_file(
+    dst: Path, out, overwrite: bool, flag: str, suffixes: Iterable[str] | None, kind: str | None = None
+) -> None:
     if dst.is_dir():
         raise UsageError(f"{flag} {out} is a folder; give a file name")
     if not (dst.exists() or dst.is_symlink()):
@@ -114,6 +158,12 @@ def _check_file(dst: Path, out, overwrite: bool, flag: str, suffixes: Iterable[s
         raise UsageError(
             f"{flag} {out} exists and is not a {' or '.join(suffixes)} file; --overwrite only replaces a file "
             "emo-slice can have written there; choose another name"
+        )
+    if kind is None or not wrote(dst, kind):
+        what = DESCRIBE.get(kind, "a file emo-slice wrote")
+        raise UsageError(
+            f"{flag} {out} exists and is not {what} (its contents do not say so); --overwrite only replaces what "
+            "emo-slice wrote: choose another name, or delete the file yourself"
         )
 
 
@@ -145,11 +195,14 @@ def check_output(
     flag: str = "--out",
     folder: bool = False,
     suffixes: Iterable[str] | None = None,
+    kind: str | None = None,
 ) -> Path:
     """Validate an output path before any work starts (see the module docstring); returns it absolute.
 
-    folder: the output is a folder (else a file); suffixes: the only suffixes an existing file may have
-    to be replaced with overwrite (lower case, with the dot). Nothing is written."""
+    folder: the output is a folder (else a file); kind: what a file output is (emo_slice.ownership.KINDS:
+    results, profile, sweep, predictions, png, gguf), so that an existing file is replaced with overwrite only
+    when its contents say emo-slice wrote one (without a kind, never); suffixes: also required of an existing
+    file's name (lower case, with the dot). Nothing is written."""
     dst = Path(out).expanduser().absolute()
     real = dst.resolve()
     for src in inputs:
@@ -165,7 +218,7 @@ def check_output(
     if folder:
         _check_folder(dst, out, overwrite, flag)
     else:
-        _check_file(dst, out, overwrite, flag, suffixes)
+        _check_file(dst, out, overwrite, flag, suffixes, kind)
     check_writable(dst, out, flag)
     pid = lock_holder(dst)
     if pid is not None:
@@ -250,12 +303,19 @@ def _swap_in(tmp: Path, out: Path, old: Path) -> None:
 
 
 def _write_marker(folder: Path) -> None:
+    """The marker of a finished output folder: what wrote it and the names it holds (its `files`)."""
+    write_marker(folder, files=sorted(n for n in os.listdir(folder) if n != MARKER))
+
+
+def write_marker(folder: Path, created_by: str = "emo-slice", **extra) -> None:
+    """Write folder/.emo-slice: created_by, the command line, versions, date, and extra fields."""
     command = (
         shlex.join(["emo-slice", *sys.argv[1:]])
         if "emo_slice" in sys.argv[0] or "emo-slice" in sys.argv[0]
         else shlex.join(sys.argv)
     )
-    (folder / MARKER).write_text(json.dumps(provenance(created_by="emo-slice", command=command), indent=1) + "\n")
+    record = provenance(created_by=created_by, command=command, **extra)
+    (folder / MARKER).write_text(json.dumps(record, indent=1) + "\n")
 
 
 def provenance(**extra) -> dict:
@@ -307,6 +367,8 @@ __all__ = [
     "lock_holder",
     "locked",
     "made_by_emo_slice",
+    "read_marker",
+    "write_marker",
     "os_error_message",
     "output_lock",
     "parse_size",

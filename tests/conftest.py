@@ -29,11 +29,17 @@ os.environ.setdefault("EMO_SLICE_PROGRESS_QUIET", "600")
 BOX_CHARS = "╭╮╰╯│─"
 
 
-def run_cli(*args, env_extra=None, cwd=None) -> subprocess.CompletedProcess:
-    """`python -m emo_slice ARGS` in a subprocess (offline, wide terminal), output captured as text."""
+def run_cli(*args, env_extra=None, cwd=None, timeout=None) -> subprocess.CompletedProcess:
+    """`python -m emo_slice ARGS` in a subprocess (offline, wide terminal), output captured as text; timeout:
+    seconds before it is killed (subprocess.TimeoutExpired: a hang)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "emo_slice", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
+        [sys.executable, "-m", "emo_slice", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
     )
 
 
@@ -60,6 +66,36 @@ def assert_one_line_error(proc, *needles, code: int | None = 2) -> str:
     return lines[0]
 
 
+def tree_state(folder) -> dict:
+    """Every entry under folder: sha256 of a regular file, the target of a link, the kind of anything else
+    (a FIFO or device is never opened)."""
+    import hashlib
+    import stat
+
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for p in (os.path.join(root, n) for n in dirs + files):
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                out[os.path.relpath(p, folder)] = "-> " + os.readlink(p)
+            elif stat.S_ISREG(mode):
+                with open(p, "rb") as f:
+                    out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+            else:
+                out[os.path.relpath(p, folder)] = f"mode {stat.S_IFMT(mode):o}"
+    return out
+
+
+def assert_refused(proc, folder, before: dict, *needles, code: int = 2) -> str:
+    """One `error:` line holding the needles (exit 2, no traceback), and `folder` exactly as `before`
+    (tree_state): nothing written, no pre-existing byte changed."""
+    line = assert_one_line_error(proc, *needles, code=code)
+    after = tree_state(folder)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"changed under {folder}: {changed[:10]}"
+    return line
+
+
 @pytest.fixture(scope="session")
 def fixtures() -> Path:
     return FIXTURES
@@ -71,6 +107,18 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     from emo_slice.io.build import random_checkpoint
 
     return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def stopped_run_dir(tmp_path_factory) -> Path:
+    """A folder holding train.jsonl (60 word documents) and run/: a tiny run stopped after step 1 of 2, resumable
+    (copy it before changing it)."""
+    from emo_slice.train.trainer import pretrain
+
+    base = tmp_path_factory.mktemp("stopped")
+    corpus = word_corpus(base / "train.jsonl", 60)
+    pretrain(tiny_train_config(corpus, base / "run", steps=2, batch_size=2, seq_len=16, stop_after=1))
+    return base
 
 
 def random_model(seed: int = 0, std: float = 0.2, **config):

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from emo_slice.errors import DataError, UsageError
+from emo_slice.io.safefiles import check_tree, folder_file
+from emo_slice.safejson import open_regular, read_json, read_jsonl, read_limited
 
 
 def _get(record: dict, path: str, src: str, flag: str):
@@ -32,10 +34,13 @@ def _get(record: dict, path: str, src: str, flag: str):
     return cur
 
 
+MAX_TEXT_BYTES = 2**31  # a .txt document read whole (corpora larger than this are JSONL, streamed)
+
+
 def read_utf8(path: Path) -> str:
     """The text of a UTF-8 file, newlines normalised to \\n (as open() in text mode); invalid UTF-8 is a
     DataError naming the line."""
-    data = Path(path).read_bytes()
+    data = read_limited(Path(path), MAX_TEXT_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -88,20 +93,73 @@ def read_records(src: str | os.PathLike, split: str | None = None, flag: str = "
     """All records of a JSONL file or a Hugging Face dataset (local folder, data file, or cached name)."""
     p = Path(src).expanduser()
     if p.is_file() and p.suffix in (".jsonl", ".json", ".ndjson"):
-        records = []
-        for i, line in enumerate(read_utf8(p).split("\n"), 1):
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}:{i} is not valid JSON ({e.msg}); fix or remove that line") from None
-                if not isinstance(rec, dict):
-                    raise DataError(f"{p}:{i} is not a JSON object; each line must be one")
-                records.append(rec)
+        records = [rec for _, rec in read_jsonl(p)]
         if not records:
             raise DataError(f"{p} holds no records; give a JSONL file with one JSON object per line")
         return records
     return _read_dataset(str(src), split, flag)
+
+
+def _plain_name(name) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def _check_saved_folder(folder: Path, flag: str) -> None:
+    """A `Dataset.save_to_disk` folder as the datasets library will read it: state.json (bounded JSON) listing
+    data files that are plain names of regular files in the folder; dataset_info.json bounded JSON."""
+    fix = "save the dataset again (Dataset.save_to_disk)"
+    state = read_json(_saved_file(folder, "state.json", flag), hint=fix, expect=dict, max_bytes=1 << 26)
+    files = state.get("_data_files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) and _plain_name(f.get("filename")) for f in files):
+        raise DataError(f"{flag}: {folder / 'state.json'} does not list the folder's data files by name; {fix}")
+    for f in files:
+        _saved_file(folder, f["filename"], flag)
+    if os.path.lexists(folder / "dataset_info.json"):
+        read_json(_saved_file(folder, "dataset_info.json", flag), hint=fix, expect=dict, max_bytes=1 << 26)
+
+
+def _saved_file(folder: Path, name: str, flag: str) -> Path:
+    hint = "save the dataset again (Dataset.save_to_disk)"
+    return folder_file(folder, name, f"{flag} dataset file", kind="dataset folder", error=DataError, hint=hint)
+
+
+def load_saved(folder: str | os.PathLike, flag: str):
+    """`datasets.load_from_disk` of a save_to_disk folder (a Dataset or a DatasetDict), checked first: everything
+    under it a regular file or folder inside it (io.safefiles.check_tree), its JSON bounded, the data files its
+    state.json lists inside it; whatever the datasets library still refuses is one DataError line."""
+    import datasets
+
+    folder = Path(folder)
+    fix = "save the dataset again (Dataset.save_to_disk)"
+    check_tree(folder, kind="dataset folder", error=DataError, hint=fix)
+    if os.path.lexists(folder / "dataset_dict.json"):
+        d = read_json(_saved_file(folder, "dataset_dict.json", flag), hint=fix, expect=dict, max_bytes=1 << 20)
+        splits = d.get("splits")
+        if not isinstance(splits, list) or not all(_plain_name(s) and (folder / s).is_dir() for s in splits):
+            raise DataError(f"{flag}: {folder / 'dataset_dict.json'} does not list the split folders it holds; {fix}")
+        for s in splits:
+            _check_saved_folder(folder / s, flag)
+    else:
+        _check_saved_folder(folder, flag)
+    try:
+        return datasets.load_from_disk(str(folder))
+    except Exception as e:  # pyarrow and datasets raise many kinds for a damaged folder
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{flag}: cannot read {folder} as a saved dataset ({why}); {fix}") from None
+
+
+def read_parquet(path: Path, flag: str) -> list[dict]:
+    """The rows of a parquet file (pyarrow), or one DataError line when it does not open."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open_regular(path) as f:
+            return pq.read_table(f).to_pylist()
+    except DataError:
+        raise
+    except Exception as e:  # ArrowInvalid, OSError, ...: a damaged or foreign file
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{flag}: {path} is not a readable parquet file ({why}); download it again") from None
 
 
 def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
@@ -113,7 +171,7 @@ def _read_dataset(src: str, split: str | None, flag: str) -> list[dict]:
     p = Path(src).expanduser()
     try:
         if _is_dataset_dir(p):
-            ds = datasets.load_from_disk(str(p))
+            ds = load_saved(p, flag)
         elif p.is_file():
             kind = {".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "text"}.get(p.suffix)
             if kind is None:

@@ -49,7 +49,7 @@ from emo_slice.errors import UsageError
 from emo_slice.eval import generative as gen
 from emo_slice.eval.encoding import check_encoding
 from emo_slice.eval.metrics import compare, task_metrics
-from emo_slice.eval.results import save_results, without_samples  # noqa: F401
+from emo_slice.eval.results import RESULTS_FORMAT, save_results, without_samples  # noqa: F401
 from emo_slice.eval.runner import Runner, check_pool
 from emo_slice.eval.scoring import MCResult, check_finite, evaluate_lm, evaluate_mc, score_rows  # noqa: F401
 from emo_slice.eval.settings import EvalSettings
@@ -318,6 +318,7 @@ def _results_dict(results: dict, models: dict, samples: list | None, run: _Run, 
     """The results dict simple_evaluate returns (lm-evaluation-harness shape)."""
     groups = describe_groups(aggregate_groups(results["model"], run.task_sets), s["shots"])
     data = {
+        "format": RESULTS_FORMAT,
         "results": results["model"],
         "models": models,
         "tasks": _describe(run.task_sets, run.texts, s["lm_mode"], run.pools)

@@ -1,5 +1,6 @@
-"""The files of an evaluation: output paths checked before any work, results (JSON) and per-item samples
-(JSONL) written atomically."""
+"""The files of an evaluation: output paths checked before any work, results (JSON, `format`
+emo-slice-results) and per-item samples (JSONL, each record's `format` emo-slice-predictions) written
+atomically; the formats let `--overwrite` tell a file emo-slice wrote from any other."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Sequence
 from emo_slice.artifacts import atomic_write_text, check_output
 from emo_slice.errors import UsageError
 from emo_slice.io.checkpoint import resolve_checkpoint
+
+RESULTS_FORMAT = "emo-slice-results"  # the `format` of a results file (emo_slice.ownership recognises it)
+PREDICTIONS_FORMAT = "emo-slice-predictions"  # carried by every predictions record
 
 
 def check_result_paths(
@@ -25,9 +29,9 @@ def check_result_paths(
     inputs = [resolve_checkpoint(m) for m in models if m is not None]
     if out is not None and predictions is not None and Path(out).absolute() == Path(predictions).absolute():
         raise UsageError(f"--out and --predictions are both {out}; give two different files")
-    for path, flag, suffixes in ((out, "--out", (".json",)), (predictions, "--predictions", (".jsonl", ".json"))):
+    for path, flag, kind in ((out, "--out", "results"), (predictions, "--predictions", "predictions")):
         if path is not None:
-            check_output(path, inputs=inputs, overwrite=overwrite, flag=flag, suffixes=suffixes)
+            check_output(path, inputs=inputs, overwrite=overwrite, flag=flag, kind=kind)
 
 
 def without_samples(data: dict) -> dict:
@@ -45,6 +49,6 @@ def save_results(
     if predictions is not None:
         if "samples" not in data:
             raise UsageError("no per-item predictions to write: evaluate with log_samples=True")
-        lines = "".join(json.dumps(s) + "\n" for s in data["samples"])
+        lines = "".join(json.dumps({"format": PREDICTIONS_FORMAT, **s}) + "\n" for s in data["samples"])
         written.append(atomic_write_text(predictions, lines))
     return written

@@ -116,5 +116,7 @@ def source_record(ckpt: Checkpoint) -> dict:
 
 
 def check_out(ckpt: Checkpoint, out, *, overwrite: bool, folder: bool) -> Path:
-    """The output path, refused (before any work) inside the model, or existing without overwrite."""
-    return artifacts.check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=folder)
+    """The output path, refused (before any work) inside the model, or existing without overwrite (with it, a
+    file is replaced only when it is a GGUF emo-slice exported)."""
+    kind = None if folder else "gguf"
+    return artifacts.check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=folder, kind=kind)

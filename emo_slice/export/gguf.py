@@ -30,10 +30,11 @@ from emo_slice.errors import UsageError
 from emo_slice.export import common
 from emo_slice.export.gguf_vocab import gguf_vocab
 from emo_slice.io.tokenizer import load_tokenizer
+from emo_slice.ownership import GGUF_KEY
 
 ARCH = "deepseek"
 MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS, src/llama-hparams.h
-EMO_KEY = "emo_slice.export"  # JSON: provenance and source of the export
+EMO_KEY = GGUF_KEY  # "emo_slice.export", JSON: provenance and source of the export
 
 
 def _gguf():
@@ -147,6 +148,7 @@ def add_metadata(w, ckpt, vocab, outtype: str, record: dict) -> None:
     g = _gguf()
     cfg = ckpt.config
     R, k = common.routed(cfg)
+    w.add_string(EMO_KEY, json.dumps(record, sort_keys=True))  # first after the architecture: ownership.py reads it
     w.add_type("model")
     w.add_name(ckpt.path.resolve().name)
     w.add_file_type(qtypes(outtype)[1])
@@ -182,7 +184,6 @@ def add_metadata(w, ckpt, vocab, outtype: str, record: dict) -> None:
             add(token_id)
     w.add_add_bos_token(False)  # EMO has no BOS token
     w.add_add_eos_token(False)
-    w.add_string(EMO_KEY, json.dumps(record, sort_keys=True))
 
 
 def export_gguf(

@@ -14,10 +14,10 @@ A byte-level model (token id = byte) gets the 256 byte-level characters in byte 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from emo_slice.errors import UsageError
+from emo_slice.safejson import parse_json
 
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 CL100K_REGEX = (
@@ -119,4 +119,4 @@ def gguf_vocab(tokenizer, vocab_size: int) -> GGUFVocab:
                 "it cannot be a byte-level model"
             )
         return byte_vocab(vocab_size)
-    return hf_vocab(json.loads(tokenizer.backend.to_str()), vocab_size)
+    return hf_vocab(parse_json(tokenizer.backend.to_str()), vocab_size)

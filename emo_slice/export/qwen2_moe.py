@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import torch
 
@@ -187,9 +186,7 @@ def _nbytes(dtype: torch.dtype, shape) -> int:
 
 
 def _generation_config(ckpt: Checkpoint, config: dict) -> dict:
-    try:
-        gen = json.loads((Path(ckpt.path) / "generation_config.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        gen = {}
+    gen = ckpt.side_json("generation_config.json")  # inside the folder, a regular file, bounded JSON, or refused
+    gen = gen if isinstance(gen, dict) else {}
     gen.update({k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None})
     return gen

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from emo_slice.errors import CheckpointError, UsageError
-from emo_slice.io.safefiles import folder_file, member_stat, parse_json_bytes
+from emo_slice.io.safefiles import cache_ref, cache_repo, folder_file, member_stat
 from emo_slice.io.safetensors import INDEX_NAME, SINGLE_NAME, SafetensorsIndex, TensorInfo, read_into, read_tensor
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import (
@@ -35,6 +35,7 @@ from emo_slice.model.hf_names import (
     router_aliases,
     router_name,
 )
+from emo_slice.safejson import read_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -74,6 +75,7 @@ def _snapshot(repo_id: str) -> Path:
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         raise CheckpointError("huggingface_hub is not installed: pip install huggingface_hub") from None
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    cache_ref(cache_repo(repo_id, "model"))  # a FIFO or foreign ref would block or mislead huggingface_hub
     try:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
     except Exception:
@@ -267,12 +269,7 @@ class Checkpoint:
         if member_stat(self.path, name) is None:
             return None
         path = folder_file(self.path, name, "file")
-        try:
-            return parse_json_bytes(path.read_bytes())
-        except ValueError as e:
-            raise CheckpointError(f"{path} is corrupt ({e}); restore it from the original download") from None
-        except OSError as e:
-            raise CheckpointError(f"cannot read {path} ({e.strerror}); check its permissions") from None
+        return read_json(path, error=CheckpointError, hint="restore it from the original download", max_bytes=1 << 26)
 
     # ---- tensors -------------------------------------------------------------------------
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -18,9 +18,10 @@ import json
 import os
 from pathlib import Path
 
-from emo_slice.errors import CheckpointError
+from emo_slice.errors import CheckpointError, EmoSliceError
 from emo_slice.io.checkpoint import resolve_checkpoint
 from emo_slice.io.safefiles import folder_file
+from emo_slice.safejson import BadJSON, parse_json, read_json, read_limited
 
 
 class Tokenizer:
@@ -90,31 +91,45 @@ class ByteTokenizer(Tokenizer):
         return "byte-level (no tokenizer.json in the checkpoint: token id = UTF-8 byte)"
 
 
+MAX_TOKENIZER_BYTES = 200_000_000  # the largest released tokenizer.json files are ~30 MB
+
+
 def load_tokenizer(path_or_id: str | os.PathLike) -> Tokenizer:
     """The tokenizer of a checkpoint folder or Hub id; byte-level when it has no tokenizer.json."""
     folder = resolve_checkpoint(path_or_id)
     eos = pad = None
-    cfg_path = folder / "config.json"
-    if os.path.lexists(cfg_path):
-        folder_file(folder, "config.json", "config")  # inside the folder and a regular file, or refused
-        try:
-            cfg = json.loads(cfg_path.read_text())
-            eos, pad = cfg.get("eos_token_id"), cfg.get("pad_token_id")
-            eos = eos[0] if isinstance(eos, list) else eos
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, IndexError):
-            pass
-    tj = folder / "tokenizer.json"
-    if os.path.lexists(tj):
-        folder_file(folder, "tokenizer.json", "tokenizer")  # a link outside the folder is refused, never read
-    if not tj.exists() or is_byte_tokenizer_file(tj):
+    if os.path.lexists(folder / "config.json"):
+        cfg_path = folder_file(folder, "config.json", "config")  # inside the folder and a regular file, or refused
+        cfg = read_json(cfg_path, error=CheckpointError, hint="restore it from the original download", expect=dict)
+        eos, pad = cfg.get("eos_token_id"), cfg.get("pad_token_id")
+        eos = (eos or [None])[0] if isinstance(eos, list) else eos
+    if not os.path.lexists(folder / "tokenizer.json"):
         return ByteTokenizer(eos if eos is not None else 0, pad)
+    tj = folder_file(folder, "tokenizer.json", "tokenizer")  # a link outside the folder is refused, never read
+    data, backend = read_tokenizer_json(tj, CheckpointError, "re-download it")
+    if is_byte_tokenizer(data):
+        return ByteTokenizer(eos if eos is not None else 0, pad)
+    return Tokenizer(backend, eos, pad, str(folder))
+
+
+def read_tokenizer_json(path: Path, error: type[EmoSliceError], hint: str, label: str | None = None):
+    """(parsed JSON, `tokenizers` backend) of a tokenizer.json: read once, bounded (emo_slice.safejson), a
+    regular file only, then given to the tokenizers library from memory. Any failure: `error`, one line naming
+    `label` (default: the path)."""
     from tokenizers import Tokenizer as HFTokenizer
 
+    label = label or str(path)
+    raw = read_limited(Path(path), MAX_TOKENIZER_BYTES, error=error, hint=hint)
     try:
-        backend = HFTokenizer.from_file(str(tj))
-    except Exception as e:
-        raise CheckpointError(f"{tj} cannot be read by the tokenizers library ({e}); re-download it") from None
-    return Tokenizer(backend, eos, pad, str(folder))
+        data = parse_json(raw)
+    except BadJSON as e:
+        raise error(f"{label} cannot be read ({e}); {hint}") from None
+    try:
+        backend = HFTokenizer.from_str(raw.decode("utf-8-sig"))
+    except Exception as e:  # the tokenizers library raises plain Exception for any bad file
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise error(f"{label} cannot be read by the tokenizers library ({why}); {hint}") from None
+    return data, backend
 
 
 # ---- byte-level tokenizer.json ------------------------------------------------------------------------
@@ -136,12 +151,8 @@ def byte_tokenizer_json() -> str:
     return tok.to_str(pretty=True)
 
 
-def is_byte_tokenizer_file(path: str | os.PathLike) -> bool:
-    """True for a tokenizer.json that is the byte tokenizer (as `byte_tokenizer_json` writes it)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
+def is_byte_tokenizer(data) -> bool:
+    """True for a parsed tokenizer.json that is the byte tokenizer (as `byte_tokenizer_json` writes it)."""
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("byte_fallback"):
         return False

@@ -10,13 +10,16 @@ the computation and that we do not implement are refused with a ConfigError (nev
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emo_slice.errors import ConfigError
 from emo_slice.model.families import EMO_TYPES, FAMILIES, Family, family_of, hf_dict, hf_fields
+from emo_slice.safejson import read_json
 
+MAX_CONFIG_BYTES = 10_000_000  # a config.json is a few KB
 MODEL_TYPES = tuple(FAMILIES)
 ARCHITECTURES = {t: f.architecture for t, f in FAMILIES.items()}
 EMO_FIELDS = (  # the keys an EMO config.json carries (the variation fields below are fixed for EMO)
@@ -211,17 +214,10 @@ class EmoConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "EmoConfig":
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path} not found: a checkpoint folder needs a config.json") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); restore the file from the original download") from None
-        except (UnicodeDecodeError, RecursionError):
-            raise ConfigError(f"{path} is not UTF-8 JSON; restore the file from the original download") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path} does not hold a JSON object; restore it from the original download")
-        return cls.from_dict(d)
+        if not os.path.lexists(path):
+            raise ConfigError(f"{path} not found: a checkpoint folder needs a config.json")
+        hint = "restore the file from the original download"
+        return cls.from_dict(read_json(path, error=ConfigError, hint=hint, max_bytes=MAX_CONFIG_BYTES, expect=dict))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -11,11 +11,13 @@ from emo_slice.artifacts import atomic_write_text
 from emo_slice.errors import DataError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.model.hf_names import router_name
+from emo_slice.safejson import read_json
 
 PROFILE_FORMAT = "emo-slice-profile"
 
 
 PROFILE_VERSION = 1
+MAX_PROFILE_BYTES = 1 << 28  # 16 layers x 128 experts x 5 scores is a few hundred KB
 SCORE_KEYS = ("mean-prob", "frequency", "reap", "easy-ep", "count")
 
 
@@ -29,14 +31,11 @@ def load_profile(path: str | os.PathLike, flag: str = "--profile") -> dict:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give the profile file (JSON) that `emo-slice profile` wrote")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(p):
         raise UsageError(
             f"{flag} {path}: no such file; make one with `emo-slice profile MODEL --examples SRC --out {path}`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{flag} {path} is not a profile (not JSON); make one with `emo-slice profile`") from None
+        )
+    d = read_json(p, hint="make it again with `emo-slice profile`", max_bytes=MAX_PROFILE_BYTES, label=f"{flag} {p}")
     if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
         raise DataError(f"{flag} {path} is not an emo-slice profile; make one with `emo-slice profile`")
     version = d.get("format_version", 0)

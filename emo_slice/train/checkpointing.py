@@ -12,27 +12,47 @@ folder directly inside the run folder (step-NNNNNN or final), never a path.
 
 A fresh run that fails (bad data, tokenizer, divergence) before its first checkpoint leaves nothing
 behind: `discard_run` removes what `prepare_run_folder` set up, so a rerun starts cleanly.
+
+The run folder's marker (`.emo-slice`, created_by "emo-slice pretrain") records the checkpoints the run saved
+(recorded before each rename into place). Pruning deletes only recorded checkpoints; `--overwrite` deletes a
+run folder only when it carries that marker and holds nothing but what a run writes; resume refuses a folder
+named like a checkpoint that the run did not record (a save of that name would replace it). A run folder is
+checked whole before a resume reads it (io.safefiles.check_tree: no link out of it, no FIFO).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from emo_slice.artifacts import _swap_in, _write_marker, atomic_write_text, provenance, remove
+from emo_slice.artifacts import (
+    MARKER,
+    TEMPORARY,
+    _swap_in,
+    _write_marker,
+    atomic_write_text,
+    made_by_emo_slice,
+    provenance,
+    read_marker,
+    remove,
+    write_marker,
+)
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.build import REMOTE_CODE, remote_code_files, write_side_files
+from emo_slice.io.safefiles import check_tree
 from emo_slice.io.tokenizer import write_tokenizer_files
 from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import stacked_to_hf
 from emo_slice.train.config import TrainConfig
-from emo_slice.train.dcp import save_sharded
+from emo_slice.train.dcp import read_metadata, save_sharded
 from emo_slice.train.distributed import barrier
+from emo_slice.train.runlog import read_log
 from emo_slice.train.training_state import (
     SHARDED_DIR,
     STATE_FILE,
@@ -47,6 +67,8 @@ EXPORT_SHARD_BYTES = 2 * 1024**3  # the HF export's safetensors shards: what ran
 CONFIG_FILE = "train_config.json"
 CHECKPOINT_NAME = re.compile(r"step-\d{6,}|final")
 INITIAL = "step-000000"  # fine-tuning's weights before the first step: kept, never pruned, never resumed from
+RUN_CREATOR = "emo-slice pretrain"  # the run folder marker's created_by
+RUN_FILES = {CONFIG_FILE, "log.jsonl", LATEST, "data", MARKER}  # what a run writes besides its checkpoints
 
 
 def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
@@ -59,9 +81,11 @@ def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
                 f"--resume: {out} holds no checkpoint (no 'latest' file): the run saved none; "
                 "start it afresh with --overwrite"
             )
-        read_manifest(latest_checkpoint(out))  # refuse a bad checkpoint before any work
+        check_resumable(out)
         for stale in out.glob(".*.saving"):  # a save that was killed before its rename
             remove(stale)
+        if run_marker(out) is None:  # a run of an older emo-slice: its checkpoints are those carrying a marker
+            write_marker(out, RUN_CREATOR, checkpoints=_adopted(out))
         found = None
     elif out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
@@ -74,18 +98,79 @@ def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
                 f"--out {out} already holds files; pass --resume to continue that run, "
                 "--overwrite to start afresh, or choose another folder"
             )
-        if not (out / CONFIG_FILE).exists():
-            raise UsageError(
-                f"--out {out} is not a pretraining run folder; refusing to delete it with "
-                "--overwrite; choose another folder"
-            )
+        check_replaceable(out)
         shutil.rmtree(out)
         found = "replaced"
     else:
         found = "empty" if out.exists() else "absent"
     out.mkdir(parents=True, exist_ok=True)
+    if found is not None:
+        write_marker(out, RUN_CREATOR, checkpoints=[])
     atomic_write_text(out / CONFIG_FILE, _json(cfg.to_dict()))
     return found
+
+
+# -- what the run wrote: its marker records the checkpoints --------------------------------------------------
+
+
+def run_marker(out: Path) -> dict | None:
+    """The run folder's marker (written when the run started; its `checkpoints` are the ones it saved), or None."""
+    marker = read_marker(out)
+    return marker if marker is not None and marker.get("created_by") == RUN_CREATOR else None
+
+
+def recorded_checkpoints(out: Path) -> list[str]:
+    """The checkpoint folders the run recorded writing (names directly inside it: step-NNNNNN or final)."""
+    names = (run_marker(out) or {}).get("checkpoints")
+    return [n for n in names if isinstance(n, str) and CHECKPOINT_NAME.fullmatch(n)] if isinstance(names, list) else []
+
+
+def _record(out: Path, names: list[str]) -> None:
+    marker = run_marker(out) or provenance(created_by=RUN_CREATOR)
+    atomic_write_text(out / MARKER, json.dumps({**marker, "checkpoints": sorted(set(names))}, indent=1) + "\n")
+
+
+def record_checkpoint(out: Path, name: str) -> None:
+    """Add `name` to the checkpoints the run recorded (before its rename into place: none is ever unrecorded)."""
+    _record(out, [*recorded_checkpoints(out), name])
+
+
+def _adopted(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and made_by_emo_slice(p))
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse (one line) to delete `out` for `pretrain --overwrite` unless it is an emo-slice run (its marker)
+    holding only what the run writes: its configuration, log, data, `latest`, the checkpoints it recorded."""
+    if run_marker(out) is None:
+        raise UsageError(
+            f"--out {out} is not an emo-slice pretraining run (no {MARKER} marker of a run); refusing to delete it "
+            "with --overwrite: choose another folder, or delete it yourself"
+        )
+    known = RUN_FILES | set(recorded_checkpoints(out))
+    foreign = sorted(n for n in os.listdir(out) if n not in known and not TEMPORARY.fullmatch(n))
+    if foreign:
+        raise UsageError(
+            f"--out {out} holds {foreign[0]!r}, which the run did not write; refusing to delete it with "
+            "--overwrite: move it out of the run folder, or choose another folder"
+        )
+
+
+def check_resumable(out: Path) -> None:
+    """Refuse (one line) a run folder whose latest checkpoint or log cannot be resumed, before anything is written:
+    the manifest, the DCP metadata, the log (the shards themselves are checked as they load)."""
+    check_tree(out, kind="run folder", hint="start afresh with --overwrite")  # links to outside, FIFOs: refused
+    recorded = recorded_checkpoints(out) if run_marker(out) is not None else _adopted(out)
+    stray = sorted(p.name for p in out.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.name not in recorded)
+    if stray:
+        raise CheckpointError(
+            f"{out / stray[0]} is not a checkpoint this run recorded writing, and a save of the same name would "
+            "replace it: move it out of the run folder, then resume"
+        )
+    folder = latest_checkpoint(out)
+    read_manifest(folder)
+    read_metadata(folder / SHARDED_DIR)
+    read_log(out)
 
 
 def discard_run(out: Path, found: str | None) -> None:
@@ -170,6 +255,7 @@ def save_checkpoint(
             _write_marker(tmp)
         barrier()
         if rank == 0:
+            record_checkpoint(out, name)  # before the rename: never an unrecorded checkpoint
             _swap_in(tmp, final, out / f".{name}.old")
             atomic_write_text(out / LATEST, name + "\n")
             prune(out, cfg.keep_last, keep_name=name)
@@ -220,11 +306,15 @@ def _write_side(folder: Path, cfg: TrainConfig, mcfg: EmoConfig, tokenizer, prov
 
 
 def prune(out: Path, keep_last: int, keep_name: str) -> None:
-    """Remove periodic checkpoints beyond the newest `keep_last` (never `keep_name`; final is not periodic)."""
-    steps = sorted(p for p in out.glob("step-*") if p.is_dir() and p.name != INITIAL)
-    for p in steps[: max(0, len(steps) - keep_last)]:
-        if p.name != keep_name:
-            shutil.rmtree(p, ignore_errors=True)
+    """Remove periodic checkpoints beyond the newest `keep_last` (never `keep_name`; final is not periodic); only
+    checkpoints the run recorded writing are candidates (a user's `step-000000-mybackup` is never one)."""
+    recorded = recorded_checkpoints(out)
+    steps = sorted(n for n in recorded if n.startswith("step-") and n != INITIAL and (out / n).is_dir())
+    gone = [n for n in steps[: max(0, len(steps) - keep_last)] if n != keep_name]
+    for name in gone:
+        remove(out / name)
+    if gone:
+        _record(out, [n for n in recorded if n not in gone])
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0) -> dict:

@@ -11,12 +11,12 @@ importable from here).
 
 from __future__ import annotations
 
-import json
 import typing
 from dataclasses import fields
 
 from emo_slice.errors import UsageError
 from emo_slice.model.config import EmoConfig
+from emo_slice.safejson import parse_json
 from emo_slice.train.config_checks import FLAGS, RANGES, check_fields
 from emo_slice.train.config_fields import TrainConfig
 
@@ -105,8 +105,8 @@ def _convert(text, typ, key: str):
             raise ValueError
         if t in (int, float, str):
             return t(float(text)) if t is int and "e" in text.lower() else t(text)
-        return json.loads(text)
-    except (ValueError, json.JSONDecodeError):
+        return parse_json(text)
+    except ValueError:
         raise UsageError(f"--set {key}={text!r}: expected {getattr(t, '__name__', t)}") from None
 
 

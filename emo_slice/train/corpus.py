@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from emo_slice.artifacts import atomic_output_file, atomic_write_text
-from emo_slice.errors import CheckpointError, DataError, UsageError
-from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from emo_slice.errors import CheckpointError, DataError, EmoSliceError, UsageError
+from emo_slice.io.safefiles import folder_file
+from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer, read_tokenizer_json
+from emo_slice.safejson import read_json
 from emo_slice.train.docstream import is_valid_doc, iter_texts, split_stream
 from emo_slice.train.token_shards import (
     ShardSink,
@@ -76,16 +79,8 @@ def resolve_tokenizer(spec: str, texts: list[str], vocab_size: int) -> Tokenizer
         return train_tokenizer(texts, vocab_size)
     p = Path(spec).expanduser()
     if p.is_file() and p.name.endswith(".json"):
-        from tokenizers import Tokenizer as HFTokenizer
-
-        try:
-            backend = HFTokenizer.from_file(str(p))
-        except Exception as e:  # the tokenizers library raises plain Exception for any bad file
-            why = (str(e).splitlines() or [type(e).__name__])[0][:120]
-            raise UsageError(
-                f"--tokenizer {spec} cannot be read by the tokenizers library ({why}); give a tokenizer.json "
-                "saved by `tokenizers`, a model folder with one, or 'bytes' / 'train'"
-            ) from None
+        hint = "give a tokenizer.json saved by `tokenizers`, a model folder with one, or 'bytes' / 'train'"
+        _, backend = read_tokenizer_json(p, UsageError, hint, label=f"--tokenizer {spec}")
         tok = Tokenizer(backend, None, None, str(p))
     elif p.is_dir():
         tok = load_tokenizer(p)
@@ -263,19 +258,19 @@ def wait_for_corpus(cfg, folder: Path, vocab_size: int, poll_s: float = 0.2) -> 
 
 def _read_meta(path: Path) -> dict | None:
     """The token files' meta.json, or None when absent or unreadable (the files are then rebuilt)."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    if not os.path.lexists(path):
         return None
-    return meta if isinstance(meta, dict) else None
+    try:
+        return read_json(folder_file(path.parent, path.name, "token files' record"), expect=dict, max_bytes=1 << 20)
+    except EmoSliceError:
+        return None
 
 
 def _load_saved_tokenizer(folder: Path, meta: dict) -> Tokenizer:
     if meta["tokenizer_kind"] == "byte-level":
         return ByteTokenizer(meta["eos_token_id"], meta["pad_token_id"])
-    from tokenizers import Tokenizer as HFTokenizer
-
-    backend = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    hint = f"delete {folder} to tokenise the data again"
+    _, backend = read_tokenizer_json(folder_file(folder, "tokenizer.json", "tokenizer"), DataError, hint)
     return Tokenizer(backend, meta["eos_token_id"], meta["pad_token_id"], str(folder))
 
 

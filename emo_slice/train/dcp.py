@@ -41,9 +41,11 @@ from torch.distributed.checkpoint.metadata import (
 
 from emo_slice.artifacts import atomic_write_text
 from emo_slice.errors import CheckpointError
+from emo_slice.safejson import parse_json, read_limited
 
 METADATA_FILE = "metadata.json"
 METADATA_FORMAT = "emo-slice-dcp-metadata"
+MAX_METADATA_BYTES = 1 << 30  # the metadata of a 14B model sharded over many ranks is tens of MB
 DCP_VERSION = "1.0.0"
 SHARD_FILE = re.compile(r"__\d{1,6}_\d{1,6}\.distcp")
 DTYPES = {
@@ -158,10 +160,12 @@ def read_metadata(folder: Path, load_id: str | None = None) -> Metadata:
     try:
         if path.is_symlink() or not path.is_file():
             raise ValueError(f"it has no {METADATA_FILE}")
-        md = metadata_from_json(json.loads(path.read_text(encoding="utf-8")), folder)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+        raw = read_limited(path, MAX_METADATA_BYTES, error=CheckpointError)
+        md = metadata_from_json(parse_json(raw), folder)
+    except (OSError, ValueError, CheckpointError) as e:
+        why = str(e).replace(f"{path}: ", "")[:160]
         raise CheckpointError(
-            f"{folder} is not a sharded training state emo-slice wrote ({str(e)[:160]}); resume from another "
+            f"{folder} is not a sharded training state emo-slice wrote ({METADATA_FILE}: {why}); resume from another "
             "checkpoint (write its name into 'latest') or start afresh with --overwrite"
         ) from None
     md.storage_meta = StorageMeta(load_id=load_id)

@@ -14,30 +14,14 @@ the rest, exactly as `corpus.split_validation` splits a list (one document of lo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from emo_slice.data.sources import _get, check_text, read_texts
 from emo_slice.errors import DataError, UsageError
+from emo_slice.safejson import read_jsonl
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file, newlines normalised as read_utf8 does."""
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if i == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path}:{i} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                    "re-save the file as UTF-8"
-                ) from None
-            yield from ((i, part) for part in text.rstrip("\n").removesuffix("\r").replace("\r\n", "\n").split("\r"))
 
 
 def _texts_of(records: Iterable, field: str, src: str) -> Iterator[str]:
@@ -58,15 +42,7 @@ def _texts_of(records: Iterable, field: str, src: str) -> Iterator[str]:
 
 def _jsonl_records(p: Path) -> Iterator[dict]:
     seen = False
-    for i, line in _lines(p):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{i} is not valid JSON ({e.msg}); fix or remove that line") from None
-        if not isinstance(rec, dict):
-            raise DataError(f"{p}:{i} is not a JSON object; each line must be one")
+    for _, rec in read_jsonl(p):
         seen = True
         yield rec
     if not seen:

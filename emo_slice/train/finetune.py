@@ -38,6 +38,7 @@ from emo_slice.train.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     prepare_run_folder,
+    record_checkpoint,
     save_checkpoint,
 )
 from emo_slice.train.distributed import barrier, fsdp_active, init_distributed, shutdown, wrap_model
@@ -250,6 +251,7 @@ class FinetuneTrainer(Trainer):
             for name, data in self.side_files().items():
                 (tmp / name).write_bytes(data)
             _write_marker(tmp)
+            record_checkpoint(self.out, INITIAL)  # the run's own: --overwrite and resume know it, pruning keeps it
             _swap_in(tmp, final, self.out / f".{INITIAL}.old")
         barrier()
         return final

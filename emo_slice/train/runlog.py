@@ -8,9 +8,13 @@ checkpoint's step, so a resumed run's log equals the uninterrupted run's.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from emo_slice.artifacts import atomic_write_text
+from emo_slice.errors import DataError
+from emo_slice.io.safefiles import folder_file
+from emo_slice.safejson import read_jsonl
 
 LOG_FILE = "log.jsonl"
 
@@ -20,12 +24,27 @@ def append_record(out: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-def trim_log(out: Path, step: int) -> None:
-    """Drop records after `step` (written after the checkpoint a resume starts from)."""
+def read_log(out: Path) -> list[tuple[int, dict]]:
+    """(line number, record) of the run's log (none when it has no log); a last record cut short by a kill is
+    left out; any other damage is one DataError line naming the file and line."""
     log = out / LOG_FILE
-    if log.exists():
-        keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        atomic_write_text(log, "".join(ln + "\n" for ln in keep))
+    if not os.path.lexists(log):
+        return []
+    hint = "repair or remove that line (the log is not needed to resume)"
+    path = folder_file(out, LOG_FILE, "training log")
+    recs = list(read_jsonl(path, hint=hint, allow_nan=True, partial_last=True))
+    for n, rec in recs:
+        if type(rec.get("step")) is not int:
+            raise DataError(f"{log}:{n} has no integer 'step'; {hint}")
+    return recs
+
+
+def trim_log(out: Path, step: int) -> None:
+    """Drop records after `step` (written after the checkpoint a resume starts from) and a last record cut short;
+    the others are kept as written (json.dumps of the parsed record gives back its line)."""
+    if os.path.lexists(out / LOG_FILE):
+        keep = [json.dumps(rec) + "\n" for _, rec in read_log(out) if rec["step"] <= step]
+        atomic_write_text(out / LOG_FILE, "".join(keep))
 
 
 def mfu_text(rec: dict) -> str:

@@ -33,11 +33,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from emo_slice.errors import DataError
+from emo_slice.errors import DataError, EmoSliceError
 from emo_slice.io.tokenizer import ByteTokenizer, Tokenizer
+from emo_slice.safejson import read_json
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "emo-slice-token-shards"
+MAX_INDEX_BYTES = 1 << 28
 SHARD_FILE = re.compile(r"shard-\d{6}\.bin")
 CHUNK_DOCS = 256
 POOL_AFTER = 16  # chunks read before worker processes are worth starting
@@ -266,9 +268,9 @@ def read_index(folder: Path) -> dict:
     """The checked index of a token-shard folder (DataError naming what is wrong)."""
     path = folder / INDEX_FILE
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = read_json(path, max_bytes=MAX_INDEX_BYTES)
         ok = isinstance(index, dict) and index.get("format") == INDEX_FORMAT and isinstance(index.get("shards"), list)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except EmoSliceError:
         ok = False
     if not ok:
         raise DataError(f"{path} is missing or not a token-shard index; delete {folder.parent} to tokenise again")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from emo_slice.errors import CheckpointError
+from emo_slice.safejson import parse_json
 from emo_slice.train.dcp import load_sharded, read_metadata
 
 STATE_FILE = "training_state/state.safetensors"
@@ -67,8 +68,8 @@ def _is_count(v) -> bool:
 
 def _check_meta(path: Path, meta: dict | None) -> dict:
     try:
-        m = json.loads((meta or {})[META_KEY])
-    except (KeyError, json.JSONDecodeError, TypeError):
+        m = parse_json((meta or {})[META_KEY])
+    except (KeyError, ValueError, TypeError):
         raise _bad(path, "has no emo-slice training-state metadata") from None
     if not isinstance(m, dict) or m.get("format") != STATE_FORMAT:
         raise _bad(path, "is not an emo-slice training state")

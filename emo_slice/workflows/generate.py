@@ -14,6 +14,7 @@ from pathlib import Path
 from emo_slice.artifacts import provenance
 from emo_slice.data.sources import read_records
 from emo_slice.errors import DataError, UsageError
+from emo_slice.safejson import read_limited
 from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, INPUT, MAX_MEMORY, MODEL, POOL, Spec, param
 
 
@@ -186,10 +187,9 @@ def read_prompts(prompt: str | None, path=None, field: str = "prompt") -> list[s
         if not all(isinstance(t, str) and t for t in texts):
             raise DataError(f"`prompts={p}`: every record needs a non-empty string field {field!r}")
         return texts
+    raw = read_limited(p, 1 << 30, hint="give a text file of prompts, one per line")  # a regular file, bounded
     try:
-        lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise DataError(f"`prompts={p}`: no such file") from None
+        lines = [ln for ln in raw.decode("utf-8").splitlines() if ln.strip()]
     except UnicodeDecodeError as e:
         raise DataError(f"`prompts={p}` is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if not lines:

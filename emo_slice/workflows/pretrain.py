@@ -15,14 +15,16 @@ itself, and the summary of what it did (what the command runs around Trainer).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from emo_slice.errors import DataError, UsageError
+from emo_slice.io.safefiles import folder_file
+from emo_slice.safejson import read_json
 from emo_slice.specs import OUTPUT, OVERWRITE, Spec, param
+from emo_slice.train.runlog import read_log
 from emo_slice.workflows.paths import check_spec_paths
 
 CONFIG_FILE = "train_config.json"
@@ -149,10 +151,12 @@ def _saved_config(saved: Path):
         raise UsageError(
             f"`resume`: {saved.parent} holds no {CONFIG_FILE}, so no run to continue; start without `resume`"
         )
+    fix = "repair it, or start afresh with --overwrite"
+    d = read_json(folder_file(saved.parent, CONFIG_FILE, "run configuration"), hint=fix, expect=dict, max_bytes=1 << 24)
     try:
-        cfg = TrainConfig(**json.loads(saved.read_text(encoding="utf-8")))
+        cfg = TrainConfig(**d)
         check_fields(cfg)
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, UsageError) as e:
+    except (TypeError, UsageError) as e:
         why = str(e).replace("TrainConfig.__init__() ", "")[:160]
         raise DataError(
             f"{saved} is not a train_config.json emo-slice wrote ({why}); repair it, or start afresh with --overwrite"
@@ -212,7 +216,7 @@ def _mfu_note(trainer) -> str:
 def run_summary(out: str | os.PathLike, checkpoint: str | os.PathLike, world_size: int = 1) -> dict:
     """checkpoint, steps, final training loss, last evaluation record, log path, world size."""
     log_path = Path(out) / LOG_FILE
-    log = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()] if log_path.exists() else []
+    log = [rec for _, rec in read_log(Path(out))]
     train = [r for r in log if r.get("kind") == "train"]
     evals = [r for r in log if r.get("kind") == "eval"]
     return {

@@ -59,7 +59,7 @@ def run(spec: ProfileSpec, progress: Progress | None = None) -> tuple[dict, Path
     check_spec_paths(spec)
     ckpt = Checkpoint(spec.model)
     out = spec.outputs()[0][1] if spec.out is not None else default_profile_path(ckpt.path)
-    check_output(out, inputs=[ckpt.path], overwrite=spec.overwrite, suffixes=(".json",))
+    check_output(out, inputs=[ckpt.path], overwrite=spec.overwrite, kind="profile")
     with output_lock(out):  # held while profiling: a second writer of the same file refuses
         prof = profile_model(ckpt, settings, progress=phase(progress, PROFILING))
         return prof, save_profile(prof, out)

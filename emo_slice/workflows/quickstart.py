@@ -189,7 +189,7 @@ def check_keep(size: str, keep: str) -> list[int]:
 
 def _ours(out: Path) -> bool:
     """Whether emo-slice made the folder: its marker, or (an older quickstart) only quickstart names, each
-    folder among them emo-slice made, empty, or a pretraining run folder."""
+    folder among them emo-slice made (its marker: run folders carry one too) or empty."""
     if made_by_emo_slice(out):
         return True
     for p in out.iterdir():
@@ -197,7 +197,7 @@ def _ours(out: Path) -> bool:
             continue
         if not any(fnmatch.fnmatch(p.name, pat) for pat in QUICKSTART_NAMES) or p.is_symlink():
             return False
-        if p.is_dir() and not (made_by_emo_slice(p) or not any(p.iterdir()) or (p / "train_config.json").is_file()):
+        if p.is_dir() and not (made_by_emo_slice(p) or not any(p.iterdir())):
             return False
     return True
 

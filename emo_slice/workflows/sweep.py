@@ -24,8 +24,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from emo_slice import __version__
 from emo_slice.errors import UsageError
 from emo_slice.eval.settings import EvalSettings
+from emo_slice.ownership import PNG_SOFTWARE
 from emo_slice.slicing.profile_settings import ProfileSettings
 from emo_slice.specs import INPUT, METHOD, MODEL, OUTPUT, OVERWRITE, Spec, param
 from emo_slice.workflows.common import PROFILING, SCORED, Progress, phase
@@ -220,9 +222,9 @@ def check_outputs(spec: SweepSpec) -> None:
     inputs = [resolve_checkpoint(m) for m in spec.models]
     png = spec.png()
     if spec.out is not None:
-        check_output(spec.out, inputs=inputs, overwrite=spec.overwrite, suffixes=(".json",))
+        check_output(spec.out, inputs=inputs, overwrite=spec.overwrite, kind="sweep")
     if png is not None:
-        check_output(png, inputs=inputs, overwrite=spec.overwrite, flag="--plot", suffixes=(".png",))
+        check_output(png, inputs=inputs, overwrite=spec.overwrite, flag="--plot", kind="png")
     if spec.keep_slices is not None:
         check_output(spec.keep_slices, inputs=inputs, overwrite=spec.overwrite, flag="--keep-slices", folder=True)
 
@@ -324,6 +326,6 @@ def write_plot(data: dict, path: str | os.PathLike, metrics: list[str] | None = 
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_output_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
     plt.close(fig)
     return True

@@ -1,6 +1,7 @@
 """artifacts: atomic writes leave no temporary behind, output guards refuse what would damage an input."""
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -120,10 +121,10 @@ def test_check_output_refuses_paths_inside_or_around_inputs(tmp_path):
 
 def test_check_output_existing_outputs(tmp_path):
     f = tmp_path / "a.json"
-    f.write_text("x")
+    f.write_text('{"format": "emo-slice-sweep"}')
     with pytest.raises(UsageError, match="already exists.*--overwrite"):
-        check_output(f)
-    assert check_output(f, overwrite=True) == f
+        check_output(f, kind="sweep")
+    assert check_output(f, overwrite=True, kind="sweep") == f
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("x")
@@ -131,8 +132,17 @@ def test_check_output_existing_outputs(tmp_path):
         check_output(full, folder=True)
     with pytest.raises(UsageError, match="did not write"):
         check_output(full, folder=True, overwrite=True)
-    (full / MARKER).write_text("{}")
+    (full / MARKER).write_text("{}")  # a marker emo-slice did not write
+    with pytest.raises(UsageError, match="did not write"):
+        check_output(full, folder=True, overwrite=True)
+    (full / MARKER).write_text(json.dumps({"created_by": "emo-slice", "files": ["keep.txt"]}))
     assert check_output(full, folder=True, overwrite=True) == full
+    (full / "thesis.tex").write_text("mine")  # put in later: the folder is no longer only what emo-slice wrote
+    with pytest.raises(UsageError, match="holds 'thesis.tex', which emo-slice did not write"):
+        check_output(full, folder=True, overwrite=True)
+    (full / MARKER).write_text(json.dumps({"created_by": "emo-slice pretrain", "checkpoints": []}))
+    with pytest.raises(UsageError, match="lists no files"):  # a run folder is replaced by pretrain alone
+        check_output(full, folder=True, overwrite=True)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert check_output(empty, folder=True) == empty
@@ -144,7 +154,8 @@ def test_check_output_existing_outputs(tmp_path):
 
 
 def test_check_output_file_overwrite_rules(tmp_path):
-    """--overwrite replaces a regular file with the output's suffix, never a model's file or a FIFO."""
+    """--overwrite replaces a regular file whose contents say emo-slice wrote that kind of output, never a model's
+    file or a FIFO."""
     tex = tmp_path / "thesis.tex"
     tex.write_text("x")
     with pytest.raises(UsageError, match="not a .json file"):
@@ -160,8 +171,15 @@ def test_check_output_file_overwrite_rules(tmp_path):
     with pytest.raises(UsageError, match="not a regular file"):
         check_output(fifo, overwrite=True, suffixes=(".json",))
     ok = tmp_path / "results.json"
-    ok.write_text("old")
-    assert check_output(ok, overwrite=True, suffixes=(".json",)) == ok
+    ok.write_text("old")  # named like results, but its contents do not say emo-slice wrote it
+    with pytest.raises(UsageError, match="not an emo-slice results file"):
+        check_output(ok, overwrite=True, kind="results")
+    ok.write_text('{"format": "emo-slice-results", "results": {}}')
+    assert check_output(ok, overwrite=True, kind="results") == ok
+    with pytest.raises(UsageError, match="not an emo-slice profile"):  # another artifact of emo-slice's
+        check_output(ok, overwrite=True, kind="profile")
+    with pytest.raises(UsageError, match="not a file emo-slice wrote"):  # no kind: never replaced
+        check_output(ok, overwrite=True)
 
 
 def test_check_output_refuses_an_unwritable_folder_before_work(tmp_path, monkeypatch):

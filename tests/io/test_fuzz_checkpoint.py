@@ -9,6 +9,7 @@ load must read only shards inside the folder, and every tensor it gives must equ
 """
 
 import json
+import math
 import random
 import struct
 import time
@@ -330,3 +331,196 @@ def test_fuzz_index(tmp_path):
             pytest.fail(f"index mutation {i} {mutated[:200]!r} raised {type(e).__name__}: {e}")
     print(f"index fuzz: {N_INDEX} mutations, {clean} clean loads, {N_INDEX - clean} refused")
     assert N_INDEX * 0.05 < clean < N_INDEX * 0.6
+
+
+# ---- the JSON reader (emo_slice.safejson) -----------------------------------------------------------------
+
+N_JSON = 3000
+JSON_SEEDS = [
+    {"model_type": "emo", "hidden_size": 64, "rope_theta": 10000.0, "eos_token_id": [0, 1], "auto_map": None},
+    {"format": "emo-slice-profile", "layers": [{"layer": 0, "scores": {"mean-prob": [0.25, 0.5, 1e-3]}}]},
+    {"model": {"type": "BPE", "vocab": {"a": 0, "\u0120b": 1, '"[{': 2, "\\": 3}, "merges": [["a", "b"]]}},
+]
+PIECES = [
+    "[" * 129,
+    "]" * 129,
+    "[" * 5000,
+    "9" * 41,
+    "-" + "9" * 41,
+    "9" * 40,
+    "1e999",
+    "-1e999",
+    "1e-999",
+    "NaN",
+    "Infinity",
+    '"\\ud800"',
+    '"\\udc00"',
+    '"\\ud83d\\ude00"',
+    '"\\\\"',
+    '"\\""',
+    '"[[["',
+    "\ufeff",
+    "\x00",
+    '"a": 1, "a": 2',
+    "{",
+    "}",
+    ",",
+    ":",
+    '"',
+    "\\",
+    "true",
+    "null",
+]
+
+
+def _reference(text: str):
+    """What an independent reading says: ('ok', value) when json accepts it within every limit, else 'refuse'."""
+    from emo_slice.safejson import MAX_DEPTH, MAX_INT_DIGITS
+
+    dups = []
+
+    def pairs(kv):
+        if len({k for k, _ in kv}) != len(kv):
+            dups.append(kv)
+        return dict(kv)
+
+    try:
+        value = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return "refuse"
+    if dups:
+        return "refuse"
+    stack = [(value, 0)]
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, (list, dict)):
+            if depth + 1 > MAX_DEPTH:
+                return "refuse"
+            children = list(x.values()) + list(x.keys()) if isinstance(x, dict) else x
+            stack.extend((c, depth + 1) for c in children)
+        elif isinstance(x, bool) or x is None:
+            continue
+        elif isinstance(x, int) and len(str(abs(x))) > MAX_INT_DIGITS:
+            return "refuse"
+        elif isinstance(x, float) and not math.isfinite(x):
+            return "refuse"
+        elif isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return "refuse"
+    return ("ok", value)
+
+
+def _mutate_json(rng: random.Random, text: str) -> str:
+    if not text:
+        return rng.choice(PIECES)
+    kind = rng.randrange(5)
+    if kind == 0:  # insert a piece
+        i = rng.randrange(len(text) + 1)
+        return text[:i] + rng.choice(PIECES) + text[i:]
+    if kind == 1:  # replace a value-looking token
+        i = rng.randrange(len(text))
+        j = min(len(text), i + rng.randrange(1, 8))
+        return text[:i] + rng.choice(PIECES) + text[j:]
+    if kind == 2:
+        return text[: rng.randrange(len(text))]
+    if kind == 3:  # wrap in nesting
+        n = rng.choice([1, 64, 127, 128, 129, 1000, 100_000])
+        return "[" * n + text + "]" * n
+    b = bytearray(text.encode("utf-8", errors="surrogateescape"))
+    for _ in range(rng.choice([1, 2, 3])):
+        b[rng.randrange(len(b))] = rng.choice(b'[]{}",:\\0123456789eE-+. \n\xff\x80ab')
+    return b.decode("utf-8", errors="surrogateescape")
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN aside (never accepted here), floats compared exactly."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_fuzz_json_reader(tmp_path):
+    from emo_slice.errors import DataError
+    from emo_slice.safejson import BadJSON, parse_json, read_json
+
+    rng = random.Random(SEED + 2)
+    accepted = 0
+    path = tmp_path / "f.json"
+    for i in range(N_JSON):
+        text = rng.choice([json.dumps(s) for s in JSON_SEEDS] + [json.dumps(s, indent=1) for s in JSON_SEEDS])
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            text = _mutate_json(rng, text)
+        raw = text.encode("utf-8", errors="surrogateescape")
+        ref = _reference(text) if raw.decode("utf-8", errors="replace") == text else "refuse"
+        try:
+            got = ("ok", parse_json(raw))
+        except BadJSON as e:
+            assert str(e) and "\n" not in str(e), (i, str(e))
+            got = "refuse"
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            pytest.fail(f"json mutation {i} {raw[:120]!r} raised {type(e).__name__}: {e}")
+        assert (got == "refuse") == (ref == "refuse"), (i, raw[:200], ref if ref == "refuse" else "ok", got)
+        if got != "refuse":
+            accepted += 1
+            assert _same(got[1], ref[1]), (i, raw[:200])
+        if i % 10 == 0:  # the same through a file: one DataError line naming it, or the same value
+            _rewrite(path, raw)
+            try:
+                assert _same(read_json(path), got[1]) and got != "refuse"
+            except DataError as e:
+                assert got == "refuse" and str(e).startswith(f"{path}: ") and "\n" not in str(e)
+            _check_jsonl_line(path, raw.replace(b"\n", b" ").replace(b"\r", b" "))
+    print(f"json fuzz: {N_JSON} mutations, {accepted} accepted")
+    assert N_JSON * 0.05 < accepted < N_JSON * 0.8
+
+
+def _check_jsonl_line(path, line: bytes) -> None:
+    """As line 2 of a JSONL file: the value json gives within the limits, or one DataError naming path:2."""
+    from emo_slice.errors import DataError
+    from emo_slice.safejson import read_jsonl
+
+    text = line.decode("utf-8", errors="surrogateescape")
+    ref = _reference(text) if line.decode("utf-8", errors="replace") == text else "refuse"
+    _rewrite(path, b'{"a": 1}\n' + line + b"\n")
+    try:
+        rows = list(read_jsonl(path, expect=None))
+    except DataError as e:
+        assert ref == "refuse" and str(e).startswith(f"{path}:2") and "\n" not in str(e), (line[:200], str(e))
+        return
+    if not line.strip():
+        assert len(rows) == 1
+    else:
+        assert ref != "refuse" and _same(rows[1][1], ref[1]), line[:200]
+
+
+def _random_value(rng: random.Random, depth: int):
+    if depth <= 0 or rng.random() < 0.3:
+        return rng.choice([0, -7, 2**63, 1.5, True, None, "", "a]b", '"[{', "\\", "\u00e9", "x\\\"]"])
+    if rng.random() < 0.5:
+        return [_random_value(rng, depth - 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["a", "[", "{", '"', "\\"]) + str(k): _random_value(rng, depth - 1) for k in range(rng.randrange(4))}
+
+
+def _depth(value) -> int:
+    stack, deepest = [(value, 0)], 0
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, (list, dict)):
+            deepest = max(deepest, d + 1)
+            stack.extend((c, d + 1) for c in (x.values() if isinstance(x, dict) else x))
+    return deepest
+
+
+def test_fuzz_json_bracket_scan_equals_the_parsed_depth():
+    """nesting_depth (brackets outside strings, in Python for short texts and numpy for long ones) against the
+    depth of the value json parses, on random values whose strings hold brackets, quotes and backslashes."""
+    from emo_slice import safejson
+
+    rng = random.Random(SEED + 3)
+    for i in range(1500):
+        value = _random_value(rng, rng.randrange(1, 12))
+        text = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
+        if i % 5 == 0:  # long enough for the numpy path
+            text = json.dumps([value] * 600).encode()
+        expected = _depth(json.loads(text))
+        assert safejson.nesting_depth(text) == expected, text[:200]

@@ -16,21 +16,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from emo_slice.data.sources import read_records
-from emo_slice.errors import DataError
+from emo_slice.data.sources import load_saved, read_parquet, read_records
+from emo_slice.errors import CheckpointError, DataError
+from emo_slice.io.safefiles import cache_ref, cache_repo, folder_file, hub_cache_dir
+from emo_slice.safejson import read_limited
+
+_REFETCH = "copy the file into the folder, or download the dataset again"
+MAX_README_BYTES = 4_000_000
 
 
 class MissingData(LookupError):
     """The source has no such config or split."""
-
-
-def hub_cache_dir() -> Path:
-    """The hub cache as huggingface_hub resolves it (HF_HUB_CACHE, else HF_HOME/hub), read at each call."""
-    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
 
 
 def _datasets_cache_dir() -> str:
@@ -43,11 +39,12 @@ def _datasets_cache_dir() -> str:
 
 def cached_snapshot(repo: str) -> Path | None:
     """The folder of `repo`'s cached snapshot (refs/main), or None: no network is used."""
-    base = hub_cache_dir() / ("datasets--" + repo.replace("/", "--"))
-    ref = base / "refs" / "main"
+    base = cache_repo(repo, "dataset")
     try:
-        commit = ref.read_text().strip()
-    except OSError:
+        commit = cache_ref(base)
+    except CheckpointError as e:
+        raise DataError(str(e)) from None
+    if commit is None:
         snaps = sorted((base / "snapshots").glob("*")) if (base / "snapshots").is_dir() else []
         return snaps[-1] if len(snaps) == 1 else None
     snap = base / "snapshots" / commit
@@ -70,39 +67,41 @@ def _is_saved(p: Path) -> bool:
 def _readme_configs(root: Path) -> dict[str, dict]:
     """The configs a snapshot's README declares (its YAML front matter): name -> {split: [path patterns]}
     ({} when a config gives no data_files: `datasets` infers them)."""
-    readme = root / "README.md"
-    if not readme.is_file():
+    if not os.path.lexists(root / "README.md"):
         return {}
     import yaml
 
-    text = readme.read_text(encoding="utf-8", errors="replace")
+    readme = folder_file(root, "README.md", "dataset card", kind="dataset folder", error=DataError, hint=_REFETCH)
+    text = read_limited(readme, MAX_README_BYTES, error=DataError, hint=_REFETCH).decode("utf-8", errors="replace")
     if not text.startswith("---"):
         return {}
     try:
         meta = yaml.safe_load(text.split("---", 2)[1]) or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # PyYAML's composer recurses (pure Python: a clean RecursionError)
         return {}
     out = {}
     for c in (meta.get("configs") if isinstance(meta, dict) else None) or []:
-        if not isinstance(c, dict):
-            continue
-        files = c.get("data_files") or []
-        files = [files] if isinstance(files, (str, dict)) else files
-        splits: dict[str, list[str]] = {}
-        for f in files:
-            if isinstance(f, dict) and "split" in f:
-                paths = f.get("path", [])
-                splits[str(f["split"])] = [paths] if isinstance(paths, str) else list(paths)
-        out[str(c.get("config_name", "default"))] = splits
+        if isinstance(c, dict):
+            out[str(c.get("config_name", "default"))[:200]] = _config_splits(c.get("data_files") or [])
     return out
+
+
+def _config_splits(files) -> dict[str, list[str]]:
+    """{split: [path patterns]} of a README config's data_files (entries that are not text are left out)."""
+    files = [files] if isinstance(files, (str, dict)) else files if isinstance(files, list) else []
+    splits: dict[str, list[str]] = {}
+    for f in files:
+        if isinstance(f, dict) and isinstance(f.get("split"), str):
+            paths = f.get("path", [])
+            paths = [paths] if isinstance(paths, str) else paths if isinstance(paths, list) else []
+            splits[f["split"]] = [p for p in paths if isinstance(p, str)]
+    return splits
 
 
 def _read_files(files: list[Path], label: str) -> list[dict] | None:
     """Rows of parquet / jsonl files read directly (no `datasets` cache written); None for other types."""
     if all(p.suffix == ".parquet" for p in files):
-        import pyarrow.parquet as pq
-
-        return [r for p in files for r in pq.read_table(p).to_pylist()]
+        return [r for p in files for r in read_parquet(p, label)]
     if all(p.suffix == ".jsonl" for p in files):
         return [r for p in files for r in read_records(p, flag=label)]
     return None
@@ -121,6 +120,12 @@ class Source:
                 f"{label}: {root} holds a dataset loading script ({root.name}.py), which emo-slice never runs; "
                 "give the data itself (parquet / jsonl files, or a save_to_disk folder)"
             )
+
+    def _file(self, path: Path) -> Path:
+        """A data file of the source, checked: a regular file inside the root, a link only to inside it (or, in the
+        hub cache, to the blobs of the same repository)."""
+        rel = path.relative_to(self.root)
+        return folder_file(self.root, str(rel), "data file", kind="dataset folder", error=DataError, hint=_REFETCH)
 
     def configs(self) -> dict[str, dict]:
         if not hasattr(self, "_configs"):
@@ -146,7 +151,7 @@ class Source:
             if split not in patterns:
                 raise MissingData(f"config {config!r} has no split {split!r} (splits: {', '.join(patterns)})")
             safe = [pat for pat in patterns[split] if not pat.startswith(("/", "~")) and ".." not in Path(pat).parts]
-            files = sorted({p for pat in safe for p in d.glob(pat) if p.is_file()})  # within the snapshot only
+            files = sorted({self._file(p) for pat in safe for p in d.glob(pat) if p.is_file()})  # inside only
             if not files:
                 raise MissingData(
                     f"the files of config {config!r} split {split!r} ({patterns[split][0]}) are not there"
@@ -161,7 +166,7 @@ class Source:
             import datasets
 
             datasets.disable_progress_bars()
-            ds = datasets.load_from_disk(str(d))
+            ds = load_saved(d, self.label)
             if not isinstance(ds, datasets.DatasetDict):
                 if single_ok:
                     return ds.to_list()
@@ -169,7 +174,7 @@ class Source:
             if split not in ds:
                 raise MissingData(f"{d} has no split {split!r} (splits: {', '.join(ds)})")
             return ds[split].to_list()
-        files = _split_files(d, split)
+        files = [self._file(p) for p in _split_files(d, split)]
         if not files:
             raise MissingData(
                 f"{d} has no split {split!r} (no save_to_disk folder, and no {split}.jsonl / "
