@@ -252,6 +252,10 @@ class MCItem:
     target_delimiter: str = ""
 
 
+UNLABELLED = (
+    "label -1 marks an unlabelled row (Hugging Face's convention for a split without answers, such as a test "
+    "split), which cannot be scored: score a labelled split (--split validation) or drop the unlabelled rows"
+)
 DEFAULT_FIELDS = {"context": "context", "choices": "choices", "label": "label", "id": "id"}
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -280,6 +284,8 @@ def parse_label(value, n_choices: int, where: str, labels: list | None = None) -
             return n
         else:
             raise DataError(f"{where}: label {value!r} is neither an index nor a letter; write one of {span}")
+    if value == -1:
+        raise DataError(f"{where}: {UNLABELLED}")
     if not 0 <= value < n_choices:
         raise DataError(f"{where}: label {value!r} is out of range: the item has {n_choices} choices ({span})")
     return value

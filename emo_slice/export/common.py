@@ -65,6 +65,10 @@ def check_exportable(ckpt: Checkpoint, target: str) -> None:
         raise CheckpointError(
             f"{ckpt.path} stores {odd[0]} tensors; export reads float32, float16 or bfloat16 weights only"
         )
+    from emo_slice.data.sources import check_tokenizer_fits
+    from emo_slice.io.tokenizer import load_tokenizer
+
+    check_tokenizer_fits(load_tokenizer(ckpt.path), cfg.vocab_size, str(ckpt.path))  # as eval refuses it
 
 
 def refuse_stock_family(ckpt: Checkpoint, target: str) -> None:

@@ -217,7 +217,9 @@ class EmoConfig:
         if not os.path.lexists(path):
             raise ConfigError(f"{path} not found: a checkpoint folder needs a config.json")
         hint = "restore the file from the original download"
-        return cls.from_dict(read_json(path, error=ConfigError, hint=hint, max_bytes=MAX_CONFIG_BYTES, expect=dict))
+        # NaN / Infinity are read (as transformers reads them) so that from_dict names the field it refuses
+        d = read_json(path, error=ConfigError, hint=hint, max_bytes=MAX_CONFIG_BYTES, expect=dict, allow_nan=True)
+        return cls.from_dict(d)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

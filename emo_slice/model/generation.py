@@ -20,6 +20,7 @@ Shape letters: the legend in `emo_slice/__init__.py`.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -46,7 +47,9 @@ def _pick(
 ) -> torch.Tensor:
     if not do_sample or temperature == 0:
         return logits_BV.argmax(-1)
-    probs_BV = torch.softmax(logits_BV.float() / temperature, dim=-1)
+    logits_BV = logits_BV.float()
+    # the largest logit subtracted before dividing: a small temperature gives -inf for the others, never inf - inf
+    probs_BV = torch.softmax((logits_BV - logits_BV.amax(-1, keepdim=True)) / temperature, dim=-1)
     if top_p < 1.0:
         sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
         outside_BV = sorted_BV.cumsum(-1) - sorted_BV >= top_p  # the first token is always kept
@@ -133,6 +136,20 @@ def _rows_of(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list
     return [ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask)]
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """Refuse (ValueError, parameters named) settings sampling cannot use: a temperature that is not a finite
+    number >= 0 or that float32 cannot divide by (0 is greedy decoding), top_p outside (0, 1], fewer than zero
+    new tokens. (The generate command checks its settings before any loading, with the same rules.)"""
+    if max_new_tokens < 0:
+        raise ValueError(f"`max_new_tokens={max_new_tokens}` must be 0 or more")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"`temperature={temperature}` must be a finite number, 0 or more (0: greedy)")
+    if 0 < temperature < torch.finfo(torch.float32).tiny:
+        raise ValueError(f"`temperature={temperature}` is below float32's smallest normal number: the logits overflow")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"`top_p={top_p}` must be in (0, 1]")
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -163,8 +180,7 @@ def generate(
         input_ids, attention_mask = left_pad(input_ids, pad, device)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if max_new_tokens < 0 or temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError("max_new_tokens >= 0, temperature >= 0 and 0 < top_p <= 1 are required")
+    check_sampling(max_new_tokens, temperature, top_p)
     sampling = (do_sample, temperature, top_p, generator, progress)
     if not pool:
         return _decode(model, input_ids, attention_mask, max_new_tokens, eos_token_id, pad, sampling)

@@ -19,6 +19,7 @@ PROFILE_FORMAT = "emo-slice-profile"
 PROFILE_VERSION = 1
 MAX_PROFILE_BYTES = 1 << 28  # 16 layers x 128 experts x 5 scores is a few hundred KB
 SCORE_KEYS = ("mean-prob", "frequency", "reap", "easy-ep", "count")
+PROBABILITIES = ("mean-prob", "frequency")
 
 
 def save_profile(profile: dict, out: str | os.PathLike) -> Path:
@@ -55,6 +56,18 @@ def _numbers(xs, n: int) -> bool:
     )
 
 
+def _bad_scores(xs, n: int, method: str) -> str | None:
+    """What is wrong with one layer's scores of one method: n finite numbers, none negative (every score is a
+    mean, share, count or norm), probabilities (mean-prob, frequency) at most 1."""
+    if not _numbers(xs, n):
+        return f"are not {n} finite numbers"
+    if min(xs) < 0:
+        return f"hold a negative value ({min(xs)!r}), which no routing gives"
+    if method in PROBABILITIES and max(xs) > 1 + 1e-6:
+        return f"hold {max(xs)!r}, above 1, but they are probabilities"
+    return None
+
+
 def _malformed(d: dict) -> str | None:
     """What is wrong with a profile's structure, or None."""
     model, layers = d.get("model"), d.get("layers")
@@ -71,8 +84,9 @@ def _malformed(d: dict) -> str | None:
         if not isinstance(layer.get("tokens"), int):
             return f"layer {l} has no token count"
         for method in SCORE_KEYS:
-            if not _numbers(layer["scores"].get(method), n):
-                return f"layer {l} {method} scores are not {n} finite numbers"
+            why = _bad_scores(layer["scores"].get(method), n, method)
+            if why:
+                return f"layer {l} {method} scores {why}"
     if not isinstance(d.get("tokens", 0), int) or not isinstance(d.get("greedy") or {}, dict):
         return "bad token count or greedy record"
     return None
@@ -96,10 +110,15 @@ def check_profile_matches(profile: dict, ckpt: Checkpoint, flag: str = "--profil
     """Refuse a profile made on another model (fingerprint or router weights differ)."""
     model = profile.get("model", {})
     theirs, mine = model.get("fingerprint"), ckpt.fingerprint()
+    if not isinstance(model.get("router_digest"), str):
+        raise DataError(
+            f"{flag} does not record the digest of the router weights it was made on, so it cannot be checked "
+            f"against {ckpt.path} (a model of the same architecture has the same fingerprint); profile this model "
+            "again with `emo-slice profile`"
+        )
     same = theirs == mine
     if same:  # the router bytes are read once, only when the cheap fingerprint already agrees
-        digest = router_digest(ckpt)
-        same = model.get("router_digest", digest) == digest
+        same = model["router_digest"] == router_digest(ckpt)
     if not same:
         raise UsageError(
             f"{flag} was made on another model ({model.get('path')}, fingerprint {theirs}, routers "

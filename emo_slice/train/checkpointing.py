@@ -72,7 +72,8 @@ RUN_FILES = {CONFIG_FILE, "log.jsonl", LATEST, "data", MARKER}  # what a run wri
 
 
 def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
-    """Check `out` against resume / overwrite, then (re)create it and write train_config.json (rank 0).
+    """Check `out` against resume / overwrite, then (rank 0) for a fresh run (re)create it with the run's marker
+    and train_config.json (a resumed run's configuration is written by record_resume).
 
     Returns what a fresh run found ('absent', 'empty' or 'replaced'; None on resume), for discard_run."""
     if cfg.resume:
@@ -84,10 +85,8 @@ def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
         check_resumable(out)
         for stale in out.glob(".*.saving"):  # a save that was killed before its rename
             remove(stale)
-        if run_marker(out) is None:  # a run of an older emo-slice: its checkpoints are those carrying a marker
-            write_marker(out, RUN_CREATOR, checkpoints=_adopted(out))
-        found = None
-    elif out.exists() and any(out.iterdir()):
+        return None  # train_config.json is written by record_resume, once the checkpoint has loaded
+    if out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
             if (out / CONFIG_FILE).exists() and not (out / LATEST).exists():
                 raise UsageError(
@@ -104,8 +103,7 @@ def prepare_run_folder(cfg: TrainConfig, out: Path) -> str | None:
     else:
         found = "empty" if out.exists() else "absent"
     out.mkdir(parents=True, exist_ok=True)
-    if found is not None:
-        write_marker(out, RUN_CREATOR, checkpoints=[])
+    write_marker(out, RUN_CREATOR, checkpoints=[])
     atomic_write_text(out / CONFIG_FILE, _json(cfg.to_dict()))
     return found
 
@@ -171,6 +169,14 @@ def check_resumable(out: Path) -> None:
     read_manifest(folder)
     read_metadata(folder / SHARDED_DIR)
     read_log(out)
+
+
+def record_resume(cfg: TrainConfig, out: Path) -> None:
+    """After a resumed run's checkpoint, data and first windows were checked (rank 0): its configuration, and the
+    marker of a run an older emo-slice started (its checkpoints: the folders carrying a marker)."""
+    if run_marker(out) is None:
+        write_marker(out, RUN_CREATOR, checkpoints=_adopted(out))
+    atomic_write_text(out / CONFIG_FILE, _json(cfg.to_dict()))
 
 
 def discard_run(out: Path, found: str | None) -> None:

@@ -277,7 +277,8 @@ def _load_saved_tokenizer(folder: Path, meta: dict) -> Tokenizer:
 class TokenWindows:
     """Fixed windows of T+1 tokens over a token-shard folder (token_shards.TokenStream), in seeded epoch order."""
 
-    def __init__(self, folder: Path, seq_len: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, folder: Path, seq_len: int, seed: int = 0, shuffle: bool = True, vocab_size: int | None = None):
+        self.folder, self.vocab_size = folder, vocab_size
         self.tokens = TokenStream(folder)
         self.T = seq_len
         self.n_windows = (self.tokens.n_tokens - 1) // seq_len
@@ -309,8 +310,15 @@ class TokenWindows:
         return self.tokens.read(self._start(sample)[2], self.T + 1)
 
     def batch(self, first_sample: int, n: int) -> torch.Tensor:
-        """[B, T+1] int64 with B = n rows: samples first_sample .. first_sample + n - 1."""
-        return torch.from_numpy(np.stack([self.window(first_sample + i) for i in range(n)]))
+        """[B, T+1] int64 with B = n rows: samples first_sample .. first_sample + n - 1; a token id beyond
+        vocab_size (token files edited after tokenising) is one DataError line, before the model sees it."""
+        ids = np.stack([self.window(first_sample + i) for i in range(n)])
+        if self.vocab_size is not None and ids.size and int(ids.max()) >= self.vocab_size:
+            raise DataError(
+                f"{self.folder} holds token id {int(ids.max())}, beyond the model's vocabulary of {self.vocab_size}: "
+                f"the token files changed after they were made; delete {self.folder.parent} to tokenise the data again"
+            )
+        return torch.from_numpy(ids)
 
     def position(self, sample: int) -> dict:
         """Where sample `sample` reads: epoch, window, token shard and offset in it (saved with checkpoints)."""

@@ -36,6 +36,7 @@ from emo_slice.train.checkpointing import (
     latest_checkpoint,
     load_checkpoint,
     prepare_run_folder,
+    record_resume,
     save_checkpoint,
 )
 from emo_slice.train.config import TrainConfig, check_run
@@ -88,6 +89,9 @@ class Trainer:
             self._build()
         if cfg.resume:  # weights, optimizer, RNG, step: a damaged checkpoint stops here, before any training
             self.load_latest()
+            self._micro_ids(self.step, 0)  # the first windows read: token ids checked against the vocabulary
+            if self.rank == 0:
+                record_resume(cfg, self.out)
 
     @contextlib.contextmanager
     def _discard_on_error(self):
@@ -127,8 +131,9 @@ class Trainer:
                 )
             model_vocab = -(-need // 64) * 64
         self.mcfg = cfg.model_config(model_vocab, self.tok.eos_token_id, self.tok.pad_token_id)
-        self.train_data = TokenWindows(data / "train", cfg.seq_len, cfg.seed)
-        self.valid_data = TokenWindows(data / "valid", cfg.seq_len, cfg.seed, shuffle=False)
+        vocab = self.mcfg.vocab_size  # every window read is checked against it (token files edited after tokenising)
+        self.train_data = TokenWindows(data / "train", cfg.seq_len, cfg.seed, vocab_size=vocab)
+        self.valid_data = TokenWindows(data / "valid", cfg.seq_len, cfg.seed, shuffle=False, vocab_size=vocab)
         self.pool = cfg.pool_range(self.mcfg) if cfg.router == "emo" else None
         self.eval_pool = cfg.eval_pool_size(self.mcfg)
         self.doc_attn = cfg.uses_doc_attention()

@@ -17,6 +17,7 @@ state gathered into state.safetensors) are refused with a pointer to --init-from
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -149,7 +150,8 @@ def restore_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
     meta = read_manifest(folder)
     saved = read_metadata(folder / SHARDED_DIR).state_dict_metadata
-    flat, _ = gather_state(model, optimizer, rank)  # the template: this run's shapes and shards
+    flat, mine = gather_state(model, optimizer, rank)  # the template: this run's shapes, shards and groups
+    check_param_groups(_state_path(folder), meta["param_groups"], mine["param_groups"])
     src = rank % meta["world_size"]
     rng = {f"rng/cpu/{rank}": f"rng/cpu/{src}", f"rng/cuda/{rank}": f"rng/cuda/{src}"}
     want = {rng.get(k, k): v for k, v in flat.items() if rng.get(k, k) in saved or not k.startswith("rng/")}
@@ -164,10 +166,54 @@ def restore_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.O
         raise
     except (Exception, CheckpointException) as e:  # DCP's (a BaseException), shape mismatches, KeyError: one line
         raise _bad(folder, f"does not fit this run's model and optimizer ({_why(e)})") from None
-    torch.set_rng_state(want[f"rng/cpu/{src}"])
-    if f"rng/cuda/{src}" in want:
-        torch.cuda.set_rng_state(want[f"rng/cuda/{src}"])
+    try:
+        torch.set_rng_state(want[f"rng/cpu/{src}"])
+        if f"rng/cuda/{src}" in want:
+            torch.cuda.set_rng_state(want[f"rng/cuda/{src}"])
+    except (RuntimeError, TypeError, ValueError) as e:  # torch checks the generator state it is given
+        raise _bad(folder, f"holds a random generator state torch refuses ({_why(e)})") from None
     return meta
+
+
+_NON_NEGATIVE = ("lr", "eps", "weight_decay", "initial_lr")
+_REQUIRED = ("lr", "betas", "eps", "weight_decay")
+
+
+def check_param_groups(path: Path, saved: list, mine: list) -> None:
+    """Refuse (one line) optimizer parameter groups that do not fit this run's optimizer: the same groups of the
+    same parameters, every hyperparameter this optimizer has of the same kind (a finite number, non-negative for
+    lr / eps / weight_decay; betas two numbers in [0, 1); a flag), lr, betas, eps and weight_decay present."""
+    if len(saved) != len(mine):
+        raise _bad(path, f"has {len(saved)} optimizer parameter groups; this run's optimizer has {len(mine)}")
+    for i, (theirs, ours) in enumerate(zip(saved, mine)):
+        if set(theirs["params"]) != set(ours["params"]):
+            raise _bad(path, f"optimizer group {i} lists other parameters than this run's model has")
+        for key in sorted(set(ours) - {"params"}):
+            if key not in theirs:
+                if key in _REQUIRED:
+                    raise _bad(path, f"optimizer group {i} has no {key!r}")
+                continue
+            why = _bad_hyper(key, theirs[key], ours[key])
+            if why:
+                raise _bad(path, f"optimizer group {i} has {key} {theirs[key]!r}: {why}")
+
+
+def _bad_hyper(key: str, value, like) -> str | None:
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if isinstance(like, bool) or like is None:
+        return None if value is None or isinstance(value, bool) else "not a flag"
+    if isinstance(like, (list, tuple)):
+        ok = isinstance(value, list) and len(value) == len(like) and all(number(x) for x in value)
+        if not ok:
+            return f"not {len(like)} finite numbers"
+        return "not in [0, 1)" if key == "betas" and not all(0 <= x < 1 for x in value) else None
+    if isinstance(like, (int, float)):
+        if not number(value):
+            return "not a finite number"
+        return "negative" if key in _NON_NEGATIVE and value < 0 else None
+    return None if type(value) is type(like) else f"not a {type(like).__name__}"
 
 
 def _optim_state(flat: dict, meta: dict) -> dict:

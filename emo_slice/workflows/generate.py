@@ -8,6 +8,7 @@ decoding settings; `run(spec)` continues every prompt with each model (`complete
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from emo_slice.data.sources import read_records
 from emo_slice.errors import DataError, UsageError
 from emo_slice.safejson import read_limited
 from emo_slice.specs import BATCH_SIZE, DEVICE, DTYPE, INPUT, MAX_MEMORY, MODEL, POOL, Spec, param
+
+FLOAT32_TINY = 2.0**-126  # float32's smallest normal number: a smaller temperature overflows the logits
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,13 @@ def check_settings(s: GenerateSettings) -> None:
     """Settings out of range: UsageError naming the parameter."""
     if s.max_new_tokens < 1:
         raise UsageError(f"`max_new_tokens={s.max_new_tokens}` must be at least 1")
-    if not s.temperature >= 0:  # NaN fails too
-        raise UsageError(f"`temperature={s.temperature}` must be 0 or more (0: greedy)")
+    if not (math.isfinite(s.temperature) and s.temperature >= 0):
+        raise UsageError(f"`temperature={s.temperature}` must be a finite number, 0 or more (0: greedy)")
+    if 0 < s.temperature < FLOAT32_TINY:
+        raise UsageError(
+            f"`temperature={s.temperature}` is below float32's smallest normal number, so the logits divided by it "
+            "overflow; give 0 for greedy decoding, or a temperature such as 0.1"
+        )
     if not 0 < s.top_p <= 1:
         raise UsageError(f"`top_p={s.top_p}` must be in (0, 1]")
     if s.batch_size < 1:
@@ -97,8 +105,10 @@ def complete(
     s = replace(settings or GenerateSettings(), **options)
     check_settings(s)
     dev = resolve_device(s.device)
-    for path in paths.values():  # a pool too small for either model is refused before any loading
-        check_pool(s.pool, Checkpoint(path).config)
+    for path in paths.values():  # a pool too small, or prompts that do not fit, refused before any loading
+        cfg = Checkpoint(path).config
+        check_pool(s.pool, cfg)
+        check_fits(path, cfg.max_position_embeddings, prompts, s.max_new_tokens)
     dt = s.dtype or ("bfloat16" if dev.type == "cuda" else "float32")
     recorded = {f.name: getattr(s, f.name) for f in fields(s)} | {
         "dtype": dt,
@@ -124,6 +134,26 @@ def complete(
 
 def _prompt_progress(progress, label: str, done: int, total: int, tokens: float) -> None:
     progress(label, done, total, tokens, "layers")
+
+
+def check_fits(path: str, context: int, prompts: list[str], max_new_tokens: int) -> None:
+    """Refuse (UsageError) prompts that with max_new_tokens new tokens need more positions than the model's
+    context (as eval refuses a max_new_tokens that leaves no room): decoding would never reach the end."""
+    from emo_slice.io.tokenizer import load_tokenizer  # torch-free --help
+
+    if max_new_tokens >= context:
+        raise UsageError(
+            f"`max_new_tokens={max_new_tokens}` leaves no room for the prompt in {path}'s {context}-token context; "
+            f"choose fewer than {context}"
+        )
+    tok = load_tokenizer(path)
+    longest = max(len(tok.encode(p)) or 1 for p in prompts)
+    if longest + max_new_tokens > context:
+        raise UsageError(
+            f"`max_new_tokens={max_new_tokens}` after a prompt of {longest} tokens needs {longest + max_new_tokens} "
+            f"positions, more than {path}'s {context}-token context; choose {max(1, context - longest)} or fewer "
+            "new tokens, or a shorter prompt"
+        )
 
 
 def _continue(path: str, prompts: list[str], dev, settings: dict, torch, progress) -> tuple[list[str], dict]:

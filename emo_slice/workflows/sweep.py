@@ -97,6 +97,16 @@ def label_of(model) -> str:
     return name or "model"
 
 
+def labels_of(models) -> list[str]:
+    """One distinct label per model (its table row and its slices' folder): label_of, and where two models
+    share it (a/emo and b/emo), the folder above put first (a-emo, b-emo), then a number."""
+    base = [label_of(m) for m in models]
+    up = [Path(str(m)).resolve().parent for m in models]
+    up = [p.parent if Path(str(m)).name in ("final", "latest") else p for p, m in zip(up, models)]
+    named = [f"{u.name}-{b}" if base.count(b) > 1 and u.name else b for b, u in zip(base, up)]
+    return [f"{n}-{named[: i + 1].count(n)}" if named.count(n) > 1 else n for i, n in enumerate(named)]
+
+
 # ---- the sweep ----------------------------------------------------------------------------------------
 
 
@@ -123,8 +133,11 @@ def _arms(ks: list[int], controls: int, seed: int) -> list[tuple[int, str, int |
     ]
 
 
-def sweep_one(model, spec: SweepSpec, keep_slices: Path | None, progress: Progress | None = None) -> dict:
-    """Sweep one model over spec.keeps (see the module docstring); returns its results dict."""
+def sweep_one(
+    model, spec: SweepSpec, keep_slices: Path | None, progress: Progress | None = None, label: str | None = None
+) -> dict:
+    """Sweep one model over spec.keeps (see the module docstring); returns its results dict. label: its name in
+    the table and its slices' folder names (default label_of(model); sweep_all gives each model a distinct one)."""
     from emo_slice.artifacts import provenance  # torch-free --help
     from emo_slice.io.checkpoint import Checkpoint
 
@@ -140,10 +153,11 @@ def sweep_one(model, spec: SweepSpec, keep_slices: Path | None, progress: Progre
     with tempfile.TemporaryDirectory(prefix="emo-slice-sweep-") as tmp:
         root = keep_slices if keep_slices is not None else Path(tmp)
         scoring = (scored, list(spec.lm), spec.scoring)
-        rows = _score_arms(ckpt, model, prof, spec, arms, root, full, scoring, keep_slices is not None, progress)
+        label = label or label_of(model)
+        rows = _score_arms(ckpt, label, prof, spec, arms, root, full, scoring, keep_slices is not None, progress)
     return {
         "model": str(ckpt.path),
-        "label": label_of(model),
+        "label": label,
         "fingerprint": ckpt.fingerprint(),
         "method": spec.method,
         "keeps": ks,
@@ -172,7 +186,7 @@ def _full_record(full: dict) -> dict:
     }
 
 
-def _score_arms(ckpt, model, prof, spec, arms, root: Path, full, scoring, keep: bool, progress) -> list[dict]:
+def _score_arms(ckpt, label, prof, spec, arms, root: Path, full, scoring, keep: bool, progress) -> list[dict]:
     """One row per arm (K, kind, seed): the slice the profile (or the seeded random control) chooses, written
     under root and scored against the full model."""
     from emo_slice.slicing.select import plan_slice  # torch-free --help
@@ -182,7 +196,7 @@ def _score_arms(ckpt, model, prof, spec, arms, root: Path, full, scoring, keep: 
         if progress is not None:
             progress(SCORED, i, len(arms))
         plan = plan_slice(ckpt, k, profile=prof, method=spec.method if kind == "profile" else "random", seed=s or 0)
-        name = f"{label_of(model)}-{k}" + (f"-random{s}" if kind == "random" else "")
+        name = f"{label}-{k}" + (f"-random{s}" if kind == "random" else "")
         row = score_slice(ckpt, plan, root / name, full, scoring, keep, spec.overwrite)
         rows.append({"kind": kind, "seed": s, **row})
     if progress is not None:
@@ -195,11 +209,11 @@ def sweep_all(spec: SweepSpec, progress: Progress | None = None) -> dict:
     from emo_slice.artifacts import provenance  # torch-free --help
 
     sweeps = []
-    for m in spec.models:
+    for m, label in zip(spec.models, labels_of(spec.models)):
         where = None
         if spec.keep_slices is not None:
-            where = Path(spec.keep_slices) / (label_of(m) if len(spec.models) > 1 else "")
-        sweeps.append(sweep_one(m, spec, where, progress))
+            where = Path(spec.keep_slices) / (label if len(spec.models) > 1 else "")
+        sweeps.append(sweep_one(m, spec, where, progress, label))
     return {
         "format": FORMAT,
         "format_version": 1,

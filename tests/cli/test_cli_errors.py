@@ -107,18 +107,21 @@ def test_existing_outputs_refused_before_any_work(fixtures, tmp_path, monkeypatc
 
 def test_existing_outputs_replaced_with_overwrite(fixtures, tmp_path):
     task, out = _task(tmp_path), tmp_path / "out.json"
-    out.write_text("old")
-    proc = invoke(
-        "profile", fixtures / "emo-tiny", "--examples", task, "--shots", 1, "--out", out, "--overwrite", "--json"
-    )
-    assert proc.returncode == 0, proc.stderr
+    out.write_text("old")  # not something emo-slice wrote: --overwrite leaves it
+    args = ["profile", fixtures / "emo-tiny", "--examples", task, "--shots", 1, "--out", out, "--json"]
+    assert_one_line_error(invoke(*args, "--overwrite"), "not an emo-slice profile")
+    assert out.read_text() == "old"
+    out.unlink()
+    for extra in ([], ["--overwrite"]):  # the second run replaces the profile the first wrote
+        proc = invoke(*args, *extra)
+        assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["format"] == "emo-slice-profile"
     summary = json.loads(proc.stdout)
     assert summary["profile"] == str(out) and len(summary["concentration"]) == summary["layers"] == 2
-    preds = tmp_path / "preds.jsonl"
-    preds.write_text("old")
-    proc = invoke("eval", fixtures / "emo-tiny", "--task", task, "--out", out, "--predictions", preds, "--overwrite")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(out.read_text())["results"]["task"]["n_items"] == 3
+    results, preds = tmp_path / "r.json", tmp_path / "preds.jsonl"
+    for extra in ([], ["--overwrite"]):
+        proc = invoke("eval", fixtures / "emo-tiny", "--task", task, "--out", results, "--predictions", preds, *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads(results.read_text())["results"]["task"]["n_items"] == 3
     assert len(preds.read_text().splitlines()) == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -260,7 +260,7 @@ def test_disk_full_while_writing_leaves_the_old_output(tiny_ckpt, fixtures, tmp_
     assert_one_line_error(invoke("extract", tiny_ckpt, "--experts", "1,2,3", "--out", tmp_path / "new"), "disk is full")
     monkeypatch.undo()
     results, task = tmp_path / "r.json", _task(tmp_path)
-    results.write_text(json.dumps({"results": "old"}))
+    results.write_text(json.dumps({"format": "emo-slice-results", "results": "old"}))  # an old emo-slice result
     before = tree_hash(tmp_path)
     real_replace = os.replace
 

@@ -369,9 +369,16 @@ def test_refusals(models, tiny_ckpt, tmp_path):
     _nothing_written(tmp_path, before)
     assert sorted(p.name for p in tiny_ckpt.iterdir()) == src_before
     assert (tmp_path / "exists.gguf").read_text() == "keep" and (tmp_path / "full" / "keep.txt").exists()
-    ok = invoke("export", tiny_ckpt, "--format", "gguf", "--out", tmp_path / "exists.gguf", "--overwrite", "--json")
+    assert_one_line_error(  # not a GGUF emo-slice exported: --overwrite does not replace it either
+        invoke("export", tiny_ckpt, "--format", "gguf", "--out", tmp_path / "exists.gguf", "--overwrite"),
+        "not a GGUF file emo-slice exported",
+    )
+    assert (tmp_path / "exists.gguf").read_text() == "keep"
+    mine = tmp_path / "mine.gguf"
+    assert invoke("export", tiny_ckpt, "--format", "gguf", "--out", mine).returncode == 0
+    ok = invoke("export", tiny_ckpt, "--format", "gguf", "--out", mine, "--overwrite", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["outtype"] == "f32"
-    assert (tmp_path / "exists.gguf").read_bytes()[:4] == b"GGUF"
+    assert mine.read_bytes()[:4] == b"GGUF"
 
 
 def test_refuses_two_shared_experts(tmp_path):

@@ -495,10 +495,12 @@ def _check_jsonl_line(path, line: bytes) -> None:
 
 def _random_value(rng: random.Random, depth: int):
     if depth <= 0 or rng.random() < 0.3:
-        return rng.choice([0, -7, 2**63, 1.5, True, None, "", "a]b", '"[{', "\\", "\u00e9", "x\\\"]"])
+        return rng.choice([0, -7, 2**63, 1.5, True, None, "", "a]b", '"[{', "\\", "\u00e9", 'x\\"]'])
     if rng.random() < 0.5:
         return [_random_value(rng, depth - 1) for _ in range(rng.randrange(4))]
-    return {rng.choice(["a", "[", "{", '"', "\\"]) + str(k): _random_value(rng, depth - 1) for k in range(rng.randrange(4))}
+    return {
+        rng.choice(["a", "[", "{", '"', "\\"]) + str(k): _random_value(rng, depth - 1) for k in range(rng.randrange(4))
+    }
 
 
 def _depth(value) -> int:

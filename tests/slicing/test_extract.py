@@ -181,8 +181,11 @@ def test_refusals_leave_nothing(tiny_ckpt, fixtures, tmp_path):
     assert r.returncode != 0 and "--overwrite" in r.stderr and [p.name for p in full.iterdir()] == ["keep.txt"]
     r = invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite")
     assert r.returncode == 2 and "did not write" in r.stderr and (full / "keep.txt").exists()  # a user's folder
-    (full / ".emo-slice").write_text("{}")  # a folder emo-slice wrote: --overwrite replaces it
-    assert (
+    (full / ".emo-slice").write_text("{}")  # a marker emo-slice did not write: still refused
+    r = invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite")
+    assert r.returncode == 2 and "did not write" in r.stderr and (full / "keep.txt").exists()
+    (full / ".emo-slice").write_text(json.dumps({"created_by": "emo-slice", "files": ["keep.txt"]}))
+    assert (  # a folder emo-slice wrote, holding only what its marker lists: --overwrite replaces it
         invoke("extract", tiny_ckpt, "--keep", "4", "--method", "random", "--out", full, "--overwrite").returncode == 0
     )
     assert (full / "slice.json").exists() and not (full / "keep.txt").exists()

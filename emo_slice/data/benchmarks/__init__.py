@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from emo_slice.data.benchmarks.formats import CONVERTERS, DELIMITER, Doc, RowError
 from emo_slice.data.benchmarks.loading import MissingData, Source, cached_snapshot, open_source
 from emo_slice.data.benchmarks.registry import ALIASES, GEN, GENERATIVE, REGISTRY, Benchmark, leaves, resolve
-from emo_slice.data.sources import MCItem, Task, items_hash
+from emo_slice.data.sources import UNLABELLED, MCItem, Task, items_hash
 from emo_slice.errors import DataError, UsageError
 
 __all__ = ["REGISTRY", "aggregate_groups", "describe_groups", "is_benchmark", "listing", "load_benchmark"]
@@ -86,7 +86,12 @@ def _docs(rows: list[dict], b: Benchmark, split: str, label: str) -> list[Doc]:
     docs = []
     for i, row in enumerate(rows):
         try:
-            docs.append(convert(row))
+            doc = convert(row)
+            if doc.gold == -1:
+                raise RowError(f"has {UNLABELLED}")
+            if not (isinstance(doc.gold, int) and 0 <= doc.gold < len(doc.choices)):
+                raise RowError(f"has label {doc.gold!r}, which does not index its {len(doc.choices)} choices")
+            docs.append(doc)
         except RowError as e:
             raise DataError(f"{b.name}: {label} split {split!r} row {i} {e}; is it {b.hub}?") from None
         except (KeyError, ValueError, TypeError, IndexError) as e:

@@ -1,4 +1,4 @@
-"""Links and special files in every folder emo-slice reads (issue 21, items 3 and 6): run folders with their
+"""Links and special files in every folder emo-slice reads: run folders with their
 data and DCP shards, local benchmark folders and `save_to_disk` folders, the Hugging Face cache, model
 folders on export.
 

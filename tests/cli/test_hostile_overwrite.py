@@ -1,4 +1,4 @@
-"""`--overwrite` replaces only what emo-slice wrote (issue 21, items 1 and 6): a folder with its marker, a file
+"""`--overwrite` replaces only what emo-slice wrote: a folder with its marker, a file
 whose contents say emo-slice wrote it; a run folder only when it is an emo-slice run holding nothing else;
 checkpoint pruning only deletes checkpoints the run recorded writing.
 
@@ -137,7 +137,7 @@ def test_a_picture_emo_slice_drew_is_recognised(tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
 
-    from emo_slice.slicing.sweep import write_plot
+    from emo_slice.workflows.sweep import write_plot
 
     rows = [{"kind": kind, "share_of_bytes": 0.5, "results": {"t": {"acc": 0.4}}} for kind in ("profile", "random")]
     data = {

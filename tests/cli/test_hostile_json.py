@@ -1,4 +1,4 @@
-"""Hostile JSON in every file emo-slice reads (issue 21, items 2 and 6): nested 100,000 deep, an integer of
+"""Hostile JSON in every file emo-slice reads: nested 100,000 deep, an integer of
 5,000 digits, a number out of range, a lone surrogate, a truncated log line.
 
 Each case writes the file here (no checked-in binaries), runs the command that reads it, and asserts exit 2,
@@ -10,9 +10,6 @@ import shutil
 
 import pytest
 from conftest import assert_refused, invoke, tree_state
-
-from emo_slice.errors import DataError
-from emo_slice.safejson import MAX_DEPTH, parse_json, read_json, read_jsonl
 
 DEEP = "[" * 100_000 + "]" * 100_000
 HUGE = "9" * 5000
@@ -28,48 +25,6 @@ NEEDLE = {"deep": "nested", "huge-int": "digits", "inf": "out of range", "surrog
 @pytest.fixture
 def model(tiny_ckpt, tmp_path):
     return shutil.copytree(tiny_ckpt, tmp_path / "model")
-
-
-# ---- the reader itself ------------------------------------------------------------------------------------
-
-
-def test_reader_limits(tmp_path):
-    assert parse_json(b'{"a": [1, 2.5, "x"], "b": {"c": null}}') == {"a": [1, 2.5, "x"], "b": {"c": None}}
-    assert parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH) == eval("[" * MAX_DEPTH + "]" * MAX_DEPTH)
-    assert parse_json('["[[[[", "\\"]]]", "\\\\"]') == ["[[[[", '"]]]', "\\"]  # brackets in strings do not count
-    assert parse_json('["\\ud83d\\ude00"]') == ["\U0001f600"]  # a surrogate pair is text
-    assert parse_json(b"\xef\xbb\xbf[1]") == [1]
-    assert parse_json("[NaN]", allow_nan=True)[0] != parse_json("[NaN]", allow_nan=True)[0]
-    for text, needle in [
-        ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nested"),
-        (DEEP, "nested"),
-        ("[" + HUGE + "]", "5000 digits"),
-        ("[-" + HUGE + "]", "5000 digits"),
-        ("[1e999]", "out of range"),
-        ("[NaN]", "NaN"),
-        ('{"a": 1, "a": 2}', "twice"),
-        ('"\\udc00"', "surrogate"),
-        (b"\xff", "UTF-8"),
-        ("[1,", "invalid JSON"),
-    ]:
-        with pytest.raises(ValueError, match=needle):
-            parse_json(text)
-    p = tmp_path / "x.json"
-    p.write_text("[" * 200_000)
-    with pytest.raises(DataError, match=f"^{p}: nested"):
-        read_json(p)
-    p.write_text("[1]")
-    with pytest.raises(DataError, match="larger than 2 bytes"):
-        read_json(p, max_bytes=2)
-    with pytest.raises(DataError, match="holds list, not a JSON object"):
-        read_json(p, expect=dict)
-    p.write_text('{"a": 1}\n\n{"a": ' + HUGE + "}\n")
-    with pytest.raises(DataError, match=f"^{p}:3: an integer of 5000 digits"):
-        list(read_jsonl(p))
-    p.write_text('{"a": 1}\n{"a": 2')  # a record cut short by a kill: skipped only when asked
-    assert list(read_jsonl(p, partial_last=True)) == [(1, {"a": 1})]
-    with pytest.raises(DataError, match=":2: invalid JSON"):
-        list(read_jsonl(p))
 
 
 # ---- files of a checkpoint ----------------------------------------------------------------------------------
