@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from emo_slice import artifacts
+from emo_slice.data.sources import check_tokenizer_fits
 from emo_slice.errors import CheckpointError, UsageError
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.safetensors import TensorInfo
@@ -65,9 +66,6 @@ def check_exportable(ckpt: Checkpoint, target: str) -> None:
         raise CheckpointError(
             f"{ckpt.path} stores {odd[0]} tensors; export reads float32, float16 or bfloat16 weights only"
         )
-    from emo_slice.data.sources import check_tokenizer_fits
-    from emo_slice.io.tokenizer import load_tokenizer
-
     check_tokenizer_fits(load_tokenizer(ckpt.path), cfg.vocab_size, str(ckpt.path))  # as eval refuses it
 
 

@@ -261,7 +261,8 @@ def _read_meta(path: Path) -> dict | None:
     if not os.path.lexists(path):
         return None
     try:
-        return read_json(folder_file(path.parent, path.name, "token files' record"), expect=dict, max_bytes=1 << 20)
+        record = folder_file(path.parent, path.name, "token files' record", kind="run folder", error=DataError)
+        return read_json(record, expect=dict, max_bytes=1 << 20)
     except EmoSliceError:
         return None
 
@@ -270,7 +271,8 @@ def _load_saved_tokenizer(folder: Path, meta: dict) -> Tokenizer:
     if meta["tokenizer_kind"] == "byte-level":
         return ByteTokenizer(meta["eos_token_id"], meta["pad_token_id"])
     hint = f"delete {folder} to tokenise the data again"
-    _, backend = read_tokenizer_json(folder_file(folder, "tokenizer.json", "tokenizer"), DataError, hint)
+    path = folder_file(folder, "tokenizer.json", "tokenizer", kind="run folder", error=DataError, hint=hint)
+    _, backend = read_tokenizer_json(path, DataError, hint)
     return Tokenizer(backend, meta["eos_token_id"], meta["pad_token_id"], str(folder))
 
 

@@ -31,7 +31,7 @@ def read_log(out: Path) -> list[tuple[int, dict]]:
     if not os.path.lexists(log):
         return []
     hint = "repair or remove that line (the log is not needed to resume)"
-    path = folder_file(out, LOG_FILE, "training log")
+    path = folder_file(out, LOG_FILE, "training log", kind="run folder", error=DataError, hint=hint)
     recs = list(read_jsonl(path, hint=hint, allow_nan=True, partial_last=True))
     for n, rec in recs:
         if type(rec.get("step")) is not int:

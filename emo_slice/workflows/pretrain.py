@@ -152,7 +152,8 @@ def _saved_config(saved: Path):
             f"`resume`: {saved.parent} holds no {CONFIG_FILE}, so no run to continue; start without `resume`"
         )
     fix = "repair it, or start afresh with --overwrite"
-    d = read_json(folder_file(saved.parent, CONFIG_FILE, "run configuration"), hint=fix, expect=dict, max_bytes=1 << 24)
+    path = folder_file(saved.parent, CONFIG_FILE, "run configuration", kind="run folder", error=DataError, hint=fix)
+    d = read_json(path, hint=fix, expect=dict, max_bytes=1 << 24)
     try:
         cfg = TrainConfig(**d)
         check_fields(cfg)
