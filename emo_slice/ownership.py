@@ -3,8 +3,9 @@
 `--overwrite` replaces a file only when `wrote(path, kind)` says emo-slice made it (`package.json`,
 `holiday.png`, `model.gguf` from elsewhere are never replaced, whatever they are called):
 
-- JSON artifacts (results, profile, sweep): a JSON object whose `format` names the artifact
-  (`emo-slice-results`, `emo-slice-profile`, `emo-slice-sweep`), read with the bounded reader;
+- JSON artifacts (results, profile, sweep, stability): a JSON object whose `format` names the artifact
+  (`emo-slice-results`, `emo-slice-profile`, `emo-slice-sweep`, `emo-slice-stability`), read with the bounded
+  reader;
 - predictions (JSONL): the first record's `format` is `emo-slice-predictions` (every record carries it);
 - PNG pictures: a tEXt chunk `Software: emo-slice ...` before the image data (PNG's own metadata field);
 - GGUF files: the `emo_slice.export` key among the first key-values of the header (written right after
@@ -26,6 +27,7 @@ FORMATS = {
     "results": "emo-slice-results",
     "profile": "emo-slice-profile",
     "sweep": "emo-slice-sweep",
+    "stability": "emo-slice-stability",
     "predictions": "emo-slice-predictions",
 }
 KINDS = (*FORMATS, "png", "gguf")
@@ -33,6 +35,7 @@ DESCRIBE = {
     "results": "an emo-slice results file",
     "profile": "an emo-slice profile",
     "sweep": "an emo-slice sweep results file",
+    "stability": "an emo-slice stability report",
     "predictions": "an emo-slice predictions file",
     "png": "a picture emo-slice drew",
     "gguf": "a GGUF file emo-slice exported",

@@ -74,7 +74,7 @@ def run_stability(spec: StabilitySpec, progress: Callable[[int, int], None] | No
     keep_routed = parse_keep(spec.keep, E_min, cfg.num_shared_experts) - cfg.num_shared_experts
     check_spec_paths(spec)  # no output on, in or around an input
     if spec.out is not None:
-        check_output(spec.out, inputs=[ckpt.path, spec.examples], overwrite=spec.overwrite, suffixes=(".json",))
+        check_output(spec.out, inputs=[ckpt.path, spec.examples], overwrite=spec.overwrite, kind="stability")
     texts, inputs = examples_of(spec)
     settings = ProfileSettings(
         examples=spec.examples,
