@@ -252,3 +252,21 @@ def test_two_ranks_train_as_one_process(setup, tmp_path):
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), name
         mine, theirs = _tensors(tmp_path / name / "final"), _tensors(one)
         assert all(torch.allclose(mine[n], theirs[n], atol=1e-5) for n in theirs), name
+
+
+def test_initial_weights_are_recorded_kept_by_pruning_and_replaced_by_overwrite(setup, tmp_path):
+    from emo_slice.train.checkpointing import recorded_checkpoints
+
+    root, full, sl, task = setup
+    out = tmp_path / "run"
+    FinetuneTrainer(_cfg(sl, task, out, steps=4, save_every=1, keep_last=1)).run()
+    periodic = sorted(p.name for p in out.glob("step-*"))
+    assert periodic == ["step-000000", "step-000003"] and (out / "final").is_dir()  # the newest and the initial
+    assert set(periodic) <= set(recorded_checkpoints(out))  # the run's own: a resume does not refuse them
+    (out / "step-000000-mybackup").mkdir()  # a user's folder: --overwrite must refuse to delete it
+    with pytest.raises(Exception, match="step-000000-mybackup|delete it yourself"):
+        FinetuneTrainer(_cfg(sl, task, out, steps=2, overwrite=True)).run()
+    assert (out / "step-000000-mybackup").is_dir()
+    (out / "step-000000-mybackup").rmdir()
+    FinetuneTrainer(_cfg(sl, task, out, steps=2, overwrite=True)).run()  # only what the run wrote: replaced
+    assert (out / "step-000000").is_dir() and not (out / "step-000003").exists()
