@@ -23,7 +23,7 @@ Importing the package is cheap (no torch): the names below load on first use.
 
 from emo_slice import _aliases
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "Checkpoint": "emo_slice.io.checkpoint",

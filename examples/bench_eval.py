@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +26,6 @@ from emo_slice.eval.runner import Runner
 from emo_slice.eval.scoring import evaluate_mc
 from emo_slice.io.build import random_checkpoint
 from emo_slice.model.presets import preset
-
-DEFAULT_TASK = Path("/work/shared/data/domains/tasks/quotes.jsonl")
 
 
 def synthetic_items(n: int) -> list[MCItem]:
@@ -130,8 +129,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--layers", type=int, default=None, help="override the preset's num_hidden_layers")
-    ap.add_argument("--task", default=str(DEFAULT_TASK) if DEFAULT_TASK.exists() else None)
-    ap.add_argument("--synthetic", action="store_true", help="synthetic items even when --task exists")
+    ap.add_argument("--task", default=None, help="a multiple-choice task file (default: synthetic items)")
+    ap.add_argument("--synthetic", action="store_true", help="synthetic items even when --task is given")
     ap.add_argument("--items", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=None)
@@ -142,6 +141,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     task = None if args.synthetic else args.task
+    if task and not Path(task).is_file():
+        print(f"error: --task {task}: no such file", file=sys.stderr)
+        sys.exit(2)
     items = (load_mc_task(task) if task else synthetic_items(args.items))[: args.items]
     cfg = preset(args.preset, **({"num_hidden_layers": args.layers} if args.layers else {}))
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,11 +44,14 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument(
         "--task",
-        default="/work/shared/data/domains/tasks/code.jsonl",
-        help="multiple-choice task file for the 5-shot calibration prompt",
+        default=None,
+        help="multiple-choice task file for the 5-shot calibration prompt (default: a self-made task)",
     )
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp folder, removed after)")
     args = ap.parse_args()
+    if args.task is not None and not Path(args.task).is_file():
+        print(f"error: --task {args.task}: no such file", file=sys.stderr)
+        sys.exit(2)
 
     from emo_slice.io.build import random_checkpoint
     from emo_slice.model.config import EmoConfig
@@ -56,7 +59,7 @@ def main() -> None:
     task = args.task
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_profile_"))
     work.mkdir(parents=True, exist_ok=True)
-    if not Path(task).exists():  # a self-made task so the bench runs anywhere
+    if task is None:  # a self-made task so the bench runs anywhere
         task = str(work / "task.jsonl")
         Path(task).write_text(
             "".join(

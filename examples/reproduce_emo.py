@@ -1,6 +1,6 @@
 """The EMO paper's experiment, small: EMO vs a standard MoE, sliced per domain, inside the trained context.
 
-    python examples/reproduce_emo.py --data ../shared/data/domains --out runs/reproduce             # CPU, bytes
+    python examples/reproduce_emo.py --data path/to/domains --out runs/reproduce                    # CPU, bytes
     python examples/reproduce_emo.py --data DATA --preset cpu-bpe --out runs/reproduce-bpe          # CPU, BPE
     python examples/reproduce_emo.py --data DATA --preset gpu --device cuda --out runs/reproduce-gpu  # one GPU, BPE
 
@@ -216,7 +216,7 @@ def mean(xs) -> float:
 
 
 def summarise(rows: dict, domains: list[str], chance: float) -> dict:
-    """Means over domains (bits per byte) and item-weighted accuracies, per model; the goals of issue 15."""
+    """Means over domains (bits per byte) and item-weighted accuracies, per model; the reproduction's goals."""
     s: dict = {}
     for m in MODELS:
         r = rows[m]

@@ -1,4 +1,4 @@
-"""Every `python examples/NAME.py ...` command that README.md or examples/README.md shows parses with that
+"""Every `python examples/NAME.py ...` command that README.md, examples/README.md or docs/*.md shows parses with that
 script's own argument parser: real flags, real choices (a renamed flag or a preset that no longer exists fails).
 
 Each script's main() runs up to its parse_args, which parses the README's words and then stops the script."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md"]
+DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def shown_commands() -> list[tuple[str, list[str]]]:
@@ -33,6 +33,12 @@ def _load(script: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_docs_pages_show_example_commands():
+    shown = {s for s, _ in shown_commands()}
+    scripts = {f"examples/{p.name}" for p in (ROOT / "examples").glob("*.py")}
+    assert shown == scripts, f"no page shows {sorted(scripts - shown)}"  # docs/benchmarks.md lists every script
 
 
 def test_docs_show_the_reproduction_presets():
