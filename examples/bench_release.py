@@ -15,6 +15,10 @@ emo-slice's forward on the same tokens (said when it is not installed; it is not
     nice python examples/bench_release.py --work /big/disk/dir      # the full release shape (27 GB + slice)
     python examples/bench_release.py --checkpoint ./Emo_1b14b_1T    # a real checkpoint
     python examples/bench_release.py --device cuda
+    python examples/bench_release.py --layers 2 --steps profile --layerwise   # profile alone, streamed
+
+A checkpoint that fits in memory is loaded whole; --layerwise streams profile's layers as the release's are on
+a laptop (at most two layers in memory whatever the depth, so 2 layers measure the release's peak).
 
 Prints a table (markdown) and, as its last line, one JSON object with every figure.
 """
@@ -164,20 +168,54 @@ def _cut(pool: torch.Tensor, start: int, n: int, shape) -> torch.Tensor:
     return torch.cat([pool[start:], pool[: end - pool.numel()]]).view(shape)
 
 
+STEPS = ("info", "profile", "extract", "eval", "generate", "export", "forward")
+
+
+def parse_steps(text: str) -> list[str]:
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad or not steps:
+        raise SystemExit(f"error: --steps {text!r}: choose from {', '.join(STEPS)} (comma-separated)")
+    return steps
+
+
 def pipeline(args, ckpt: Path, work: Path, log: Path, disk: float, mm: float) -> list[dict]:
-    """info, profile, extract, eval, generate, export: each a process, timed, with its limit."""
+    """info, profile, extract, eval, generate, export (those in args.steps): each a process, timed, with its
+    limit. A step whose input an earlier step writes (the profile, the slice) takes it from --work."""
     from emo_slice.io.checkpoint import Checkpoint
 
     full = Checkpoint(ckpt)
     fpt = active_flops_per_token(full.config)
     dev, mem = ["--device", args.device], (["--max-memory", args.max_memory] if args.max_memory else [])
+    stream = ["--layerwise"] if args.layerwise else []
     data, prof, sl = work / "data", work / "code.profile.json", work / "slice16"
     if not data.exists():
         subprocess.run([*EMO, "demo-data", data, "--chars-per-domain", "60000"], check=True, capture_output=True)
     task = data / "tasks" / "code.jsonl"
-    steps = [run_step("info", [*EMO, "info", ckpt], log)]
+    steps = [run_step("info", [*EMO, "info", ckpt], log)] if "info" in args.steps else []
+    if "profile" in args.steps:
+        steps.append(profile_step(ckpt, task, prof, args, [*dev, *mem, *stream], log, full.total_bytes, fpt, disk, mm))
+    needs = [(step, prof if step == "extract" else sl) for step in ("extract", "eval", "generate", "export")]
+    made = {prof: "profile" in args.steps, sl: "extract" in args.steps}
+    missing = [f"{step} needs {f}" for step, f in needs if step in args.steps and not f.exists() and not made[f]]
+    if missing:
+        raise SystemExit(f"error: {'; '.join(missing)}: run those steps first, with the same --work")
+    if "extract" in args.steps:
+        steps.append(
+            run_step(
+                f"extract --keep {args.keep}",
+                [*EMO, "extract", ckpt, "--keep", str(args.keep), "--profile", prof, "--out", sl, "--overwrite"],
+                log,
+            )
+        )
+    if not sl.exists():
+        return steps
+    return steps + slice_steps(args, ckpt, task, sl, work, [*dev, *mem], log, full.total_bytes, fpt, disk, mm)
+
+
+def profile_step(ckpt, task, prof, args, opts, log, full_bytes, fpt, disk, mm) -> dict:
     rec = run_step(
-        "profile (streamed)",
+        "profile",
         [
             *EMO,
             "profile",
@@ -189,73 +227,38 @@ def pipeline(args, ckpt: Path, work: Path, log: Path, disk: float, mm: float) ->
             "--out",
             prof,
             "--overwrite",
-            *dev,
-            *mem,
+            *opts,
         ],
         log,
     )
-    tokens = json.loads(prof.read_text())["tokens"]
-    steps.append(with_limits(rec | {"tokens": tokens}, full.total_bytes, fpt * tokens, disk, mm))
-    steps.append(
-        run_step(
-            f"extract --keep {args.keep}",
-            [*EMO, "extract", ckpt, "--keep", str(args.keep), "--profile", prof, "--out", sl, "--overwrite"],
-            log,
-        )
-    )
-    slice_bytes = Checkpoint(sl).total_bytes
-    res = work / "eval.json"
-    rec = run_step(
-        "eval slice --against full",
-        [
-            *EMO,
-            "eval",
-            sl,
-            "--against",
-            ckpt,
-            "--task",
-            task,
-            "--limit",
-            str(args.limit),
-            "--out",
-            res,
-            "--overwrite",
-            *dev,
-            *mem,
-        ],
-        log,
-    )
-    models = json.loads(res.read_text())["models"]
-    tokens = sum(m["tokens"] for m in models.values())
-    placement = {k: m["placement"] for k, m in models.items()}
-    steps.append(
-        with_limits(
-            rec | {"tokens": tokens, "placement": placement}, full.total_bytes + slice_bytes, fpt * tokens, disk, mm
-        )
-    )
-    rec = run_step(
-        f"generate slice ({args.max_new_tokens} new tokens)",
-        [
-            *EMO,
-            "generate",
-            sl,
-            "--prompt",
-            "def fibonacci(n):",
-            "--max-new-tokens",
-            str(args.max_new_tokens),
-            *dev,
-            *mem,
-        ],
-        log,
-    )
-    steps.append(with_limits(rec, slice_bytes, fpt * (8 + args.max_new_tokens), disk, mm))
-    gguf = work / "slice16.q8_0.gguf"
-    rec = run_step(
-        "export slice (GGUF q8_0)",
-        [*EMO, "export", sl, "--format", "gguf", "--outtype", "q8_0", "--out", gguf, "--overwrite"],
-        log,
-    )
-    steps.append(with_limits(rec, slice_bytes, 0.0, disk, mm))
+    saved = json.loads(prof.read_text())
+    placement = saved["settings"]["placement"]
+    rec |= {"step": f"profile ({placement})", "tokens": saved["tokens"], "placement": placement}
+    return with_limits(rec, full_bytes, fpt * saved["tokens"], disk, mm)
+
+
+def slice_steps(args, ckpt, task, sl, work, opts, log, full_bytes, fpt, disk, mm) -> list[dict]:
+    """eval (the slice against the full model), generate and export of the slice: those in args.steps."""
+    from emo_slice.io.checkpoint import Checkpoint
+
+    slice_bytes, steps = Checkpoint(sl).total_bytes, []
+    if "eval" in args.steps:
+        res = work / "eval.json"
+        argv = [*EMO, "eval", sl, "--against", ckpt, "--task", task, "--limit", str(args.limit), "--out", res]
+        rec = run_step("eval slice --against full", [*argv, "--overwrite", *opts], log)
+        models = json.loads(res.read_text())["models"]
+        tokens = sum(m["tokens"] for m in models.values())
+        placement = {k: m["placement"] for k, m in models.items()}
+        rec |= {"tokens": tokens, "placement": placement}
+        steps.append(with_limits(rec, full_bytes + slice_bytes, fpt * tokens, disk, mm))
+    if "generate" in args.steps:
+        argv = [*EMO, "generate", sl, "--prompt", "def fibonacci(n):", "--max-new-tokens", str(args.max_new_tokens)]
+        rec = run_step(f"generate slice ({args.max_new_tokens} new tokens)", [*argv, *opts], log)
+        steps.append(with_limits(rec, slice_bytes, fpt * (8 + args.max_new_tokens), disk, mm))
+    if "export" in args.steps:
+        gguf = work / "slice16.q8_0.gguf"
+        argv = [*EMO, "export", sl, "--format", "gguf", "--outtype", "q8_0", "--out", gguf, "--overwrite"]
+        steps.append(with_limits(run_step("export slice (GGUF q8_0)", argv, log), slice_bytes, 0.0, disk, mm))
     return steps
 
 
@@ -329,7 +332,19 @@ def main() -> None:
     ap.add_argument("--forward-tokens", type=int, default=512, help="tokens of the side-by-side forward")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     ap.add_argument("--forward-only", action="store_true", help="only the side-by-side forward (--work's slice)")
+    ap.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"the steps to run, comma-separated (default all: {','.join(STEPS)}); the inputs of a step left out "
+        "(the profile, the slice) are taken from --work",
+    )
+    ap.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="stream profile's layers even when the checkpoint fits in memory (as the release's are on a laptop)",
+    )
     args = ap.parse_args()
+    args.steps = ["forward"] if args.forward_only else parse_steps(args.steps)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-release-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
@@ -340,11 +355,16 @@ def main() -> None:
             steps.append(write_checkpoint(ckpt, args.layers, log))
     disk, mm = disk_read_rate(ckpt), matmul_rate(args.device)
     print(f"limits: disk read {disk / 1e9:.2f} GB/s, matmul {mm / 1e9:.1f} GFLOP/s", flush=True)
-    if not args.forward_only:
+    if args.steps != ["forward"]:
         steps += pipeline(args, ckpt, work, log, disk, mm)
-    forward = forward_side_by_side(work / "slice16", work, mm, args.forward_tokens, args.device)
+    forward = None
+    if "forward" in args.steps:
+        if not (work / "slice16" / "config.json").exists():
+            raise SystemExit(f"error: the forward needs the slice {work / 'slice16'}: add extract to --steps")
+        forward = forward_side_by_side(work / "slice16", work, mm, args.forward_tokens, args.device)
     print(table(steps))
-    print(f"forward of {forward['tokens']} tokens through the slice: {forward}")
+    if forward is not None:
+        print(f"forward of {forward['tokens']} tokens through the slice: {forward}")
     figures = {
         "benchmark": "release",
         "checkpoint": str(ckpt),

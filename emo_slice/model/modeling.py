@@ -173,7 +173,11 @@ def expert_mix(
     grouped matmul per projection (torch._grouped_mm). "loop": one expert at a time, its gate and up weights
     cast (to x's dtype: weights may be held narrower) and stacked into one reused buffer, so gate and up are
     ONE matmul, and down writes straight into the output rows; no float32 copy of more than one expert's
-    weights is ever made. "auto": grouped where it works and the weights are at x's dtype, else loop. With autograd recording (training), the loop runs out of place. With norms=True also returns
+    weights is ever made. "auto": grouped where it works and the weights are at x's dtype, else loop. With
+    autograd recording (training), the loop runs out of place. For inference with the EMO sum in float32 the
+    loop holds nothing of size [M, D] (the K x N pairs): each expert gathers its own tokens and adds its
+    weighted outputs into out_ND (`_loop_sum`), in the order one index_add_ of every pair takes (the same sums;
+    in bfloat16 that one index_add_ rounds differently, so it is kept there). With norms=True also returns
     norm_NK = ||expert_e(x_t)|| (float64) of every chosen pair, before its routing weight: the statistic
     REAP and EASY-EP need, taken from this very computation. expert_sum (model/config.py EXPERT_SUMS): one
     index_add_ of every pair (EMO, the reference's numbers) or one add per expert in ascending order (the other
@@ -185,33 +189,60 @@ def expert_mix(
     order_M = torch.argsort(flat_M, stable=True)
     tok_M = order_M // K
     counts_E = torch.bincount(flat_M, minlength=E)
-    x_MD = x_ND[tok_M]
     w = (w_gate_EFD, w_up_EFD, w_down_EDF)
     grad = torch.is_grad_enabled() and (x_ND.requires_grad or any(t.requires_grad for t in w))
     if impl == "auto":
         same = w_gate_EFD.dtype == x_ND.dtype
-        impl = "grouped" if same and _grouped_mm_ok(x_MD, w_gate_EFD) else "loop"
+        impl = "grouped" if same and _grouped_mm_ok(x_ND, w_gate_EFD) else "loop"
+    full = x_ND.dtype in (torch.float32, torch.float64)  # (a bfloat16 index_add_ of all pairs rounds once)
+    if impl == "loop" and not grad and expert_sum == "index-add" and full:  # inference: no [M, D] tensor at all
+        weight_M = weights_NK.reshape(-1)[order_M]
+        norm_M = torch.empty(N * K, dtype=torch.float64, device=x_ND.device) if norms else None
+        out_ND = _loop_sum(x_ND, tok_M, counts_E.tolist(), weight_M, *w, norm_M)  # host sync: the counts
+        if not norms:
+            return out_ND
+        norm_NK = torch.empty_like(norm_M)
+        norm_NK[order_M] = norm_M
+        return out_ND, norm_NK.view(N, K)
+    x_MD = x_ND[tok_M]
     if impl == "grouped":
         offs_E = counts_E.cumsum(0).to(torch.int32)
         wg, wu, wd = (t.to(x_MD.dtype).transpose(-2, -1) for t in w)
         g_MF = torch._grouped_mm(x_MD, wg, offs=offs_E)
         u_MF = torch._grouped_mm(x_MD, wu, offs=offs_E)
         y_MD = torch._grouped_mm(F.silu(g_MF) * u_MF, wd, offs=offs_E)
+        del g_MF, u_MF, wg, wu, wd
     elif impl == "loop":
         y_MD = (_loop_autograd if grad else _loop_inplace)(x_MD, counts_E.tolist(), *w)  # host sync: the counts
     else:
         raise ValueError(f"unknown expert implementation {impl!r}")
+    del x_MD  # the gathered inputs: freed before the norms and the weighting
     norm_NK = None
     if norms:
-        norm_NK = torch.empty(N * K, dtype=torch.float64, device=x_ND.device)
-        norm_NK[order_M] = torch.linalg.vector_norm(y_MD, dim=-1, dtype=torch.float64)
-        norm_NK = norm_NK.view(N, K)
-    y_MD = y_MD * weights_NK.reshape(-1)[order_M, None]  # float32 weights (Mixtral): a float32 product, then cast
+        norm_NK = _pair_norms(y_MD, order_M).view(N, K)
+    weight_M1 = weights_NK.reshape(-1)[order_M, None]
+    if not grad and torch.result_type(y_MD, weight_M1) == y_MD.dtype:
+        y_MD.mul_(weight_M1)  # in place: no second [M, D] copy (the same products)
+    else:
+        y_MD = y_MD * weight_M1  # float32 weights (Mixtral): a float32 product, then cast
     if expert_sum == "index-add":  # EMO: one index_add_ of every pair (the reference model's numbers)
         out_ND = torch.zeros_like(x_ND).index_add_(0, tok_M, y_MD.to(x_ND.dtype))
     else:  # "expert-order": transformers' per-expert loop, bf16 equal bit for bit
         out_ND = _sum_by_expert(y_MD.to(x_ND.dtype), order_M, experts_NK)
     return (out_ND, norm_NK) if norms else out_ND
+
+
+NORM_BLOCK_ROWS = 1024  # expert outputs whose float64 norms are taken at a time
+
+
+def _pair_norms(y_MD: torch.Tensor, order_M: torch.Tensor) -> torch.Tensor:
+    """norm_M[order_M[i]] = ||y_MD[i]|| in float64, taken NORM_BLOCK_ROWS rows at a time: the float64 copy
+    the norm makes of its input is one block, not all M x D outputs (each row's norm is the same either way)."""
+    norm_M = torch.empty(y_MD.shape[0], dtype=torch.float64, device=y_MD.device)
+    for i in range(0, y_MD.shape[0], NORM_BLOCK_ROWS):
+        j = i + NORM_BLOCK_ROWS
+        norm_M[order_M[i:j]] = torch.linalg.vector_norm(y_MD[i:j], dim=-1, dtype=torch.float64)
+    return norm_M
 
 
 def _sum_by_expert(y_MD: torch.Tensor, order_M: torch.Tensor, experts_NK: torch.Tensor) -> torch.Tensor:
@@ -280,6 +311,45 @@ def _loop_inplace(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> 
         torch.mm(F.silu(g_cF).mul_(u_cF), w_DF.t(), out=y_MD[start : start + c])
         start += c
     return y_MD
+
+
+def _loop_sum(x_ND, tok_M, counts: list[int], weight_M, w_gate_EFD, w_up_EFD, w_down_EDF, norm_M=None) -> torch.Tensor:
+    """out_ND of the EMO sum for inference, one expert at a time and nothing of size [M, D]: each expert's
+    tokens gathered (c rows), through gate and up (one matmul; narrower weights cast into reused buffers)
+    and down, the output's norms written to norm_M (float64, in sorted pair order) when given, weighted and
+    index-added into out_ND. Experts are added in ascending order, pairs in sorted order within each: the
+    order one index_add_ of every sorted pair takes, so the sums are the same."""
+    D = x_ND.shape[1]
+    F_ = w_gate_EFD.shape[1]
+    out_ND = torch.zeros_like(x_ND)
+    cast = w_gate_EFD.dtype != x_ND.dtype
+    if cast:
+        w_2FD, w_DF = x_ND.new_empty(2 * F_, D), x_ND.new_empty(D, F_)
+    start = 0
+    for e, c in enumerate(counts):
+        if not c:
+            continue
+        tok_c = tok_M[start : start + c]
+        x_cD = x_ND[tok_c]
+        if cast:
+            w_2FD[:F_].copy_(w_gate_EFD[e])
+            w_2FD[F_:].copy_(w_up_EFD[e])
+            w_DF.copy_(w_down_EDF[e])
+            gu_c2F = torch.mm(x_cD, w_2FD.t())
+            g_cF, u_cF = gu_c2F[:, :F_], gu_c2F[:, F_:]
+        else:
+            g_cF, u_cF, w_DF = torch.mm(x_cD, w_gate_EFD[e].t()), torch.mm(x_cD, w_up_EFD[e].t()), w_down_EDF[e]
+        y_cD = torch.mm(F.silu(g_cF).mul_(u_cF), w_DF.t())
+        if norm_M is not None:
+            norm_M[start : start + c] = torch.linalg.vector_norm(y_cD, dim=-1, dtype=torch.float64)
+        weight_c1 = weight_M[start : start + c, None]
+        if torch.result_type(y_cD, weight_c1) == y_cD.dtype:
+            y_cD.mul_(weight_c1)
+        else:
+            y_cD = y_cD * weight_c1  # float32 weights (Mixtral): a float32 product, then cast
+        out_ND.index_add_(0, tok_c, y_cD.to(x_ND.dtype))
+        start += c
+    return out_ND
 
 
 class MoE(nn.Module):

@@ -75,8 +75,7 @@ class LayerStats:
         experts_M = r.experts_NK[valid_N, :k].reshape(-1)
         weight_M = r.weights_NK[valid_N, :k].to(acc).reshape(-1)
         norm_M = t.expert_norm_NK[valid_N, :k].to(acc).reshape(-1)
-        h_ND, y_ND = t.h_BTD.reshape(-1, D)[valid_N], t.y_BTD.reshape(-1, D)[valid_N]
-        change_N = 1.0 - F.cosine_similarity(h_ND.to(acc), y_ND.to(acc), dim=-1)
+        change_N = _change(t.h_BTD.reshape(-1, D), t.y_BTD.reshape(-1, D), valid_N, acc)
         contrib_M = weight_M * norm_M
         prob_R, count_R = r.probs_NR[valid_N].to(acc).sum(0), torch.bincount(experts_M, minlength=R).to(acc)
         on_cpu = dev.type == "cpu"  # on the CPU the batch is added straight into the running sums
@@ -103,6 +102,20 @@ class LayerStats:
             "easy-ep": self.easy_sum_R.tolist(),
             "count": self.count_R.long().tolist(),
         }
+
+
+CHANGE_BLOCK_ROWS = 1024  # tokens whose residual change is taken at a time
+
+
+def _change(h_ND: torch.Tensor, y_ND: torch.Tensor, valid_N: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """1 - cos(h_t, y_t) of the valid tokens, at `acc`, CHANGE_BLOCK_ROWS tokens at a time: the copies at
+    `acc` (float64: twice the activations) are one block, not the whole batch (each token's value is the same)."""
+    idx_V = valid_N.nonzero().squeeze(1)
+    out_V = torch.empty(idx_V.numel(), dtype=acc, device=h_ND.device)
+    for i in range(0, idx_V.numel(), CHANGE_BLOCK_ROWS):
+        rows = idx_V[i : i + CHANGE_BLOCK_ROWS]
+        out_V[i : i + CHANGE_BLOCK_ROWS] = 1.0 - F.cosine_similarity(h_ND[rows].to(acc), y_ND[rows].to(acc), dim=-1)
+    return out_V
 
 
 def _greedy_keep(settings: ProfileSettings, cfg) -> int | None:

@@ -13,8 +13,10 @@ from emo_slice.io import loading
 from emo_slice.io.build import random_checkpoint
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.loading import LayerwiseModel, choose_placement, layer_bytes, load_model
+from emo_slice.model import modeling
 from emo_slice.model.modeling import expert_mix
 from emo_slice.model.presets import preset
+from emo_slice.slicing import profile
 from tests.conftest import assert_one_line_error, invoke
 
 
@@ -126,3 +128,84 @@ def test_extract_larger_than_the_free_disk_is_refused_before_writing(tiny_ckpt, 
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the parent folder
     monkeypatch.undo()  # the real free space: the same command writes the slice
     assert invoke("extract", tiny_ckpt, "--keep", "5", "--method", "random", "--out", out).returncode == 0
+
+
+class _Largest(TorchDispatchMode):
+    """The largest tensor (elements, any dtype) any op makes, and the largest float64 one."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = self.largest_f64 = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+                if t.dtype == torch.float64:
+                    self.largest_f64 = max(self.largest_f64, t.numel())
+        return out
+
+
+def _one_index_add(x, experts, weights, w_gate, w_up, w_down):
+    """The EMO sum as one index_add_ of every sorted pair over the gathered [M, D] inputs and outputs (the
+    reference's formula), with the pair norms of the whole [M, D] output at once."""
+    N, K = experts.shape
+    order = torch.argsort(experts.reshape(-1), stable=True)
+    tok = order // K
+    x_MD = x[tok]
+    counts = torch.bincount(experts.reshape(-1), minlength=w_gate.shape[0]).tolist()
+    y_MD = modeling._loop_inplace(x_MD, counts, w_gate, w_up, w_down)
+    norms = torch.empty(N * K, dtype=torch.float64)
+    norms[order] = torch.linalg.vector_norm(y_MD, dim=-1, dtype=torch.float64)
+    y_MD = y_MD * weights.reshape(-1)[order, None]
+    return torch.zeros_like(x).index_add_(0, tok, y_MD.to(x.dtype)), norms.view(N, K)
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.bfloat16, torch.float32])
+def test_expert_mix_for_inference_holds_nothing_of_pair_size_and_equals_one_index_add(weights_dtype):
+    """Inference (profile, eval, map) never makes a tensor of the K x N token-expert pairs: x [M, D] and the
+    outputs [M, D] were 0.3 GB on the release's 2,065 profile tokens; the output and the norms are bit for bit
+    those of one index_add_ of every pair."""
+    g = torch.Generator().manual_seed(1)
+    E, F, D, N, K = 16, 24, 32, 64, 8
+    x = torch.randn(N, D, generator=g)
+    experts = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(N)])
+    weights = torch.rand(N, K, generator=g)
+    w = [(torch.randn(E, *s, generator=g) * 0.1).to(weights_dtype) for s in ((F, D), (F, D), (D, F))]
+    want, want_norms = _one_index_add(x, experts, weights, *w)
+    with torch.no_grad(), _Largest() as mode:
+        got, norms = expert_mix(x, experts, weights, *w, "loop", norms=True)
+        plain = expert_mix(x, experts, weights, *w, "loop")
+    assert torch.equal(got, want) and torch.equal(norms, want_norms) and torch.equal(plain, want)
+    assert mode.largest <= N * D < N * K * D  # the activations and one expert's weights, never [M, D]
+
+
+def test_residual_change_is_taken_in_blocks_and_equals_the_whole_batch(monkeypatch):
+    """The profile's 1 - cos(h, y) per token: float64 copies of CHANGE_BLOCK_ROWS tokens at a time, not of the
+    batch (2 x 2,065 x 2048 x 8 bytes on the release), with the same values."""
+    g = torch.Generator().manual_seed(2)
+    N, D = 50, 16
+    h, y = torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)
+    valid = torch.rand(N, generator=g) > 0.2
+    want = 1.0 - torch.nn.functional.cosine_similarity(h[valid].double(), y[valid].double(), dim=-1)
+    monkeypatch.setattr(profile, "CHANGE_BLOCK_ROWS", 7)
+    with _Largest() as mode:
+        got = profile._change(h, y, valid, torch.float64)
+    assert torch.equal(got, want)
+    assert mode.largest_f64 <= 7 * D < int(valid.sum()) * D  # a block's copies, never the batch's
+
+
+def test_expert_mix_in_bfloat16_keeps_one_index_add_of_every_pair():
+    """In bfloat16 one index_add_ of every pair rounds otherwise than one add per expert: it is kept, and its
+    results are unchanged."""
+    g = torch.Generator().manual_seed(3)
+    E, F, D, N, K = 16, 24, 32, 64, 8
+    x = torch.randn(N, D, generator=g).bfloat16()
+    experts = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(N)])
+    weights = torch.rand(N, K, generator=g)
+    w = [(torch.randn(E, *s, generator=g) * 0.1).bfloat16() for s in ((F, D), (F, D), (D, F))]
+    want, want_norms = _one_index_add(x, experts, weights, *w)
+    with torch.no_grad():
+        got, norms = expert_mix(x, experts, weights, *w, "loop", norms=True)
+    assert torch.equal(got, want) and torch.equal(norms, want_norms)

@@ -197,6 +197,20 @@ def test_profile_on_device_equals_streamed(deep_ckpt, docs):
     assert [a["scores"] for a in g_whole["layers"]] == [b["scores"] for b in g_streamed["layers"]]
 
 
+def test_streamed_profile_reads_the_layers_and_the_embedding_never_the_head(deep_ckpt, docs, monkeypatch):
+    """Profile needs the routers and the experts of every layer (its REAP and EASY-EP scores take every expert's
+    output norm, the last layer's too), never the final norm or the output head: they are not read."""
+    reads, get, read_into = [], loading.Checkpoint.get, loading.Checkpoint.read_into
+    monkeypatch.setattr(loading.Checkpoint, "get", lambda self, n, dtype=None: reads.append(n) or get(self, n, dtype))
+    monkeypatch.setattr(
+        loading.Checkpoint, "read_into", lambda self, n, dst: reads.append(n) or read_into(self, n, dst)
+    )
+    prof = profile_model(deep_ckpt, ProfileSettings(examples=str(docs), max_length=32, layerwise=True))
+    assert prof["settings"]["placement"] == "streamed" and prof["inputs"]["chunks"] == 1
+    names = loading.Checkpoint(deep_ckpt).names()
+    assert sorted(reads) == sorted(n for n in names if n not in ("lm_head.weight", "model.norm.weight"))
+
+
 def test_profile_cli_device_cpu(deep_ckpt, docs, tmp_path):
     r = invoke(
         "profile",
