@@ -148,3 +148,11 @@ METHOD = (
     "How experts are ranked: mean-prob (EMO's default), frequency, reap, easy-ep, or random (seeded, needs no scores)."
 )
 MODEL = "Checkpoint folder or Hugging Face Hub id."
+RESCALE = (
+    "Weight the kept routed experts as the full model does: their down projections times the router probability "
+    "they held on the calibration input, in families whose top-k weights are not renormalised (EMO, OLMoE, "
+    "Qwen2-MoE). auto: where a layer keeps at most top-k experts, so that every kept expert fires on every token "
+    "(there it kept 5-10 points more of the full model's bits per byte on the quickstart's models, docs/sweep.md); "
+    "on: every sliced layer; off: the plain slice (the full model with the dropped experts' router logits at -inf). "
+    "Needs a profile (--examples or --profile)."
+)

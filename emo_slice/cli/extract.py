@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from emo_slice.cli import app, cli_errors, console, print_json, warning_line
 from emo_slice.cli.display import progress_bars
-from emo_slice.cli.options import DType, Method, max_memory_option, opt, spec_argument, spec_option, value
+from emo_slice.cli.options import DType, Method, Rescale, max_memory_option, opt, spec_argument, spec_option, value
 from emo_slice.cli.sweep_display import auto_keep_table
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.slicing.profile_settings import ProfileSettings
@@ -51,6 +51,7 @@ def extract(
     experts: Optional[str] = spec_option(SliceSpec, "experts"),
     method: Method = spec_option(SliceSpec, "method", enum=Method, show_default=True),
     per_layer: bool = spec_option(SliceSpec, "per_layer", show_default=True),
+    rescale: Rescale = spec_option(SliceSpec, "rescale", enum=Rescale, show_default=True),
     save_dtype: Optional[DType] = spec_option(SliceSpec, "save_dtype"),
     max_shard_size: str = spec_option(SliceSpec, "max_shard_size", show_default=True),
     overwrite: bool = spec_option(SliceSpec, "overwrite"),
@@ -78,8 +79,9 @@ def extract(
     """Write a checkpoint holding K experts per layer, chosen by a profile, examples, ids or at random.
 
     Shared experts are always kept, last; kept routed experts keep their order and are renumbered,
-    router rows sliced, nothing rescaled. Tensors whose dtype does not change are copied as byte
-    ranges; of the other files only what a checkpoint needs is copied (tokenizer, generation config,
+    router rows sliced. With a profile (--examples/--profile), where a layer keeps at most top-k experts,
+    the kept routed experts' down projections are scaled by the router probability they held (--rescale
+    auto; on: every layer; off: a plain slice). Other tensors whose dtype does not change are copied as byte ranges; of the other files only what a checkpoint needs is copied (tokenizer, generation config,
     remote code, README/LICENSE: never other weights or training state); slice.json records what was
     kept and why. Stock EMO model code and its vLLM plugin load the result unchanged; an OLMoE, Qwen-MoE or
     Mixtral slice stays a stock checkpoint of its family (count field set, top-k lowered to K where needed).
@@ -93,7 +95,7 @@ def extract(
     scoring = E(split=split, limit=limit, batch_size=batch_size, **where)
     auto = A(target, target_mass, tuple(tasks), tuple(lm), tuple(metric), scoring)
     choice = dict(keep=keep, profiles=tuple(map(str, profiles)), examples=tuple(examples), experts=experts)
-    choice |= dict(method=value(method), compose=compose, per_layer=per_layer)
+    choice |= dict(method=value(method), compose=compose, per_layer=per_layer, rescale=value(rescale))
     write = dict(save_dtype=value(save_dtype), max_shard_size=max_shard_size, overwrite=overwrite)
     spec = SliceSpec(model=model, out=str(out), **choice, calibration=calib, auto=auto, **write)
     with progress_bars(BARS, enabled=not json_out) as bar:

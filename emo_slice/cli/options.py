@@ -28,6 +28,14 @@ from emo_slice.cli import warning_line
 from emo_slice.errors import UsageError
 
 
+class Rescale(str, Enum):
+    """When a slice's routed experts are rescaled (emo_slice.slicing.rescale.MODES)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Method(str, Enum):
     """How experts are ranked (emo_slice.slicing.select.METHODS)."""
 
@@ -129,6 +137,7 @@ class Domain(str, Enum):
 # One meaning per flag: every command's help of a flag several commands take starts with these words
 # (tests/cli/test_vocabulary.py walks every command; docs/cli.md lists them).
 VOCABULARY = {
+    "--rescale": "Weight the kept routed experts as the full model does",
     "--against": "A second model",
     "--batch-size": "Rows per batch",
     "--device": "Where the model runs",

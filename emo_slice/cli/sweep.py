@@ -9,7 +9,7 @@ import typer
 
 from emo_slice.cli import app, cli_errors, console, print_json, warning_line
 from emo_slice.cli.display import progress_bars
-from emo_slice.cli.options import DType, Json, Method, max_memory_option, spec_option, value
+from emo_slice.cli.options import DType, Json, Method, Rescale, max_memory_option, spec_option, value
 from emo_slice.cli.sweep_display import sweep_table
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.slicing.profile_settings import ProfileSettings
@@ -39,6 +39,7 @@ def sweep(
     tasks: List[str] = spec_option(SweepSpec, "tasks"),
     lm: List[str] = spec_option(SweepSpec, "lm"),
     method: Method = spec_option(SweepSpec, "method", enum=Method, show_default=True),
+    rescale: Rescale = spec_option(SweepSpec, "rescale", enum=Rescale, show_default=True),
     controls: int = spec_option(SweepSpec, "controls", show_default=True),
     seed: int = spec_option(SweepSpec, "seed", show_default=True),
     field: str = spec_option(P, "field", show_default=True),
@@ -64,8 +65,9 @@ def sweep(
 
     Profiles once (or reads --profile), scores the full model once, then for each K writes the slice
     (temporary unless --keep-slices) and scores it on the very same items; calibration items of a
-    --task are held out of its scoring. Prints one table (K, bytes, share of the full model's bytes,
-    each metric and the share of the full score kept, tokens/s), writes --out (JSON) and a PNG."""
+    --task are held out of its scoring. Prints one table (K, bytes and their share of the full model's,
+    each metric and the share of the full score kept, the random controls' mean and standard deviation,
+    tokens/s in a wide terminal), writes --out (JSON, with each K's control statistics) and a PNG."""
     where = dict(dtype=value(dtype), device=device, layerwise=layerwise, pool=pool or None, max_memory=max_memory)
     calib = None
     if examples is not None:
@@ -82,6 +84,7 @@ def sweep(
         tuple(lm),
         calibration=calib,
         method=value(method),
+        rescale=value(rescale),
         controls=controls,
         seed=seed,
         scoring=scoring,
@@ -94,7 +97,7 @@ def sweep(
     if json_out:
         print_json(data)
         return
-    console.print(sweep_table(data, list(metric) or None))
+    console.print(sweep_table(data, list(metric) or None, console.width))
     png = spec.png()
     for path in (out, png if png is not None and Path(png).exists() else None):
         if path is not None:

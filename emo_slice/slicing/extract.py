@@ -3,7 +3,9 @@
 A plan says, per layer, which original experts are kept (shared ones always, last). The surgery reads
 nothing it does not need: every tensor whose dtype does not change is copied as a byte range of its
 shard (copy_file_range, never materialised); only the routers are read, row-sliced and written. Expert
-tensors are renamed to their new index, nothing is rescaled. config.json gets num_experts = K,
+tensors are renamed to their new index; only where the plan carries routing-mass factors (`plan.scale`,
+slicing/rescale.py) are the kept routed experts' down projections read and multiplied by their layer's factor
+(in float32, stored back in their dtype). config.json gets num_experts = K,
 num_experts_per_tok = min(k, K), output_router_logits = false (or num_experts_per_layer with
 --per-layer). The files a checkpoint needs are copied from the source (an allow-list, `copied_files`:
 generation config, tokenizer, remote code, README/LICENSE; never other weights, training state or the
@@ -35,6 +37,7 @@ from emo_slice.io.writer import ShardWriter
 from emo_slice.model.config import EmoConfig
 from emo_slice.model.hf_names import expected_hf_names, expert_name, hf_order, parse_expert, parse_router
 from emo_slice.slicing.profile_file import router_digest
+from emo_slice.slicing.rescale import RULE
 from emo_slice.slicing.select import SlicePlan
 
 MANIFEST = "slice.json"
@@ -85,6 +88,18 @@ def _check_layout(ckpt: Checkpoint) -> None:
 
 def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None]]:
     """What the slice holds, in checkpoint order: (new name, source tensor, router rows kept or None)."""
+    return [(name, info, rows) for name, info, rows, _ in _entries_scaled(ckpt, plan)]
+
+
+def _factor(cfg: EmoConfig, plan: SlicePlan, l: int, e: int, kind: str) -> float | None:
+    """The factor of one expert tensor: a kept routed expert's down projection in a rescaled layer, else None."""
+    if plan.scale is None or kind != "down" or plan.scale[l] is None:
+        return None
+    return plan.scale[l] if e < cfg.experts_in_layer(l) - cfg.num_shared_experts else None
+
+
+def _entries_scaled(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None, float | None]]:
+    """_entries with each tensor's routing-mass factor (None: copied as it is)."""
     cfg = ckpt.config
     new_index = [{old: new for new, old in enumerate(kept)} for kept in plan.kept]
     entries = []
@@ -96,10 +111,10 @@ def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, l
         if m:
             l, e, kind = m
             if e in new_index[l]:
-                entries.append((expert_name(cfg, l, new_index[l][e], kind), info, None))
+                entries.append((expert_name(cfg, l, new_index[l][e], kind), info, None, _factor(cfg, plan, l, e, kind)))
             continue
         r = parse_router(cfg, name)
-        entries.append((name, info, plan.kept[r] if r is not None else None))
+        entries.append((name, info, plan.kept[r] if r is not None else None, None))
     entries.sort(key=lambda x: hf_order(x[0]))
     return entries
 
@@ -125,9 +140,11 @@ def extract(
     artifacts.check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
     max_bytes = artifacts.parse_size(max_shard_size)
 
-    entries = _entries(ckpt, plan)
-    total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows in entries)
-    _check_disk(out, sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) * _ratio(i, dt) for _, i, rows in entries))
+    entries = _entries_scaled(ckpt, plan)
+    total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows, _ in entries)
+    _check_disk(
+        out, sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) * _ratio(i, dt) for _, i, rows, _ in entries)
+    )
 
     source_manifest = ckpt.side_json(MANIFEST)
     manifest = _manifest(ckpt, plan, new_cfg, source_manifest)
@@ -137,8 +154,14 @@ def extract(
         w = ShardWriter(
             tmp, max_bytes, {"created_by": "emo-slice extract", "source_fingerprint": manifest["source"]["fingerprint"]}
         )
-        for new_name, info, rows in entries:
-            if rows is not None:
+        for new_name, info, rows, factor in entries:
+            if factor is not None:
+
+                def make(info=info, factor=factor):
+                    return (ckpt.get(info.name, torch.float32) * factor).to(dt or info.torch_dtype).contiguous()
+
+                w.add(new_name, make, dtype=dt or info.torch_dtype, shape=tuple(info.shape))
+            elif rows is not None:
 
                 def make(info=info, rows=rows):
                     return ckpt.get(info.name)[torch.tensor(rows)].to(dt or info.torch_dtype).contiguous()
@@ -251,6 +274,20 @@ def copied_files(folder: Path) -> list[Path]:
     return chosen
 
 
+def _rescale_record(plan: SlicePlan, source_manifest: dict | None) -> dict | None:
+    """The routing-mass factors of this slice against its source (`factors`) and against the root model of a
+    slice of a slice (`total`: the source's total times these), or None when nothing is rescaled."""
+    before = source_manifest.get("rescale") if isinstance(source_manifest, dict) else None
+    before = before.get("total") if isinstance(before, dict) else None
+    if plan.scale is None and before is None:
+        return None
+    mine = plan.scale or [None] * len(plan.kept)
+    before = before if isinstance(before, list) and len(before) == len(mine) else [None] * len(mine)
+    before = [b if type(b) in (int, float) and 0 < b <= 1e6 else None for b in before]  # the source may be tampered
+    total = [None if a is None and b is None else (a or 1.0) * (b or 1.0) for a, b in zip(mine, before)]
+    return {"rule": RULE, "factors": mine, "total": total}
+
+
 def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest: dict | None) -> dict:
     """slice.json: the original expert ids per layer (traced through an earlier slice), method, scores, K."""
     cfg = ckpt.config
@@ -286,6 +323,7 @@ def _manifest(ckpt: Checkpoint, plan: SlicePlan, new_cfg: dict, source_manifest:
             "slice_of": source_manifest.get("source") if isinstance(source_manifest, dict) else None,
         },
         "profile": plan.profile,
+        "rescale": _rescale_record(plan, source_manifest),
         "warnings": plan.warnings,
         "layers": layers,
         "provenance": artifacts.provenance(),

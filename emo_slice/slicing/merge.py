@@ -106,6 +106,27 @@ def _lineage(manifest: dict) -> list[tuple[dict, list[list[int]] | None]]:
 def kept_in(full: Checkpoint, tuned: Checkpoint) -> list[list[int]]:
     """The ids, in `full`, of the experts each layer of the slice `tuned` holds (in the slice's order), from its
     slice.json; refused when the slice was not cut from this model (fingerprint and router digest differ)."""
+    return _match(full, tuned)[0]
+
+
+def routing_factors(manifest: dict, level: int, n_layers: int) -> list[float | None]:
+    """Per layer, the routing-mass factor (slicing/rescale.py) the slice's routed down projections carry against
+    the model `level` steps up its lineage (0: the model it was cut from): to be divided out when merging back."""
+    rec = manifest.get("rescale")
+    if not isinstance(rec, dict):
+        return [None] * n_layers
+    f = rec.get("factors" if level == 0 else "total")
+    ok = isinstance(f, list) and len(f) == n_layers
+    ok = ok and all(x is None or (type(x) in (int, float) and 0 < x <= 1e6) for x in f)
+    if not ok:
+        raise CheckpointError(
+            f"slice.json's rescale record is damaged (factors {str(f)[:60]}); extract the slice again"
+        )
+    return f
+
+
+def _match(full: Checkpoint, tuned: Checkpoint) -> tuple[list[list[int]], int]:
+    """kept_in's ids and the lineage level at which `full` was found (0: the slice's direct source)."""
     manifest = tuned.side_json(MANIFEST)
     if not isinstance(manifest, dict) or manifest.get("format") != "emo-slice-slice":
         raise UsageError(
@@ -114,12 +135,12 @@ def kept_in(full: Checkpoint, tuned: Checkpoint) -> list[list[int]]:
         )
     fp, digest = full.fingerprint(), None
     lineage = _lineage(manifest)
-    for src, ids in lineage:
+    for level, (src, ids) in enumerate(lineage):
         if src.get("fingerprint") != fp:
             continue
         digest = digest or router_digest(full)
         if src.get("router_digest", digest) == digest and ids is not None:
-            return _check_ids(ids, full, tuned)
+            return _check_ids(ids, full, tuned), level
     src = lineage[0][0] if lineage else {}
     raise UsageError(
         f"--slice {tuned.path} is a slice of another model ({src.get('path')}, fingerprint {src.get('fingerprint')}, "
@@ -174,11 +195,13 @@ class _Entry:
     tuned: TensorInfo | None = None  # the whole tensor comes from the slice
     rows: list[tuple[int, int]] | None = None  # router: (row in full, row in slice)
     part: str = ""
+    factor: float | None = None  # a rescaled slice's routed down projection: divided by this before merging
 
 
-def _plan(full: Checkpoint, tuned: Checkpoint, ids: list[list[int]], also: tuple[str, ...]):
+def _plan(full: Checkpoint, tuned: Checkpoint, ids: list[list[int]], also: tuple[str, ...], factors=None):
     """(entries in checkpoint order, skipped non-MoE names): where each output tensor comes from."""
     cfg, entries, skipped = full.config, [], []
+    factors = factors or [None] * cfg.num_hidden_layers
     apart = _separate_shared(cfg)
     for name in sorted(full.infos, key=hf_order):
         info, e = full.infos[name], _Entry(name, full.infos[name])
@@ -189,6 +212,7 @@ def _plan(full: Checkpoint, tuned: Checkpoint, ids: list[list[int]], also: tuple
             if x in ids[l] and (not shared or "shared" in also):
                 e.tuned = tuned.info(expert_name(tuned.config, l, ids[l].index(x), kind))
                 e.part = "shared" if shared else "routed"
+                e.factor = factors[l] if kind == "down" and not shared else None
         elif r is not None:
             if "router" in also:
                 e.rows, e.part = [(x, j) for j, x in enumerate(ids[r])], "router"
@@ -231,6 +255,8 @@ def _source(e: _Entry, full: Checkpoint, tuned: Checkpoint, spec: MergeRecipe):
         return rows
     if e.tuned is None:
         return e.full
+    if e.factor is not None:  # the routing-mass factor of a rescaled slice, divided out (in float32)
+        return lambda: _blend(full.get(e.name), tuned.get(e.tuned.name, torch.float32) / e.factor, spec)
     if spec.mode == "replace" and e.tuned.dtype == e.full.dtype:
         return e.tuned
     return lambda: _blend(full.get(e.name), tuned.get(e.tuned.name), spec)
@@ -253,10 +279,11 @@ def merge(
     tuned = tuned if isinstance(tuned, Checkpoint) else Checkpoint(tuned)
     _check_layout(full, "FULL")
     _check_layout(tuned, "--slice")
-    ids = kept_in(full, tuned)
+    ids, level = _match(full, tuned)
+    factors = routing_factors(tuned.side_json(MANIFEST), level, full.config.num_hidden_layers)
     artifacts.check_output(out, inputs=[full.path, tuned.path], overwrite=overwrite, folder=True)
     max_bytes = artifacts.parse_size(max_shard_size)
-    entries, skipped = _plan(full, tuned, ids, spec.also)
+    entries, skipped = _plan(full, tuned, ids, spec.also, factors)
     record = _record(full, tuned, ids, spec, entries, skipped)
     total, done = sum(e.full.nbytes for e in entries), 0
     with artifacts.atomic_output_dir(out, overwrite=overwrite) as tmp:
@@ -306,6 +333,7 @@ def _record(full: Checkpoint, tuned: Checkpoint, ids, spec: MergeRecipe, entries
             "finetune": tuned.side_json("finetune.json"),
         },
         "experts": ids,
+        "routing_factors_divided_out": any(e.factor is not None for e in entries),
         "tensors_merged": counts,
         "skipped_non_moe": skipped,
         "provenance": artifacts.provenance(),

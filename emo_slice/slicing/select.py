@@ -102,6 +102,7 @@ class SlicePlan:
     scores: list[list[float]] | None = None  # per layer, the method's score of every routed expert
     profile: dict | None = None  # what the scores came from (model, inputs, settings, provenance)
     warnings: list[str] = field(default_factory=list)
+    scale: list[float | None] | None = None  # per layer, the kept routed experts' output factor (slicing/rescale.py)
 
 
 def parse_expert_list(text: str, cfg: EmoConfig, flag: str = "--experts") -> list[list[int]]:

@@ -37,6 +37,7 @@ SIZES = {
     # seconds: for tests
     "tiny": dict(
         chars=20_000,
+        controls=2,
         pretrain=["--preset", "tiny", "--steps", "30", "--set", "eval_every=30", "--set", "save_every=30"],
         eval=["--limit", "8"],
         map=["--docs-limit", "4", "--max-tokens-per-doc", "48", "--clusters", "4"],
@@ -45,6 +46,7 @@ SIZES = {
     # tokens, 150 steps of 16 x 256 tokens
     "small": dict(
         chars=300_000,
+        controls=5,  # random draws per K: enough for a mean and a spread to compare the profile's choice with
         pretrain=[
             "--preset",
             "small",
@@ -124,7 +126,7 @@ def steps(
             "--keep",
             keep,
             "--controls",
-            "1",
+            str(s["controls"]),
             "--out",
             str(o / f"sweep-{domain}.json"),
             *s["eval"],

@@ -20,7 +20,7 @@ from typing import Callable
 from emo_slice.errors import UsageError
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.slicing.profile_settings import EXAMPLES, ProfileSettings
-from emo_slice.specs import INPUT, KEEP, METHOD, OUTPUT, OVERWRITE, Spec, param
+from emo_slice.specs import INPUT, KEEP, METHOD, OUTPUT, OVERWRITE, RESCALE, Spec, param
 from emo_slice.workflows import autok
 from emo_slice.workflows.autok import AutoKSpec
 from emo_slice.workflows.common import PROFILING, WRITING, Progress, phase
@@ -51,6 +51,7 @@ class SliceSpec(Spec):
     )
     method: str = param("mean-prob", METHOD)
     compose: str | None = param(None, COMPOSE)
+    rescale: str = param("auto", RESCALE)
     per_layer: bool = param(
         False,
         "Rank experts across layers (different K per layer, written as num_experts_per_layer): EMO's own model code "
@@ -202,16 +203,21 @@ def _write(ckpt, plan, spec: SliceSpec, warn, progress) -> dict:
 def _planner(ckpt, profs: list[dict], sources: list[str], spec: SliceSpec):
     """keep -> SlicePlan: composed over the domains when there are several profiles, else plan_slice."""
     from emo_slice.slicing.compose import check_composable, compose_plan  # torch-free --help
+    from emo_slice.slicing.rescale import rescale
     from emo_slice.slicing.select import plan_slice
 
     method, per_layer, rule = spec.method, spec.per_layer, spec.compose or "union"
+
+    def scaled(plan):
+        return rescale(plan, ckpt.config, profs, spec.rescale)
+
     if len(profs) > 1:
         check_composable(profs, method, rule, per_layer)
-        return lambda k: compose_plan(ckpt, k, profs, [str(s) for s in sources], method, rule)
+        return lambda k: scaled(compose_plan(ckpt, k, profs, [str(s) for s in sources], method, rule))
     prof = profs[0] if profs else None
     seed = spec.calibration.seed
-    return lambda k: plan_slice(
-        ckpt, k, experts=spec.experts, profile=prof, method=method, per_layer=per_layer, seed=seed
+    return lambda k: scaled(
+        plan_slice(ckpt, k, experts=spec.experts, profile=prof, method=method, per_layer=per_layer, seed=seed)
     )
 
 

@@ -3,7 +3,8 @@
 `run(SweepSpec(...))` profiles each model once (or reads a profile), scores the full model ONCE, then for every K
 writes the slice the profile chooses (to a temporary folder, or `keep_slices`), scores it on the very same
 items and compares it with the full model; `controls` random slices per K (experts drawn per layer by a
-seeded generator, `select.rank_experts`, seeds seed, seed+1, ...) are the control arm. Every evaluation goes
+seeded generator, `select.rank_experts`, seeds seed, seed+1, ...) are the control arm, summarised per K by
+`control_stats` (mean, sample standard deviation, min and max over the draws). Every evaluation goes
 through `eval.harness.simple_evaluate` with the same `EvalSettings`, so a sweep row equals `emo-slice extract`
 + `emo-slice eval SLICE --against FULL` on the same items. It then writes the results (JSON) and the picture.
 
@@ -14,11 +15,13 @@ object, in memory), and `held_out` records the split.
 
 The results dict (`format: emo-slice-sweep`) holds per row: K, kind (profile / random, with the seed),
 bytes of weights and their share of the full model's, every metric, the share of the full model's score
-kept (`eval.metrics.compare`), tokens/s and the original ids of the experts kept.
+kept (`eval.metrics.compare`), tokens/s and the original ids of the experts kept; `control_stats` holds per K
+the spread of the random draws' scores and shares kept.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -29,7 +32,7 @@ from emo_slice.errors import UsageError
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.ownership import PNG_SOFTWARE
 from emo_slice.slicing.profile_settings import ProfileSettings
-from emo_slice.specs import INPUT, METHOD, MODEL, OUTPUT, OVERWRITE, Spec, param
+from emo_slice.specs import INPUT, METHOD, MODEL, OUTPUT, OVERWRITE, RESCALE, Spec, param
 from emo_slice.workflows.common import PROFILING, SCORED, Progress, phase
 from emo_slice.workflows.paths import check_spec_paths, local_path
 from emo_slice.workflows.scoring import HEADLINE, headline_metrics, score_full, score_slice  # noqa: F401
@@ -54,7 +57,12 @@ class SweepSpec(Spec):
     )
     calibration: ProfileSettings | None = param(None, "How each model is profiled (--examples and its options).")
     method: str = param("mean-prob", METHOD + " The swept slices' ranking (random: see --controls).")
-    controls: int = param(1, "Random-expert slices per K (seeds --seed, --seed+1, ...).")
+    rescale: str = param("auto", RESCALE)
+    controls: int = param(
+        5,
+        "Random-expert slices per K (seeds --seed, --seed+1, ...): the table shows their mean and standard deviation, "
+        "the results their min and max too. One draw says little (its spread is unknown); 0 for none.",
+    )
     seed: int = param(0, "Random seed of the random controls and of the demonstrations draw.")
     scoring: EvalSettings = param(EvalSettings(), "How every slice and the full model are scored.")
     metric: tuple[str, ...] = param((), METRIC)
@@ -167,8 +175,40 @@ def sweep_one(
         "held_out": split,
         **_full_record(full),
         "rows": rows,
+        "control_stats": control_stats(rows, ks),
         "provenance": provenance(command="emo-slice sweep"),
     }
+
+
+def spread(values: list) -> dict:
+    """n, mean, sample standard deviation (n - 1 in the denominator; None below two values), min and max of the
+    values that are numbers (None and text such as an "N/A" stderr are left out; all None when none is left)."""
+    xs = [float(x) for x in values if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    n = len(xs)
+    if not n:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+    mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": mean, "sd": sd, "min": min(xs), "max": max(xs)}
+
+
+def control_stats(rows: list[dict], ks: list[int]) -> list[dict]:
+    """Per K, the spread (`spread`) of the random controls' scores (`results`) and shares of the full model's
+    score kept (`kept`), task by task and metric by metric; empty without controls."""
+    out = []
+    for k in ks:
+        ctrl = [r for r in rows if r["kind"] == "random" and r["keep"] == k]
+        if not ctrl:
+            continue
+        rec = {"keep": k, "n": len(ctrl), "seeds": [r["seed"] for r in ctrl]}
+        for part in ("results", "kept"):
+            by_task = {
+                task: {m: spread([r[part][task].get(m) for r in ctrl]) for m in metrics}
+                for task, metrics in ctrl[0][part].items()
+            }
+            rec[part] = {t: {m: s for m, s in ms.items() if s["n"]} for t, ms in by_task.items()}
+        out.append(rec)
+    return out
 
 
 def _full_record(full: dict) -> dict:
@@ -189,13 +229,15 @@ def _full_record(full: dict) -> dict:
 def _score_arms(ckpt, label, prof, spec, arms, root: Path, full, scoring, keep: bool, progress) -> list[dict]:
     """One row per arm (K, kind, seed): the slice the profile (or the seeded random control) chooses, written
     under root and scored against the full model."""
-    from emo_slice.slicing.select import plan_slice  # torch-free --help
+    from emo_slice.slicing.rescale import rescale  # torch-free --help
+    from emo_slice.slicing.select import plan_slice
 
     rows = []
     for i, (k, kind, s) in enumerate(arms):
         if progress is not None:
             progress(SCORED, i, len(arms))
         plan = plan_slice(ckpt, k, profile=prof, method=spec.method if kind == "profile" else "random", seed=s or 0)
+        rescale(plan, ckpt.config, [prof], spec.rescale)  # the controls too: the comparison is of the choice alone
         name = f"{label}-{k}" + (f"-random{s}" if kind == "random" else "")
         row = score_slice(ckpt, plan, root / name, full, scoring, keep, spec.overwrite)
         rows.append({"kind": kind, "seed": s, **row})
@@ -291,7 +333,8 @@ PLOT_HINT = "matplotlib is not installed, so no PNG was written: pip install 'em
 
 def write_plot(data: dict, path: str | os.PathLike, metrics: list[str] | None = None) -> bool:
     """Score vs share of the full model's bytes, one panel per shown metric: the profile's slices (line), the
-    random controls (x) and the full model (star) of every model. False if matplotlib is missing."""
+    random controls (each draw a faint x; their mean with an error bar of one standard deviation) and the full
+    model (star) of every model. False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -316,14 +359,7 @@ def write_plot(data: dict, path: str | os.PathLike, metrics: list[str] | None = 
                 label=f"{sw['label']}: experts chosen by the profile",
             )
             if ctrl:
-                ax.plot(
-                    [r["share_of_bytes"] for r in ctrl],
-                    [r["results"][task][metric] for r in ctrl],
-                    "x",
-                    color=color,
-                    markersize=8,
-                    label=f"{sw['label']}: random experts (control)",
-                )
+                _plot_controls(ax, ctrl, task, metric, color, sw["label"])
             ax.plot(
                 [1.0],
                 [sw["full"]["results"][task][metric]],
@@ -343,3 +379,33 @@ def write_plot(data: dict, path: str | os.PathLike, metrics: list[str] | None = 
         fig.savefig(tmp, format="png", dpi=110, metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
     plt.close(fig)
     return True
+
+
+def _plot_controls(ax, ctrl: list[dict], task: str, metric: str, color: str, label: str) -> None:
+    """The random draws of every K as faint x, and per K their mean with a one-standard-deviation error bar."""
+    ax.plot(
+        [r["share_of_bytes"] for r in ctrl],
+        [r["results"][task][metric] for r in ctrl],
+        "x",
+        color=color,
+        alpha=0.35,
+        markersize=6,
+    )
+    xs, means, sds = [], [], []
+    for k in sorted({r["keep"] for r in ctrl}):
+        at_k = [r for r in ctrl if r["keep"] == k]
+        st = spread([r["results"][task][metric] for r in at_k])
+        xs.append(at_k[0]["share_of_bytes"])
+        means.append(st["mean"])
+        sds.append(st["sd"] or 0.0)
+    n = len(ctrl) // max(1, len(xs))
+    ax.errorbar(
+        xs,
+        means,
+        yerr=sds,
+        fmt="s--",
+        color=color,
+        mfc="white",
+        capsize=4,
+        label=f"{label}: random experts, mean ± sd of {n}",
+    )

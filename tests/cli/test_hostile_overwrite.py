@@ -139,7 +139,10 @@ def test_a_picture_emo_slice_drew_is_recognised(tmp_path):
 
     from emo_slice.workflows.sweep import write_plot
 
-    rows = [{"kind": kind, "share_of_bytes": 0.5, "results": {"t": {"acc": 0.4}}} for kind in ("profile", "random")]
+    rows = [
+        {"kind": kind, "keep": 2, "share_of_bytes": 0.5, "results": {"t": {"acc": 0.4}}}
+        for kind in ("profile", "random")
+    ]
     data = {
         "format": "emo-slice-sweep",
         "sweeps": [{"label": "m", "full": {"results": {"t": {"acc": 0.5}}}, "rows": rows}],

@@ -49,18 +49,16 @@ def test_quickstart_tiny(tmp_path):
         assert losses[-1] < losses[0]
         emo_slice.load_model(out / router / "final")
 
-    # 3. one sweep of both models: each K (12.5% and 25% are both 2 of 9 at this size) and a random control,
+    # 3. one sweep of both models: each K (12.5% and 25% are both 2 of 9 at this size) and two random controls,
     # scored in bits per byte on held-out code documents against its own full model
     res = json.loads((out / "sweep-code.json").read_text())
     assert [s["model"] for s in res["sweeps"]] == [str((out / r / "final").resolve()) for r in quickstart.ROUTERS]
     for s in res["sweeps"]:
         assert s["keeps"] == [2, 4] and s["profile"]["inputs"]["shots"] == 5
-        assert [(r["keep"], r["kind"]) for r in s["rows"]] == [
-            (2, "profile"),
-            (2, "random"),
-            (4, "profile"),
-            (4, "random"),
+        assert [(r["keep"], r["kind"], r["seed"]) for r in s["rows"]] == [
+            (k, kind, seed) for k in (2, 4) for kind, seed in (("profile", None), ("random", 0), ("random", 1))
         ]
+        assert [(c["keep"], c["n"]) for c in s["control_stats"]] == [(2, 2), (4, 2)]
         assert set(s["full"]["results"]) == {"lm:code"} and s["full"]["bytes"] > s["rows"][-1]["bytes"]
         assert all(kept[-1] == 8 for r in s["rows"] for kept in r["kept_experts"])  # the shared expert, last
     table = proc.stdout[proc.stdout.index("Sweep on lm:code:") :]

@@ -1,6 +1,7 @@
 """`emo-slice sweep`: every row equals a separate extract + eval on the same items; the random control is seeded."""
 
 import json
+import statistics
 import sys
 
 import pytest
@@ -78,7 +79,9 @@ def test_sweep_rows_equal_separate_extract_and_eval(tiny_ckpt, data, tmp_path, m
     assert ctrl[0]["kept_experts"] != plan_slice(ckpt, 4, method="random", seed=6).kept
     assert res["controls"] == {"n": 1, "seeds": [5], "method": "random"}
     # separate runs: extract (the sweep's profile input; and a random control) + eval against the full model
-    for row, kw in ((res["rows"][2], {"examples": str(calib)}), (ctrl[0], {"method": "random", "seed": 5})):
+    # (the control's slice is rescaled by the same profile's routing mass as the profile's own slice)
+    for row, kw in ((res["rows"][2], {}), (ctrl[0], {"method": "random", "seed": 5})):
+        kw["examples"] = str(calib)
         m = make_slice(tiny_ckpt, tmp_path / f"s{row['seed']}", keep=4, **kw)
         assert m["kept_experts"] == row["kept_experts"]
         sep = simple_evaluate(
@@ -130,8 +133,14 @@ def test_held_out_tasks_drop_the_calibration_items(tmp_path, data):
 def test_plot_marks_full_model_and_controls(tmp_path):
     pytest.importorskip("matplotlib")
     rows = [
-        {"kind": kind, "share_of_bytes": b, "results": {"lm:x": {"bits_per_byte": v}}}
-        for kind, b, v in (("profile", 0.3, 3.5), ("random", 0.3, 4.5), ("profile", 0.6, 3.4))
+        {"kind": kind, "keep": k, "share_of_bytes": b, "results": {"lm:x": {"bits_per_byte": v}}}
+        for kind, k, b, v in (
+            ("profile", 2, 0.3, 3.5),
+            ("random", 2, 0.3, 4.5),
+            ("random", 2, 0.3, 4.1),
+            ("profile", 4, 0.6, 3.4),
+            ("random", 4, 0.6, 3.6),
+        )
     ]
     data = {"sweeps": [{"label": "emo", "rows": rows, "full": {"results": {"lm:x": {"bits_per_byte": 3.3}}}}]}
     assert sweep.write_plot(data, tmp_path / "p.png")
@@ -162,3 +171,76 @@ def test_sweep_refuses_outputs_before_any_work(tiny_ckpt, data, tmp_path):
     r = invoke("sweep", tiny_ckpt, "--task", task, "--keep", "3", "--out", tiny_ckpt / "r.json")
     assert_one_line_error(r, "inside the input")
     assert (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_spread_is_the_sample_mean_sd_min_and_max():
+    """Against the statistics module: the sample standard deviation (n - 1), numbers only, None below two."""
+    xs = [0.91, 0.953, None, 0.87, "N/A", 0.999]
+    nums = [0.91, 0.953, 0.87, 0.999]
+    st = sweep.spread(xs)
+    assert st["n"] == 4 and st["min"] == 0.87 and st["max"] == 0.999
+    assert st["mean"] == pytest.approx(statistics.mean(nums), abs=1e-15)
+    assert st["sd"] == pytest.approx(statistics.stdev(nums), abs=1e-15)
+    assert sweep.spread([0.5]) == {"n": 1, "mean": 0.5, "sd": None, "min": 0.5, "max": 0.5}
+    assert sweep.spread([None, True]) == {"n": 0, "mean": None, "sd": None, "min": None, "max": None}
+
+
+@pytest.fixture(scope="module")
+def three_controls(tiny_ckpt, data):
+    """A sweep of the tiny model with three random draws per K (bits per byte on the code documents)."""
+    _, lm, calib = data
+    settings = sweep.ProfileSettings(examples=str(calib))
+    return sweep.run_sweep(tiny_ckpt, keeps="3,5", lm=[str(lm)], settings=settings, controls=3, seed=7)
+
+
+def test_control_statistics_are_the_draws_mean_sd_min_and_max(three_controls, tiny_ckpt, data):
+    res = three_controls
+    assert res["controls"] == {"n": 3, "seeds": [7, 8, 9], "method": "random"}
+    assert [(c["keep"], c["n"], c["seeds"]) for c in res["control_stats"]] == [(3, 3, [7, 8, 9]), (5, 3, [7, 8, 9])]
+    for c in res["control_stats"]:
+        draws = [r for r in res["rows"] if r["kind"] == "random" and r["keep"] == c["keep"]]
+        for part in ("results", "kept"):
+            for task, metrics in c[part].items():
+                assert metrics, task
+                for m, st in metrics.items():
+                    xs = [r[part][task][m] for r in draws]
+                    assert st["mean"] == pytest.approx(statistics.mean(xs), rel=1e-12)
+                    assert st["sd"] == pytest.approx(statistics.stdev(xs), rel=1e-9)
+                    assert (st["min"], st["max"]) == (min(xs), max(xs))
+        kept = c["kept"]["lm:docs"]["bits_per_byte"]
+        assert kept["sd"] > 0  # three different draws score differently
+    # seeded: the same draws, the same scores, on every call
+    _, lm, calib = data
+    again = sweep.run_sweep(
+        tiny_ckpt, keeps="3", lm=[str(lm)], settings=sweep.ProfileSettings(examples=str(calib)), controls=3, seed=7
+    )
+    first = [r for r in res["rows"] if r["keep"] == 3]
+    assert [(r["kept_experts"], r["results"]) for r in again["rows"]] == [
+        (r["kept_experts"], r["results"]) for r in first
+    ]
+    assert again["control_stats"][0] == res["control_stats"][0]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_sweep_table_keeps_every_figure_whole(three_controls, width):
+    """In an 80-column terminal (and a log file) no cell is cut short: every figure of the table is printed whole;
+    a wide terminal adds tokens/s."""
+    from rich.console import Console
+
+    from emo_slice.cli.display import _fmt
+    from emo_slice.cli.sweep_display import sweep_table
+
+    data = {"sweeps": [three_controls, {**three_controls, "label": "standard"}]}
+    console = Console(width=width, record=True, color_system=None)
+    console.print(sweep_table(data, None, console.width))
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    for c in three_controls["control_stats"]:
+        st = c["kept"]["lm:docs"]["bits_per_byte"]
+        assert f"{st['mean']:.1%}" in text and f"±{st['sd'] * 100:.1f}" in text
+    for r in three_controls["rows"]:
+        if r["kind"] == "profile":
+            assert _fmt("bits_per_byte", r["results"]["lm:docs"]["bits_per_byte"]) in text
+            assert f"({r['kept']['lm:docs']['bits_per_byte']:.1%})" in text
+    assert "mean, ± sd of 3 draws" in " ".join(text.split())
+    assert ("tok/s" in text) == (width >= 110)
