@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--scratch", default=None, help="folder for temporary arrays (4 GB at the release shape)")
     ap.add_argument("--child", choices=["quickstart", "release"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.scratch is not None and not Path(args.scratch).is_dir():
+        ap.error(f"--scratch {args.scratch} is not a folder; create it or give an existing one")
     if args.child == "quickstart":
         return run_quickstart(args)
     if args.child == "release":
