@@ -41,7 +41,8 @@ def data(tmp_path):
 def test_study_rows_are_the_sweeps_and_the_spread_is_the_draws(tiny_ckpt, data, tmp_path, capsys):
     study = _script()
     out = tmp_path / "study.json"
-    args = ["--models", str(tiny_ckpt), "--data", str(data), "--keep", "3", "--draws", "3"]
+    # K = 3 <= top-k: with --rescale auto the study's slices are rescaled as sweep's default rescales them
+    args = ["--models", str(tiny_ckpt), "--data", str(data), "--keep", "3", "--draws", "3", "--rescale", "auto"]
     assert study.main([*args, "--methods", "mean-prob,greedy", "--out", str(out)]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = json.loads(out.read_text())["models"][0]["rows"]
