@@ -115,6 +115,13 @@ def _print_manifest(manifest: dict, out: Path) -> None:
         f"{manifest['num_experts_per_tok']}), method {manifest['method']}, {len(manifest['files'])} "
         "weight files"
     )
+    factors = [f for f in ((manifest.get("rescale") or {}).get("factors") or []) if f is not None]
+    if factors:
+        shown = ", ".join(f"{f:.3f}" for f in factors[:8]) + (", ..." if len(factors) > 8 else "")
+        console.print(
+            f"rescaled (--rescale): the kept routed experts' down projections times the router probability they "
+            f"held, per layer: {shown}"
+        )
     if all(k == kept[0] for k in kept):
         console.print(f"kept experts (original ids, every layer): {kept[0]}")
         return

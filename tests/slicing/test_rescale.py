@@ -139,3 +139,26 @@ def test_merging_a_rescaled_slice_divides_the_factor_out(sliced, tmp_path):
 def test_plain_plans_carry_no_factor(sliced):
     *_, plain, _, _ = sliced
     assert plain.scale is None and SlicePlan([[0]], "experts", 1).scale is None
+
+
+def test_extract_rescales_by_default_at_most_top_k_and_says_so(sliced, tmp_path):
+    """The command line: `--rescale auto` (the default) with --examples at K <= top-k writes the same factors the
+    library computes and prints them; `--rescale off` writes the plain slice; above top-k auto leaves it plain."""
+    import json
+
+    from conftest import invoke
+
+    root, full, prof, plain, scaled, _ = sliced
+    calib = root / "calib.txt"
+    r = invoke("extract", full, "--keep", "3", "--examples", calib, "--out", tmp_path / "auto")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "auto" / MANIFEST).read_text())
+    assert manifest["rescale"]["factors"] == pytest.approx(scaled.scale, rel=1e-12)
+    assert "rescaled (--rescale)" in r.stdout and f"{scaled.scale[0]:.3f}" in r.stdout
+    r = invoke("extract", full, "--keep", "3", "--examples", calib, "--rescale", "off", "--out", tmp_path / "off")
+    assert r.returncode == 0 and "rescaled" not in r.stdout
+    assert json.loads((tmp_path / "off" / MANIFEST).read_text())["rescale"] is None
+    off, mine = _tensors(tmp_path / "off"), _tensors(root / "plain")
+    assert all(torch.equal(off[n], mine[n]) for n in mine)
+    r = invoke("extract", full, "--keep", "5", "--examples", calib, "--out", tmp_path / "five")  # 5 > top-k 3
+    assert r.returncode == 0 and json.loads((tmp_path / "five" / MANIFEST).read_text())["rescale"] is None
