@@ -73,7 +73,7 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def kept_routing(diag: dict, kept: list[list[int]], n_shared: int) -> dict:
+def kept_routing(diag: dict, kept: list[list[int]]) -> dict:
     """mass and slots held by the kept routed experts, averaged over the MoE layers (see the module docstring)."""
     mass, slots = [], []
     for layer, ids in zip(diag["layers"], kept):
@@ -147,7 +147,7 @@ def study_model(model: str, args, domains: list[str], data: Path) -> dict:
                     rescale(plan, cfg, [prof], args.rescale)
                 row = score_slice(ckpt, plan, Path(tmp) / f"{method}-{k}-{seed}", full, (scored, lm, settings))
                 kept = {f"lm:{d}": row["kept"][f"lm:{d}"]["bits_per_byte"] for d in domains}
-                routing = kept_routing(diag, row["kept_experts"], cfg.num_shared_experts)
+                routing = kept_routing(diag, row["kept_experts"])
                 rows.append({"keep": k, "method": method, "seed": seed, "kept": kept, **routing})
                 print(f"{label_of(model)} K={k} {method}{'' if seed is None else seed}: {kept}", file=sys.stderr)
     return {

@@ -23,6 +23,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+EXAMPLES = Path(__file__).parents[1] / "examples"
 # Progress lines off a terminal start after a quiet 2 s; a loaded test machine can take that long on a tiny
 # model, and the one-line error checks must not see them. Tests that want the lines lower it.
 os.environ.setdefault("EMO_SLICE_PROGRESS_QUIET", "600")
@@ -267,3 +268,13 @@ def hf_checkpoint(out, family: str, seed: int = 0, dtype: str = "float32", **ove
     model = hf_model(family, seed, dtype, **overrides)
     model.save_pretrained(out)
     return Path(out)
+
+
+def load_example(name: str):
+    """The script examples/NAME.py as a module (its functions and main, without running it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -285,30 +285,41 @@ def _loop_autograd(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) ->
     return torch.cat(parts) if parts else x_MD.new_zeros(0, x_MD.shape[1])
 
 
+def _cast_buffers(x_MD, w_gate_EFD) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Reused buffers at x's dtype for one expert's stacked gate and up [2F, D] and down [D, F] when the weights
+    are narrower (cast one expert at a time), else None (the weights are used where they lie)."""
+    if w_gate_EFD.dtype == x_MD.dtype:
+        return None
+    F_, D = w_gate_EFD.shape[1], x_MD.shape[1]
+    return x_MD.new_empty(2 * F_, D), x_MD.new_empty(D, F_)
+
+
+def _expert_hidden(x_cD, e: int, w_gate_EFD, w_up_EFD, w_down_EDF, bufs) -> tuple[torch.Tensor, torch.Tensor]:
+    """silu(gate) * up of expert e for its rows x_cD (gate and up one matmul when cast into bufs), and the
+    expert's down weight [D, F] at x's dtype."""
+    if bufs is None:
+        g_cF, u_cF = torch.mm(x_cD, w_gate_EFD[e].t()), torch.mm(x_cD, w_up_EFD[e].t())
+        return F.silu(g_cF).mul_(u_cF), w_down_EDF[e]
+    w_2FD, w_DF = bufs
+    F_ = w_gate_EFD.shape[1]
+    w_2FD[:F_].copy_(w_gate_EFD[e])
+    w_2FD[F_:].copy_(w_up_EFD[e])
+    w_DF.copy_(w_down_EDF[e])
+    gu_c2F = torch.mm(x_cD, w_2FD.t())
+    return F.silu(gu_c2F[:, :F_]).mul_(gu_c2F[:, F_:]), w_DF
+
+
 def _loop_inplace(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> torch.Tensor:
     """The expert loop for inference, in place: each expert's rows of x_MD (a view) through gate and up, then
-    down straight into its output rows. Weights at x's dtype are used where they lie; narrower ones are cast
-    one expert at a time into reused buffers, gate and up stacked so that they are one matmul."""
-    M, D = x_MD.shape
-    F_ = w_gate_EFD.shape[1]
-    y_MD = x_MD.new_empty(M, D)
-    cast = w_gate_EFD.dtype != x_MD.dtype
-    if cast:
-        w_2FD, w_DF = x_MD.new_empty(2 * F_, D), x_MD.new_empty(D, F_)
+    down straight into its output rows (`_expert_hidden`)."""
+    y_MD = torch.empty_like(x_MD)
+    bufs = _cast_buffers(x_MD, w_gate_EFD)
     start = 0
     for e, c in enumerate(counts):
         if not c:
             continue
-        x_cD = x_MD[start : start + c]
-        if cast:
-            w_2FD[:F_].copy_(w_gate_EFD[e])
-            w_2FD[F_:].copy_(w_up_EFD[e])
-            w_DF.copy_(w_down_EDF[e])
-            gu_c2F = torch.mm(x_cD, w_2FD.t())
-            g_cF, u_cF = gu_c2F[:, :F_], gu_c2F[:, F_:]
-        else:
-            g_cF, u_cF, w_DF = torch.mm(x_cD, w_gate_EFD[e].t()), torch.mm(x_cD, w_up_EFD[e].t()), w_down_EDF[e]
-        torch.mm(F.silu(g_cF).mul_(u_cF), w_DF.t(), out=y_MD[start : start + c])
+        h_cF, w_DF = _expert_hidden(x_MD[start : start + c], e, w_gate_EFD, w_up_EFD, w_down_EDF, bufs)
+        torch.mm(h_cF, w_DF.t(), out=y_MD[start : start + c])
         start += c
     return y_MD
 
@@ -319,27 +330,15 @@ def _loop_sum(x_ND, tok_M, counts: list[int], weight_M, w_gate_EFD, w_up_EFD, w_
     and down, the output's norms written to norm_M (float64, in sorted pair order) when given, weighted and
     index-added into out_ND. Experts are added in ascending order, pairs in sorted order within each: the
     order one index_add_ of every sorted pair takes, so the sums are the same."""
-    D = x_ND.shape[1]
-    F_ = w_gate_EFD.shape[1]
     out_ND = torch.zeros_like(x_ND)
-    cast = w_gate_EFD.dtype != x_ND.dtype
-    if cast:
-        w_2FD, w_DF = x_ND.new_empty(2 * F_, D), x_ND.new_empty(D, F_)
+    bufs = _cast_buffers(x_ND, w_gate_EFD)
     start = 0
     for e, c in enumerate(counts):
         if not c:
             continue
         tok_c = tok_M[start : start + c]
-        x_cD = x_ND[tok_c]
-        if cast:
-            w_2FD[:F_].copy_(w_gate_EFD[e])
-            w_2FD[F_:].copy_(w_up_EFD[e])
-            w_DF.copy_(w_down_EDF[e])
-            gu_c2F = torch.mm(x_cD, w_2FD.t())
-            g_cF, u_cF = gu_c2F[:, :F_], gu_c2F[:, F_:]
-        else:
-            g_cF, u_cF, w_DF = torch.mm(x_cD, w_gate_EFD[e].t()), torch.mm(x_cD, w_up_EFD[e].t()), w_down_EDF[e]
-        y_cD = torch.mm(F.silu(g_cF).mul_(u_cF), w_DF.t())
+        h_cF, w_DF = _expert_hidden(x_ND[tok_c], e, w_gate_EFD, w_up_EFD, w_down_EDF, bufs)
+        y_cD = torch.mm(h_cF, w_DF.t())
         if norm_M is not None:
             norm_M[start : start + c] = torch.linalg.vector_norm(y_cD, dim=-1, dtype=torch.float64)
         weight_c1 = weight_M[start : start + c, None]

@@ -86,11 +86,6 @@ def _check_layout(ckpt: Checkpoint) -> None:
         )
 
 
-def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None]]:
-    """What the slice holds, in checkpoint order: (new name, source tensor, router rows kept or None)."""
-    return [(name, info, rows) for name, info, rows, _ in _entries_scaled(ckpt, plan)]
-
-
 def _factor(cfg: EmoConfig, plan: SlicePlan, l: int, e: int, kind: str) -> float | None:
     """The factor of one expert tensor: a kept routed expert's down projection in a rescaled layer, else None."""
     if plan.scale is None or kind != "down" or plan.scale[l] is None:
@@ -98,8 +93,9 @@ def _factor(cfg: EmoConfig, plan: SlicePlan, l: int, e: int, kind: str) -> float
     return plan.scale[l] if e < cfg.experts_in_layer(l) - cfg.num_shared_experts else None
 
 
-def _entries_scaled(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None, float | None]]:
-    """_entries with each tensor's routing-mass factor (None: copied as it is)."""
+def _entries(ckpt: Checkpoint, plan: SlicePlan) -> list[tuple[str, TensorInfo, list[int] | None, float | None]]:
+    """What the slice holds, in checkpoint order: (new name, source tensor, router rows kept or None, the
+    routing-mass factor of a rescaled expert tensor or None)."""
     cfg = ckpt.config
     new_index = [{old: new for new, old in enumerate(kept)} for kept in plan.kept]
     entries = []
@@ -140,7 +136,7 @@ def extract(
     artifacts.check_output(out, inputs=[ckpt.path], overwrite=overwrite, folder=True)
     max_bytes = artifacts.parse_size(max_shard_size)
 
-    entries = _entries_scaled(ckpt, plan)
+    entries = _entries(ckpt, plan)
     total = sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) for _, i, rows, _ in entries)
     _check_disk(
         out, sum(i.nbytes * (len(rows) / i.shape[0] if rows else 1) * _ratio(i, dt) for _, i, rows, _ in entries)

@@ -4,12 +4,12 @@ script's own argument parser: real flags, real choices (a renamed flag or a pres
 Each script's main() runs up to its parse_args, which parses the README's words and then stops the script."""
 
 import argparse
-import importlib.util
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+from conftest import load_example
 
 ROOT = Path(__file__).parents[2]
 DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -29,10 +29,7 @@ class _Parsed(Exception):
 
 
 def _load(script: str):
-    spec = importlib.util.spec_from_file_location(Path(script).stem, ROOT / script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example(Path(script).stem)  # script: examples/NAME.py
 
 
 def test_docs_pages_show_example_commands():

@@ -1,22 +1,14 @@
 """examples/finetune_merge.py runs end to end on a tiny quickstart-shaped folder and ends with one JSON line whose
 figures are the models' own (the untouched domains of a merge that changes nothing stay equal)."""
 
-import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
+from conftest import load_example
 
-SCRIPT = Path(__file__).parents[2] / "examples" / "finetune_merge.py"
 DOMAINS = ("code", "docs", "unicode", "arithmetic")
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("finetune_merge", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _quickstart(root: Path) -> Path:
@@ -46,7 +38,7 @@ def _quickstart(root: Path) -> Path:
 def test_runs_and_ends_with_one_json_line(tmp_path, capsys):
     qs = _quickstart(tmp_path / "qs")
     args = ["--quickstart", str(qs), "--out", str(tmp_path / "out"), "--items", "12", "--epochs", "1"]
-    _script().main(args + ["--keep", "4", "--batch-size", "4", "--device", "cpu"])
+    load_example("finetune_merge").main(args + ["--keep", "4", "--batch-size", "4", "--device", "cpu"])
     out = capsys.readouterr().out.strip().splitlines()
     data = json.loads(out[-1])
     for r in ("emo", "standard"):

@@ -1,24 +1,13 @@
 """examples/pool_causality.py: its first-half pool is causal (no later token changes a scored token's routing)
 while eval's whole-window pool is not, and a pool of every routed expert is no pool at all."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_model
+from conftest import load_example, random_model
 
 from emo_slice.model.generation import prompt_pools
-
-SCRIPT = Path(__file__).parents[2] / "examples" / "pool_causality.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("pool_causality", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _windows(model, T=40, P=2):
@@ -35,7 +24,7 @@ def _windows(model, T=40, P=2):
 
 
 def test_first_half_pool_sees_no_later_token():
-    pc, model = _script(), random_model(seed=1)
+    pc, model = load_example("pool_causality"), random_model(seed=1)
     ia, ib, pred, tgt = _windows(model)
     assert ia[:26] == ib[:26] and ia[26:] != ib[26:]
     with torch.no_grad():
@@ -46,7 +35,7 @@ def test_first_half_pool_sees_no_later_token():
 
 
 def test_a_pool_of_every_routed_expert_is_no_pool():
-    pc, model = _script(), random_model(seed=2)
+    pc, model = load_example("pool_causality"), random_model(seed=2)
     ia, _, pred, tgt = _windows(random_model(seed=1))
     with torch.no_grad():
         free = pc.second_half_nll(model, ia, pred, tgt, None, causal=False)
@@ -73,6 +62,6 @@ def test_bad_input_is_one_line(bad, needle, tiny_ckpt, tmp_path, monkeypatch, ca
     args.update({k: where.get(v, v) for k, v in bad.items()})
     monkeypatch.setattr(sys, "argv", ["pool_causality.py", *[str(x) for kv in args.items() for x in kv]])
     with pytest.raises(SystemExit) as e:
-        _script().main()
+        load_example("pool_causality").main()
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("error: ") and needle in err and err.count("\n") == 1

@@ -1,24 +1,15 @@
 """examples/selection_study.py: its rows are sweep's rows (the same slices, the same scores), its random spread is
 the draws' mean and sample standard deviation, and bad input is one line."""
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 import pytest
+from conftest import load_example
 
 from emo_slice.slicing.profile_settings import ProfileSettings
 from emo_slice.workflows import sweep
-
-SCRIPT = Path(__file__).parents[2] / "examples" / "selection_study.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("selection_study", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _jsonl(path, rows):
@@ -39,7 +30,7 @@ def data(tmp_path):
 
 @pytest.mark.slow
 def test_study_rows_are_the_sweeps_and_the_spread_is_the_draws(tiny_ckpt, data, tmp_path, capsys):
-    study = _script()
+    study = load_example("selection_study")
     out = tmp_path / "study.json"
     # K = 3 <= top-k: with --rescale auto the study's slices are rescaled as sweep's default rescales them
     args = ["--models", str(tiny_ckpt), "--data", str(data), "--keep", "3", "--draws", "3", "--rescale", "auto"]
@@ -66,7 +57,7 @@ def test_study_rows_are_the_sweeps_and_the_spread_is_the_draws(tiny_ckpt, data, 
 
 
 def test_bad_study_input_is_one_line(tmp_path, capsys):
-    study = _script()
+    study = load_example("selection_study")
     assert study.main(["--models", "m", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --data") and "valid/DOMAIN.jsonl" in err[0]
