@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from emo_slice.errors import UsageError
+from emo_slice.artifacts import atomic_write_text, check_output
+from emo_slice.errors import EmoSliceError, UsageError
 from emo_slice.eval.settings import EvalSettings
 from emo_slice.io.checkpoint import Checkpoint
 from emo_slice.io.loading import open_model
@@ -221,8 +223,12 @@ def main(argv=None) -> int:
             raise UsageError(f"--methods {','.join(bad)}: choose from {','.join(METHODS)}")
         if args.draws < 2:
             raise UsageError(f"--draws {args.draws}: at least 2 draws are needed for a spread")
+        if args.out:  # never onto or into an input, never over an existing file: checked before any work
+            if os.path.lexists(args.out):
+                raise UsageError(f"--out {args.out} already exists; the study never replaces a file, choose another")
+            check_output(args.out, inputs=[*args.models, data])
         results = [study_model(m, args, domains, data) for m in args.models]
-    except UsageError as e:
+    except EmoSliceError as e:  # a bad model folder, data file or option: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in results:
@@ -230,7 +236,7 @@ def main(argv=None) -> int:
     record = {"calib": args.calib, "shots": args.shots, "draws": args.draws, "rescale": args.rescale}
     record |= {"domains": domains, "models": results}
     if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     figures = {r["label"]: summary(r, domains) | {"routing": r["routing"]} for r in results}
     print(json.dumps({"calib": args.calib, "draws": args.draws, "rescale": args.rescale, "figures": figures}))
     return 0

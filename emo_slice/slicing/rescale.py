@@ -60,7 +60,13 @@ def routing_mass(cfg: EmoConfig, kept: list[list[int]], profiles: list[dict], mo
 def rescale(plan: SlicePlan, cfg: EmoConfig, profiles: list[dict], mode: str = "auto") -> SlicePlan:
     """Set the plan's per-layer factors (`plan.scale`) by the rule in `mode` (MODES); a plan without a profile is
     left as it is."""
-    scale = routing_mass(cfg, plan.kept, [p for p in profiles if p], mode)
+    profiles = [p for p in profiles if p]
+    if mode == "on" and not profiles:
+        raise UsageError(
+            "`rescale=on` needs the router probabilities of a profile: give `examples` (--examples) or "
+            "`profiles` (--profile), or leave rescaling at auto"
+        )
+    scale = routing_mass(cfg, plan.kept, profiles, mode)
     if any(c is not None for c in scale):
         plan.scale = scale
     return plan

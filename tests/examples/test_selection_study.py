@@ -61,3 +61,16 @@ def test_bad_study_input_is_one_line(tmp_path, capsys):
     assert study.main(["--models", "m", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --data") and "valid/DOMAIN.jsonl" in err[0]
+
+
+def test_the_study_never_writes_onto_its_inputs_or_an_existing_file(tiny_ckpt, data, tmp_path, capsys):
+    study = load_example("selection_study")
+    mine = tmp_path / "mine.json"
+    mine.write_text("keep")
+    for out in (mine, data / "valid" / "code.jsonl", tiny_ckpt / "study.json"):
+        before = out.read_bytes() if out.exists() else None
+        assert study.main(["--models", str(tiny_ckpt), "--data", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --out"), err
+        assert (out.read_bytes() if out.exists() else None) == before
+    assert not (tiny_ckpt / "study.json").exists()

@@ -162,3 +162,14 @@ def test_extract_rescales_by_default_at_most_top_k_and_says_so(sliced, tmp_path)
     assert all(torch.equal(off[n], mine[n]) for n in mine)
     r = invoke("extract", full, "--keep", "5", "--examples", calib, "--out", tmp_path / "five")  # 5 > top-k 3
     assert r.returncode == 0 and json.loads((tmp_path / "five" / MANIFEST).read_text())["rescale"] is None
+
+
+def test_rescale_on_without_a_profile_is_one_line(sliced, tmp_path):
+    from conftest import assert_one_line_error, invoke
+
+    root, full, *_ = sliced
+    with pytest.raises(UsageError, match="rescale=on"):
+        rescale(SlicePlan([[0, 8], [1, 8]], "experts", 2), Checkpoint(full).config, [], "on")
+    r = invoke("extract", full, "--keep", "3", "--method", "random", "--rescale", "on", "--out", tmp_path / "s")
+    assert_one_line_error(r, "--rescale on needs")
+    assert not (tmp_path / "s").exists()
