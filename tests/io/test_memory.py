@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import assert_one_line_error, invoke
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from emo_slice.io import loading
@@ -17,7 +18,6 @@ from emo_slice.model import modeling
 from emo_slice.model.modeling import expert_mix
 from emo_slice.model.presets import preset
 from emo_slice.slicing import profile
-from tests.conftest import assert_one_line_error, invoke
 
 
 @pytest.fixture(scope="module")
