@@ -80,22 +80,38 @@ def disk_read_rate(folder: Path, most: int = 2 * 10**9) -> float:
     return rate
 
 
-def matmul_rate(device: str, rows: int = 512, d: int = 2048, f: int = 2048, reps: int = 5) -> float:
-    """FLOP/s of the device's own dense matmul at release width: [rows, d] x [d, f], best of reps (float32 on
-    a CPU, bfloat16 on a GPU: each device's compute dtype)."""
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_timer(device: str, rows: int = 512, d: int = 2048, f: int = 2048):
+    """(flops, run): one dense matmul at release width, [rows, d] x [d, f], in the device's compute dtype (float32
+    on a CPU, bfloat16 on a GPU); run(n) times n of them and returns the seconds."""
     dt = torch.bfloat16 if device.startswith("cuda") else torch.float32
     a, b = torch.randn(rows, d, device=device, dtype=dt), torch.randn(d, f, device=device, dtype=dt)
-    best = math.inf
-    for _ in range(reps + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+
+    def run(n: int) -> float:
+        _sync(device)
         t = time.perf_counter()
-        for _ in range(4):
+        for _ in range(n):
             a @ b
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t) / 4)
-    return 2 * rows * d * f / best
+        _sync(device)
+        return time.perf_counter() - t
+
+    return 2.0 * rows * d * f, run
+
+
+def matmul_rate(device: str, warm_s: float = 2.0, reps: int = 5) -> float:
+    """FLOP/s of the device's own dense matmul (`matmul_timer`) after warm_s seconds of warming up (a CPU's
+    first second runs at about half the rate: a cold start measured 92 GFLOP/s, the same machine warm 164),
+    the best of reps runs of about 0.2 s each."""
+    flops, run = matmul_timer(device)
+    start = time.perf_counter()
+    while time.perf_counter() - start < warm_s:
+        run(4)
+    n = max(1, round(0.2 / max(run(4) / 4, 1e-9)))
+    return max(flops * n / run(n) for _ in range(reps))
 
 
 def active_flops_per_token(cfg) -> float:
@@ -106,6 +122,12 @@ def active_flops_per_token(cfg) -> float:
         attn + D * cfg.experts_in_layer(l) + cfg.num_experts_per_tok * 3 * D * F for l in range(cfg.num_hidden_layers)
     ]
     return 2.0 * sum(per_layer)
+
+
+def causal_attention_flops(cfg, n_tokens: int) -> float:
+    """The attention's own products over one causal sequence of n_tokens: query t scores t + 1 keys and mixes
+    t + 1 values (2 x (t + 1) x head_dim FLOPs each), every head of every layer."""
+    return 2.0 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * n_tokens * (n_tokens + 1)
 
 
 def with_limits(rec: dict, read_bytes: float, flops: float, disk: float, mm: float) -> dict:
@@ -262,27 +284,45 @@ def slice_steps(args, ckpt, task, sl, work, opts, log, full_bytes, fpt, disk, mm
     return steps
 
 
-def forward_side_by_side(sl: Path, work: Path, mm: float, n_tokens: int, device: str) -> dict:
-    """emo-slice's float32 forward of the slice on n_tokens tokens (resident, stored-dtype weights), its share
-    of the matmul limit, and llama.cpp's prompt processing of the same tokens from GGUF f32 and q8_0."""
+def forward_side_by_side(sl: Path, work: Path, n_tokens: int, device: str, rounds: int) -> dict:
+    """emo-slice's forward of the slice on n_tokens tokens (resident, stored-dtype weights, the device's compute
+    dtype) as a share of the matmul limit, and llama.cpp's prompt processing of the same tokens from GGUF f32
+    and q8_0. The share is taken round by round: each round times the matmul for as many FLOPs as the forward,
+    then the forward, and divides the two rates (a machine shared with others drifts by 10-20% from second to
+    second: two figures taken a minute apart would measure the drift); the median of the rounds is the figure.
+    The forward's FLOPs: the weights each token multiplies (attention projections, router, its K experts) and
+    the causal attention's own products."""
     from emo_slice.io.loading import LayerwiseModel, default_dtype
 
     lw = LayerwiseModel(sl, default_dtype(None, torch.device(device)), device, resident=True)
     cfg = lw.config
     ids = torch.randint(0, cfg.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(0))
-    lw.hidden_states([ids[:, :32]])  # warm-up
-    best = math.inf
-    for _ in range(2):
+    flops = active_flops_per_token(cfg) * n_tokens + causal_attention_flops(cfg, n_tokens)
+    mm_flops, mm_run = matmul_timer(device)
+    matmul_rate(device, reps=1)  # warm
+    lw.hidden_states([ids])  # warm: the first pass allocates what the others reuse
+    reps = max(1, round(flops / mm_flops))
+    shares, best = [], math.inf
+    for _ in range(rounds):
+        mm = mm_flops * reps / mm_run(reps)
+        _sync(device)
         t = time.perf_counter()
         lw.hidden_states([ids])
-        best = min(best, time.perf_counter() - t)
+        _sync(device)
+        dt = time.perf_counter() - t
+        best = min(best, dt)
+        shares.append(flops / dt / mm)
+    shares.sort()
     out = {
         "tokens": n_tokens,
+        "gflop": round(flops / 1e9, 1),
         "emo_slice_tok_s": round(n_tokens / best, 1),
         "dtype": str(lw.dtype)[6:],
         "weight_dtype": str(lw.weight_dtype)[6:],
+        "rounds": rounds,
+        "emo_slice_share_of_matmul": round(shares[len(shares) // 2], 3),
+        "share_min_max": [round(shares[0], 3), round(shares[-1], 3)],
     }
-    out["emo_slice_share_of_matmul"] = round(active_flops_per_token(cfg) * n_tokens / best / mm, 3)
     del lw
     try:
         import llama_cpp
@@ -330,6 +370,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--max-memory", help="passed to every command that runs a model (e.g. 6GB)")
     ap.add_argument("--forward-tokens", type=int, default=512, help="tokens of the side-by-side forward")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds of the side-by-side forward (the median share)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     ap.add_argument("--forward-only", action="store_true", help="only the side-by-side forward (--work's slice)")
     ap.add_argument(
@@ -361,7 +402,7 @@ def main() -> None:
     if "forward" in args.steps:
         if not (work / "slice16" / "config.json").exists():
             raise SystemExit(f"error: the forward needs the slice {work / 'slice16'}: add extract to --steps")
-        forward = forward_side_by_side(work / "slice16", work, mm, args.forward_tokens, args.device)
+        forward = forward_side_by_side(work / "slice16", work, args.forward_tokens, args.device, args.rounds)
     print(table(steps))
     if forward is not None:
         print(f"forward of {forward['tokens']} tokens through the slice: {forward}")

@@ -19,10 +19,12 @@ in `emo_slice/__init__.py`.
 Weights may be held narrower than the compute dtype (a bfloat16 checkpoint run in float32 on a CPU): every
 matmul casts its weight to the activations' dtype where it is used (`Linear`, `expert_mix` one expert at a
 time), so no float32 copy of a whole layer is ever made and the results equal a model converted up front.
+The casts write into buffers kept between calls (`scratch`), not into a fresh tensor (and its page faults) each.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Iterator
 
 import torch
@@ -54,21 +56,54 @@ __all__ = [
     "cast_linear",
 ]
 
-CAST_BLOCK_ELEMENTS = 1 << 24  # a narrow weight is cast in row blocks of at most this many elements (64 MB fp32)
+CAST_BLOCK_ELEMENTS = 1 << 22  # a narrow weight is cast in row blocks of at most this many elements (16 MB fp32)
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers that casts of narrow weights write into, kept between calls: a fresh 16 MB tensor
+    per cast takes up to 4,096 page faults, a kept one none. One buffer per (slot, device, dtype), kept for the
+    thread's life (one expert's three matrices: 24 MB at the release's width) and only ever grown."""
+
+    def __init__(self):
+        self.bufs: dict[tuple, torch.Tensor] = {}
+
+
+_SCRATCH = _Scratch()
+
+
+def scratch(slot: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat tensor of numel elements, the same memory on every call with the same slot (never two users of
+    one slot at a time: `cast_linear` uses "linear", the expert loops "experts"). Not for tensors that
+    autograd saves (the next call overwrites them)."""
+    key = (slot, torch.device(device), dtype)
+    buf = _SCRATCH.bufs.get(key)
+    if buf is None or buf.numel() < numel:
+        _SCRATCH.bufs.pop(key, None)  # the old buffer freed before the larger one is made
+        buf = _SCRATCH.bufs[key] = torch.empty(numel, dtype=dtype, device=device)
+    return buf[:numel]
+
+
+def _records_grad(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
 
 
 def cast_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """F.linear(x, w) with w cast to x's dtype where it is used: in row blocks of at most CAST_BLOCK_ELEMENTS
-    elements (an output head of 100k rows is never copied whole); no copy when the dtypes agree or under
-    autocast (which casts itself)."""
+    elements written into a kept buffer (an output head of 100k rows is never copied whole, no block is a
+    fresh allocation); no copy when the dtypes agree or under autocast (which casts itself). With autograd
+    recording the cast is a fresh tensor (autograd keeps it for the backward pass)."""
     if w.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):
         return F.linear(x, w)
-    rows = max(1, CAST_BLOCK_ELEMENTS // max(w.shape[1], 1))
-    if w.shape[0] <= rows:
+    if _records_grad(x, w):
         return F.linear(x, w.to(x.dtype))
+    rows = max(1, CAST_BLOCK_ELEMENTS // max(w.shape[1], 1))
+    buf = scratch("linear", min(rows, w.shape[0]) * w.shape[1], x.dtype, x.device)
+    if w.shape[0] <= rows:
+        return F.linear(x, buf.view(w.shape).copy_(w))
     out = x.new_empty(*x.shape[:-1], w.shape[0])
     for i in range(0, w.shape[0], rows):
-        out[..., i : i + rows] = F.linear(x, w[i : i + rows].to(x.dtype))
+        w_block = w[i : i + rows]
+        out[..., i : i + rows] = F.linear(x, buf[: w_block.numel()].view(w_block.shape).copy_(w_block))
     return out
 
 
@@ -286,12 +321,14 @@ def _loop_autograd(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) ->
 
 
 def _cast_buffers(x_MD, w_gate_EFD) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Reused buffers at x's dtype for one expert's stacked gate and up [2F, D] and down [D, F] when the weights
-    are narrower (cast one expert at a time), else None (the weights are used where they lie)."""
+    """Buffers at x's dtype for one expert's stacked gate and up [2F, D] and down [D, F] when the weights are
+    narrower (cast one expert at a time into the kept "experts" scratch), else None (the weights are used where
+    they lie). Inference only: the next expert's cast overwrites them."""
     if w_gate_EFD.dtype == x_MD.dtype:
         return None
     F_, D = w_gate_EFD.shape[1], x_MD.shape[1]
-    return x_MD.new_empty(2 * F_, D), x_MD.new_empty(D, F_)
+    buf = scratch("experts", 3 * F_ * D, x_MD.dtype, x_MD.device)
+    return buf[: 2 * F_ * D].view(2 * F_, D), buf[2 * F_ * D :].view(D, F_)
 
 
 def _expert_hidden(x_cD, e: int, w_gate_EFD, w_up_EFD, w_down_EDF, bufs) -> tuple[torch.Tensor, torch.Tensor]:
