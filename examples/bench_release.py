@@ -201,6 +201,13 @@ def parse_steps(text: str) -> list[str]:
     return steps
 
 
+def parse_counts(text: str) -> list[int]:
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts or not all(t.isdigit() and 0 < int(t) <= 100_000 for t in parts):
+        raise SystemExit(f"error: --forward-tokens {text!r}: give token counts from 1 to 100000, comma-separated")
+    return [int(t) for t in parts]
+
+
 def pipeline(args, ckpt: Path, work: Path, log: Path, disk: float, mm: float) -> list[dict]:
     """info, profile, extract, eval, generate, export (those in args.steps): each a process, timed, with its
     limit. A step whose input an earlier step writes (the profile, the slice) takes it from --work."""
@@ -284,22 +291,56 @@ def slice_steps(args, ckpt, task, sl, work, opts, log, full_bytes, fpt, disk, mm
     return steps
 
 
-def forward_side_by_side(sl: Path, work: Path, n_tokens: int, device: str, rounds: int) -> dict:
-    """emo-slice's forward of the slice on n_tokens tokens (resident, stored-dtype weights, the device's compute
-    dtype) as a share of the matmul limit, and llama.cpp's prompt processing of the same tokens from GGUF f32
-    and q8_0. The share is taken round by round: each round times the matmul for as many FLOPs as the forward,
-    then the forward, and divides the two rates (a machine shared with others drifts by 10-20% from second to
-    second: two figures taken a minute apart would measure the drift); the median of the rounds is the figure.
-    The forward's FLOPs: the weights each token multiplies (attention projections, router, its K experts) and
-    the causal attention's own products."""
+def forward_side_by_side(sl: Path, work: Path, token_counts: list[int], device: str, rounds: int) -> list[dict]:
+    """emo-slice's forward of the slice on each count of tokens (resident, stored-dtype weights, the device's
+    compute dtype) as a share of the matmul limit, and llama.cpp's prompt processing of the same tokens from GGUF
+    f32 and q8_0. The share is taken round by round: each round times the matmul for as many FLOPs as the
+    forward, then the forward, and divides the two rates (a machine shared with others drifts by 10-20% from
+    second to second: two figures taken a minute apart would measure the drift); the median of the rounds is
+    the figure. The forward's FLOPs: the weights each token multiplies (attention projections, router, its K
+    experts) and the causal attention's own products."""
     from emo_slice.io.loading import LayerwiseModel, default_dtype
 
     lw = LayerwiseModel(sl, default_dtype(None, torch.device(device)), device, resident=True)
-    cfg = lw.config
-    ids = torch.randint(0, cfg.vocab_size, (1, n_tokens), generator=torch.Generator().manual_seed(0))
-    flops = active_flops_per_token(cfg) * n_tokens + causal_attention_flops(cfg, n_tokens)
-    mm_flops, mm_run = matmul_timer(device)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, lw.config.vocab_size, (1, max(token_counts)), generator=gen)
     matmul_rate(device, reps=1)  # warm
+    outs = [_forward_share(lw, ids[:, :n], device, rounds) for n in token_counts]
+    del lw
+    try:
+        import llama_cpp
+    except ImportError:
+        return [out | {"llama_cpp": "not installed (pip install llama-cpp-python to compare)"} for out in outs]
+    for outtype in ("f32", "q8_0"):
+        gguf = work / f"slice16.{outtype}.gguf"
+        if not gguf.exists():
+            subprocess.run(
+                [*EMO, "export", sl, "--format", "gguf", "--outtype", outtype, "--out", gguf],
+                check=True,
+                capture_output=True,
+            )
+        n_max = max(token_counts)
+        llm = llama_cpp.Llama(
+            str(gguf), n_ctx=n_max + 8, n_batch=n_max, n_threads=torch.get_num_threads(), verbose=False
+        )
+        for out, n in zip(outs, token_counts):
+            best = math.inf
+            for _ in range(2):
+                llm.reset()
+                t = time.perf_counter()
+                llm.eval(ids[0, :n].tolist())
+                best = min(best, time.perf_counter() - t)
+            out[f"llama_cpp_{outtype}_tok_s"] = round(n / best, 1)
+            out["llama_cpp"] = llama_cpp.__version__
+        del llm
+    return outs
+
+
+def _forward_share(lw, ids, device: str, rounds: int) -> dict:
+    """One count of tokens through the resident model: best tok/s and the median share of the matmul limit."""
+    n_tokens = ids.shape[1]
+    flops = active_flops_per_token(lw.config) * n_tokens + causal_attention_flops(lw.config, n_tokens)
+    mm_flops, mm_run = matmul_timer(device)
     lw.hidden_states([ids])  # warm: the first pass allocates what the others reuse
     reps = max(1, round(flops / mm_flops))
     shares, best = [], math.inf
@@ -313,7 +354,7 @@ def forward_side_by_side(sl: Path, work: Path, n_tokens: int, device: str, round
         best = min(best, dt)
         shares.append(flops / dt / mm)
     shares.sort()
-    out = {
+    return {
         "tokens": n_tokens,
         "gflop": round(flops / 1e9, 1),
         "emo_slice_tok_s": round(n_tokens / best, 1),
@@ -323,31 +364,6 @@ def forward_side_by_side(sl: Path, work: Path, n_tokens: int, device: str, round
         "emo_slice_share_of_matmul": round(shares[len(shares) // 2], 3),
         "share_min_max": [round(shares[0], 3), round(shares[-1], 3)],
     }
-    del lw
-    try:
-        import llama_cpp
-    except ImportError:
-        return out | {"llama_cpp": "not installed (pip install llama-cpp-python to compare)"}
-    for outtype in ("f32", "q8_0"):
-        gguf = work / f"slice16.{outtype}.gguf"
-        if not gguf.exists():
-            subprocess.run(
-                [*EMO, "export", sl, "--format", "gguf", "--outtype", outtype, "--out", gguf],
-                check=True,
-                capture_output=True,
-            )
-        llm = llama_cpp.Llama(
-            str(gguf), n_ctx=n_tokens + 8, n_batch=n_tokens, n_threads=torch.get_num_threads(), verbose=False
-        )
-        best = math.inf
-        for _ in range(2):
-            llm.reset()
-            t = time.perf_counter()
-            llm.eval(ids[0].tolist())
-            best = min(best, time.perf_counter() - t)
-        out[f"llama_cpp_{outtype}_tok_s"] = round(n_tokens / best, 1)
-        del llm
-    return out | {"llama_cpp": llama_cpp.__version__}
 
 
 def table(steps: list[dict]) -> str:
@@ -369,7 +385,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=10, help="eval items")
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--max-memory", help="passed to every command that runs a model (e.g. 6GB)")
-    ap.add_argument("--forward-tokens", type=int, default=512, help="tokens of the side-by-side forward")
+    ap.add_argument(
+        "--forward-tokens",
+        default="512,1024,2048",
+        help="tokens of the side-by-side forward, comma-separated (1,024: profile's batches; 2,048: a 5-shot prompt)",
+    )
     ap.add_argument("--rounds", type=int, default=7, help="rounds of the side-by-side forward (the median share)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     ap.add_argument("--forward-only", action="store_true", help="only the side-by-side forward (--work's slice)")
@@ -386,6 +406,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.steps = ["forward"] if args.forward_only else parse_steps(args.steps)
+    counts = parse_counts(args.forward_tokens)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-release-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
@@ -402,10 +423,10 @@ def main() -> None:
     if "forward" in args.steps:
         if not (work / "slice16" / "config.json").exists():
             raise SystemExit(f"error: the forward needs the slice {work / 'slice16'}: add extract to --steps")
-        forward = forward_side_by_side(work / "slice16", work, args.forward_tokens, args.device, args.rounds)
+        forward = forward_side_by_side(work / "slice16", work, counts, args.device, args.rounds)
     print(table(steps))
-    if forward is not None:
-        print(f"forward of {forward['tokens']} tokens through the slice: {forward}")
+    for f in forward or []:
+        print(f"forward of {f['tokens']} tokens through the slice: {f}")
     figures = {
         "benchmark": "release",
         "checkpoint": str(ckpt),
