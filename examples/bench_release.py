@@ -208,6 +208,18 @@ def parse_counts(text: str) -> list[int]:
     return [int(t) for t in parts]
 
 
+def check_args(args) -> None:
+    """Refuse what cannot run before anything is written (a forward-only run needs --work's slice)."""
+    for name, least in (("layers", 1), ("keep", 1), ("shots", 0), ("limit", 1), ("max_new_tokens", 1), ("rounds", 1)):
+        value = getattr(args, name)
+        if not least <= value <= 100_000:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {value}: give a whole number from {least} to 100000")
+    if args.forward_only and (args.work is None or not (args.work / "slice16" / "config.json").is_file()):
+        raise SystemExit(
+            "error: --forward-only runs on --work's slice (DIR/slice16): run with --work DIR --steps profile,extract first"
+        )
+
+
 def pipeline(args, ckpt: Path, work: Path, log: Path, disk: float, mm: float) -> list[dict]:
     """info, profile, extract, eval, generate, export (those in args.steps): each a process, timed, with its
     limit. A step whose input an earlier step writes (the profile, the slice) takes it from --work."""
@@ -407,6 +419,7 @@ def main() -> None:
     args = ap.parse_args()
     args.steps = ["forward"] if args.forward_only else parse_steps(args.steps)
     counts = parse_counts(args.forward_tokens)
+    check_args(args)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-release-"))
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
