@@ -255,11 +255,7 @@ def expert_mix(
     norm_NK = None
     if norms:
         norm_NK = _pair_norms(y_MD, order_M).view(N, K)
-    weight_M1 = weights_NK.reshape(-1)[order_M, None]
-    if not grad and torch.result_type(y_MD, weight_M1) == y_MD.dtype:
-        y_MD.mul_(weight_M1)  # in place: no second [M, D] copy (the same products)
-    else:
-        y_MD = y_MD * weight_M1  # float32 weights (Mixtral): a float32 product, then cast
+    y_MD = _weighted(y_MD, weights_NK.reshape(-1)[order_M, None], inplace=not grad)  # in place: no second [M, D]
     if expert_sum == "index-add":  # EMO: one index_add_ of every pair (the reference model's numbers)
         out_ND = torch.zeros_like(x_ND).index_add_(0, tok_M, y_MD.to(x_ND.dtype))
     else:  # "expert-order": transformers' per-expert loop, bf16 equal bit for bit
@@ -308,15 +304,30 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x_ND)) * self.up_proj(x_ND)), None, None
 
 
-def _loop_autograd(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> torch.Tensor:
-    """The expert loop, out of place (differentiable)."""
-    parts, start, dt = [], 0, x_MD.dtype
+def _expert_rows(counts: list[int]) -> Iterator[tuple[int, slice]]:
+    """(e, rows) of every expert with tokens: its rows of the pairs sorted by expert (counts[e] of them)."""
+    start = 0
     for e, c in enumerate(counts):
         if c:
-            xe = x_MD[start : start + c]
-            h = F.silu(xe @ w_gate_EFD[e].to(dt).t()) * (xe @ w_up_EFD[e].to(dt).t())
-            parts.append(h @ w_down_EDF[e].to(dt).t())
+            yield e, slice(start, start + c)
             start += c
+
+
+def _weighted(y_cD: torch.Tensor, weight_c1: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """y_cD times its routing weights: in place when allowed and the product keeps y's dtype, else a new tensor
+    (float32 weights, Mixtral: a float32 product, cast by the caller)."""
+    if inplace and torch.result_type(y_cD, weight_c1) == y_cD.dtype:
+        return y_cD.mul_(weight_c1)
+    return y_cD * weight_c1
+
+
+def _loop_autograd(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> torch.Tensor:
+    """The expert loop, out of place (differentiable)."""
+    parts, dt = [], x_MD.dtype
+    for e, rows in _expert_rows(counts):
+        xe = x_MD[rows]
+        h = F.silu(xe @ w_gate_EFD[e].to(dt).t()) * (xe @ w_up_EFD[e].to(dt).t())
+        parts.append(h @ w_down_EDF[e].to(dt).t())
     return torch.cat(parts) if parts else x_MD.new_zeros(0, x_MD.shape[1])
 
 
@@ -351,13 +362,9 @@ def _loop_inplace(x_MD, counts: list[int], w_gate_EFD, w_up_EFD, w_down_EDF) -> 
     down straight into its output rows (`_expert_hidden`)."""
     y_MD = torch.empty_like(x_MD)
     bufs = _cast_buffers(x_MD, w_gate_EFD)
-    start = 0
-    for e, c in enumerate(counts):
-        if not c:
-            continue
-        h_cF, w_DF = _expert_hidden(x_MD[start : start + c], e, w_gate_EFD, w_up_EFD, w_down_EDF, bufs)
-        torch.mm(h_cF, w_DF.t(), out=y_MD[start : start + c])
-        start += c
+    for e, rows in _expert_rows(counts):
+        h_cF, w_DF = _expert_hidden(x_MD[rows], e, w_gate_EFD, w_up_EFD, w_down_EDF, bufs)
+        torch.mm(h_cF, w_DF.t(), out=y_MD[rows])
     return y_MD
 
 
@@ -369,22 +376,14 @@ def _loop_sum(x_ND, tok_M, counts: list[int], weight_M, w_gate_EFD, w_up_EFD, w_
     order one index_add_ of every sorted pair takes, so the sums are the same."""
     out_ND = torch.zeros_like(x_ND)
     bufs = _cast_buffers(x_ND, w_gate_EFD)
-    start = 0
-    for e, c in enumerate(counts):
-        if not c:
-            continue
-        tok_c = tok_M[start : start + c]
+    for e, rows in _expert_rows(counts):
+        tok_c = tok_M[rows]
         h_cF, w_DF = _expert_hidden(x_ND[tok_c], e, w_gate_EFD, w_up_EFD, w_down_EDF, bufs)
         y_cD = torch.mm(h_cF, w_DF.t())
         if norm_M is not None:
-            norm_M[start : start + c] = torch.linalg.vector_norm(y_cD, dim=-1, dtype=torch.float64)
-        weight_c1 = weight_M[start : start + c, None]
-        if torch.result_type(y_cD, weight_c1) == y_cD.dtype:
-            y_cD.mul_(weight_c1)
-        else:
-            y_cD = y_cD * weight_c1  # float32 weights (Mixtral): a float32 product, then cast
+            norm_M[rows] = torch.linalg.vector_norm(y_cD, dim=-1, dtype=torch.float64)
+        y_cD = _weighted(y_cD, weight_M[rows, None], inplace=True)
         out_ND.index_add_(0, tok_c, y_cD.to(x_ND.dtype))
-        start += c
     return out_ND
 
 
