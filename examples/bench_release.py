@@ -209,11 +209,24 @@ def parse_counts(text: str) -> list[int]:
 
 
 def check_args(args) -> None:
-    """Refuse what cannot run before anything is written (a forward-only run needs --work's slice)."""
+    """Refuse what cannot run before anything is written: counts below 1, a --work that is a file, a --checkpoint
+    that is not one, a CUDA device this torch cannot see, a forward-only run without --work's slice."""
     for name, least in (("layers", 1), ("keep", 1), ("shots", 0), ("limit", 1), ("max_new_tokens", 1), ("rounds", 1)):
         value = getattr(args, name)
         if not least <= value <= 100_000:
             raise SystemExit(f"error: --{name.replace('_', '-')} {value}: give a whole number from {least} to 100000")
+    if args.work is not None and args.work.exists() and not args.work.is_dir():
+        raise SystemExit(f"error: --work {args.work} is not a folder: give a folder (it is made when missing)")
+    if args.checkpoint is not None:
+        from emo_slice.errors import EmoSliceError
+        from emo_slice.io.checkpoint import Checkpoint
+
+        try:
+            Checkpoint(args.checkpoint)
+        except EmoSliceError as e:
+            raise SystemExit(f"error: --checkpoint: {e}") from None
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}: this torch sees no CUDA GPU; run with --device cpu")
     if args.forward_only and (args.work is None or not (args.work / "slice16" / "config.json").is_file()):
         raise SystemExit(
             "error: --forward-only runs on --work's slice (DIR/slice16): run with --work DIR --steps profile,extract first"
